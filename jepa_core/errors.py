@@ -1,0 +1,51 @@
+"""User-facing errors: each carries one paragraph that says what is wrong and how to fix it.
+
+The CLI prints these without a traceback and exits with `exit_code`.
+"""
+
+from __future__ import annotations
+
+
+class JepaError(Exception):
+    """An error caused by the user's input (recipe, command line, plugin); exit code 2."""
+
+    exit_code = 2
+    title = "error"
+
+
+class RecipeError(JepaError):
+    """A recipe that cannot be loaded; `problems` lists every ("$.path", message) found."""
+
+    title = "invalid recipe"
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = list(problems)
+        lines = [f"{path}: {msg}" for path, msg in self.problems]
+        super().__init__(
+            f"{source} has {len(lines)} problem{'s' if len(lines) != 1 else ''}:\n  "
+            + "\n  ".join(lines)
+        )
+
+
+class PluginError(JepaError):
+    """A plugin that failed to import, register or validate its hooks."""
+
+    title = "plugin error"
+
+
+class UnknownComponentError(JepaError):
+    title = "unknown component"
+
+
+class ConfigError(JepaError):
+    """A component configuration that is well-formed but cannot work (e.g. impossible masks)."""
+
+    title = "invalid configuration"
+
+
+class RunError(JepaError):
+    """A failure of a run that is not a bug: missing data, failed distributed init, ..."""
+
+    exit_code = 1
+    title = "run failed"

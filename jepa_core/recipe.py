@@ -1,0 +1,194 @@
+"""Recipes: the YAML file that names the components of a run and the settings of training.
+
+    recipe = load_recipe("recipes/quickstart.yaml", registry, overrides=["optim.lr=1e-3"])
+
+Loading = yaml.safe_load → dotted overrides → ${VAR} / ${VAR:-default} interpolation in strings
+→ structuring into the frozen classes below, with every problem reported by path at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import yaml
+
+from jepa_core.errors import RecipeError
+from jepa_core.structure import FAILED, Component, Structurer, component_field, unstructure
+from jepa_core.validate import at_least, between, greater, range_pair
+
+
+@attrs.frozen
+class OptimConfig:
+    """AdamW with linear warmup then cosine lr, and a cosine weight-decay ramp (I-JEPA)."""
+
+    lr: float = attrs.field(default=1e-3, validator=greater(0))  # peak, reached after warmup
+    start_lr: float = attrs.field(default=2e-4, validator=at_least(0))  # lr at step 0
+    final_lr: float = attrs.field(default=1e-6, validator=at_least(0))  # lr at the last step
+    warmup_epochs: float = attrs.field(default=40.0, validator=at_least(0))
+    weight_decay: float = attrs.field(default=0.04, validator=at_least(0))  # at step 0
+    final_weight_decay: float = attrs.field(default=0.4, validator=at_least(0))
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=range_pair(0, 1))
+    eps: float = attrs.field(default=1e-8, validator=greater(0))
+    grad_clip: float | None = attrs.field(default=None, validator=greater(0))  # max grad norm
+
+
+@attrs.frozen
+class TrainConfig:
+    epochs: float = attrs.field(default=300.0, validator=greater(0))
+    global_batch_size: int = attrs.field(default=2048, validator=at_least(1))
+    # Steps per epoch; None: len(data) // global_batch_size (drop last).
+    steps_per_epoch: int | None = attrs.field(default=None, validator=at_least(1))
+    # Stop after this many steps (smoke tests); schedules still span the whole run.
+    max_steps: int | None = attrs.field(default=None, validator=at_least(1))
+    num_workers: int = attrs.field(default=0, validator=at_least(0))
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, else fp32
+    compile: bool = False  # torch.compile the encoders and predictor
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = attrs.field(default=10, validator=at_least(1))
+    checkpoint_every: int = attrs.field(default=0, validator=at_least(0))  # steps; 0: at end only
+    keep_last: int = attrs.field(default=2, validator=at_least(1))
+
+
+@attrs.frozen
+class EvalConfig:
+    """Linear probe and kNN on frozen, average-pooled target-encoder features."""
+
+    after_train: bool = True
+    probe_epochs: int = attrs.field(default=100, validator=at_least(1))
+    probe_lr: float = attrs.field(default=1e-2, validator=greater(0))
+    batch_size: int = attrs.field(default=256, validator=at_least(1))
+    knn_k: int = attrs.field(default=20, validator=at_least(1))
+    max_images: int | None = attrs.field(default=None, validator=at_least(2))
+
+
+@attrs.frozen
+class DistConfig:
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    # Largest batch per device per micro-step; larger shares become gradient accumulation.
+    per_device_batch_cap: int | None = attrs.field(default=None, validator=at_least(1))
+
+
+@attrs.frozen
+class Recipe:
+    name: str
+    data: Component = component_field("data_source")
+    encoder: Component = component_field("encoder")
+    predictor: Component = component_field("predictor")
+    masker: Component = component_field("masker")
+    target_updater: Component = component_field("target_updater")
+    loss: Component = component_field("loss")
+    seed: int = attrs.field(default=0, validator=at_least(0))
+    out_dir: str = "runs"
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    dist: DistConfig = DistConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+# -- overrides and interpolation ---------------------------------------------------------
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Set `a.b.c=value` in nested dicts; the value is read as YAML (`1e-3`, `[0.1, 0.2]`)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError("command line", [(override, "an override must look like key.sub=value")])
+    parts = key.strip().split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = "$." + ".".join(parts[: i + 1])
+            raise RecipeError("command line", [(where, f"is not a section; cannot set {key}")])
+        node = child
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise RecipeError("command line", [("$." + key, f"value {raw!r} is not valid YAML: {exc}")])
+    node[parts[-1]] = value
+
+
+def interpolate(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    if isinstance(value, dict):
+        return {k: interpolate(v, f"{path}.{k}", problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def sub(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        problems.append((path, f"environment variable {name} is not set; set it, or write "
+                               f"${{{name}:-default}} to give a default"))
+        return match.group(0)
+
+    result = _ENV.sub(sub, value)
+    if result != value and path.endswith(("_root", ".root", "_dir", ".path")):
+        result = os.path.expanduser(result)
+    return result
+
+
+# -- loading -----------------------------------------------------------------------------
+def read_yaml(path: str | os.PathLike) -> dict:
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise RecipeError(source, [("$", "file not found; check the path")]) from None
+    except OSError as exc:
+        raise RecipeError(source, [("$", f"cannot be read: {exc.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(source, [("$", f"is not valid YAML at {where}: {problem}")]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(source, [("$", f"must be a mapping of sections (got {type(data).__name__})")])
+    return data
+
+
+def recipe_from_dict(data: dict, registry: Any, source: str = "recipe",
+                     overrides: list[str] = ()) -> Recipe:
+    data = dict(data)
+    for override in overrides:
+        apply_override(data, override)
+    problems: list[tuple[str, str]] = []
+    data = interpolate(data, "$", problems)
+    structurer = Structurer(registry)
+    recipe = structurer.structure_attrs(data, Recipe, "$")
+    problems.extend(structurer.problems)
+    if problems or recipe is FAILED:
+        raise RecipeError(source, problems)
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike, registry: Any, overrides: list[str] = ()) -> Recipe:
+    return recipe_from_dict(read_yaml(path), registry, str(path), list(overrides))
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return unstructure(recipe)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)

@@ -1,0 +1,222 @@
+"""Turn plain YAML data into frozen attrs configs, collecting every problem with its path.
+
+One small converter instead of a general library, because the error report is the product:
+`$.masker.target_scale[1]: must be <= 1 (got 1.5)`, unknown keys with the nearest valid key,
+and component sections validated by the config class their plugin registered.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from typing import Any, Literal, Union
+
+import attrs
+
+from jepa_core.validate import Invalid
+
+NoneType = type(None)
+COMPONENT_KIND = "jepa_component_kind"  # attrs field metadata key for component sections
+
+
+@attrs.frozen
+class Component:
+    """A recipe section `{name: ..., <config fields>}` resolved against the registry."""
+
+    kind: str
+    name: str
+    config: Any
+
+
+def component_field(kind: str) -> Any:
+    return attrs.field(metadata={COMPONENT_KIND: kind})
+
+
+class _Failed:
+    """Marker for a value that could not be structured (its problem is already recorded)."""
+
+
+FAILED = _Failed()
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+class Structurer:
+    """Structures data into `cls`; problems accumulate in `self.problems` as (path, message)."""
+
+    def __init__(self, registry: Any = None):
+        self.registry = registry
+        self.problems: list[tuple[str, str]] = []
+
+    def problem(self, path: str, message: str) -> _Failed:
+        self.problems.append((path, message))
+        return FAILED
+
+    # -- dispatch -----------------------------------------------------------------------
+    def structure(self, value: Any, tp: Any, path: str) -> Any:
+        if tp is Any:
+            return value
+        if attrs.has(tp):
+            return self.structure_attrs(value, tp, path)
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin in (Union, types.UnionType):
+            return self._union(value, args, path)
+        if origin is Literal:
+            if value in args:
+                return value
+            return self.problem(path, f"must be one of {', '.join(map(repr, args))} (got {value!r})")
+        if origin is tuple:
+            return self._tuple(value, args, path)
+        if origin is list:
+            if not isinstance(value, (list, tuple)):
+                return self.problem(path, f"must be a list (got {value!r})")
+            return [self.structure(v, args[0] if args else Any, f"{path}[{i}]")
+                    for i, v in enumerate(value)]
+        if origin is dict:
+            if not isinstance(value, dict):
+                return self.problem(path, f"must be a mapping (got {value!r})")
+            vt = args[1] if args else Any
+            return {str(k): self.structure(v, vt, f"{path}.{k}") for k, v in value.items()}
+        return self._scalar(value, tp, path)
+
+    def _scalar(self, value: Any, tp: Any, path: str) -> Any:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            return self.problem(path, f"must be true or false (got {value!r})")
+        if tp is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            return self.problem(path, f"must be an integer (got {value!r})")
+        if tp is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            return self.problem(path, f"must be a number (got {value!r})")
+        if tp is str:
+            if isinstance(value, str):
+                return value
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)
+            return self.problem(path, f"must be a string (got {value!r})")
+        raise TypeError(f"config type {tp!r} at {path} is not supported by the recipe loader")
+
+    def _union(self, value: Any, args: tuple, path: str) -> Any:
+        if value is None:
+            if NoneType in args:
+                return None
+            return self.problem(path, "must not be empty (null)")
+        options = [a for a in args if a is not NoneType]
+        for option in options:
+            trial = Structurer(self.registry)
+            result = trial.structure(value, option, path)
+            if not trial.problems:
+                return result
+        if len(options) == 1:
+            return self.structure(value, options[0], path)
+        names = " or ".join(_type_name(o) for o in options)
+        return self.problem(path, f"must be {names} (got {value!r})")
+
+    def _tuple(self, value: Any, args: tuple, path: str) -> Any:
+        if not isinstance(value, (list, tuple)):
+            return self.problem(path, f"must be a list (got {value!r})")
+        if len(args) == 2 and args[1] is Ellipsis:
+            items = [self.structure(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+        else:
+            if len(value) != len(args):
+                return self.problem(path, f"must have {len(args)} items (got {len(value)})")
+            items = [self.structure(v, t, f"{path}[{i}]") for i, (v, t) in
+                     enumerate(zip(value, args))]
+        return FAILED if any(i is FAILED for i in items) else tuple(items)
+
+    # -- attrs classes ------------------------------------------------------------------
+    def structure_attrs(self, value: Any, cls: type, path: str) -> Any:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            return self.problem(path, f"must be a mapping of {cls.__name__} fields (got {value!r})")
+        attrs.resolve_types(cls)
+        fields = {f.name: f for f in attrs.fields(cls) if f.init}
+        before = len(self.problems)
+        for key in value:
+            if key not in fields:
+                self._unknown_key(str(key), sorted(fields), f"{path}.{key}")
+        kwargs: dict[str, Any] = {}
+        for name, field in fields.items():
+            fpath = f"{path}.{name}"
+            if name not in value:
+                if field.default is attrs.NOTHING:
+                    self.problem(fpath, "is required but missing")
+                continue
+            kind = field.metadata.get(COMPONENT_KIND)
+            if kind is not None:
+                result = self.structure_component(value[name], kind, fpath)
+            else:
+                result = self.structure(value[name], field.type, fpath)
+            if result is FAILED:
+                continue
+            if field.validator is not None and self._validate(field, result, fpath):
+                kwargs[name] = result
+            elif field.validator is None:
+                kwargs[name] = result
+        if len(self.problems) > before:
+            return FAILED
+        try:
+            return cls(**kwargs)
+        except Invalid as exc:
+            return self.problem(path + exc.subpath, exc.message)
+        except (ValueError, TypeError) as exc:
+            return self.problem(path, str(exc))
+
+    def _validate(self, field: Any, value: Any, path: str) -> bool:
+        try:
+            field.validator(None, field, value)
+        except Invalid as exc:
+            self.problem(path + exc.subpath, exc.message)
+            return False
+        except (ValueError, TypeError) as exc:
+            self.problem(path, str(exc))
+            return False
+        return True
+
+    def _unknown_key(self, key: str, valid: list[str], path: str) -> None:
+        near = difflib.get_close_matches(key, valid, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        self.problem(path, f"unknown key; {hint}valid keys: {', '.join(valid)}")
+
+    def structure_component(self, value: Any, kind: str, path: str) -> Any:
+        if not isinstance(value, dict) or "name" not in value:
+            return self.problem(path, f"must be a mapping with a `name:` of a registered {kind}")
+        name = value["name"]
+        if self.registry is None:
+            raise RuntimeError("structuring a component section needs a registry")
+        if name not in self.registry.components[kind]:
+            return self.problem(f"{path}.name", self.registry.unknown_message(kind, name))
+        spec = self.registry.get(kind, name)
+        rest = {k: v for k, v in value.items() if k != "name"}
+        config = self.structure_attrs(rest, spec.config_class, path)
+        if config is FAILED:
+            return FAILED
+        return Component(kind, name, config)
+
+
+def unstructure(obj: Any) -> Any:
+    """The inverse for saving: attrs → dicts, components → {name, ...}, tuples → lists."""
+    if isinstance(obj, Component):
+        return {"name": obj.name, **unstructure(obj.config)}
+    if attrs.has(type(obj)):
+        return {f.name: unstructure(getattr(obj, f.name)) for f in attrs.fields(type(obj))}
+    if isinstance(obj, (list, tuple)):
+        return [unstructure(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: unstructure(v) for k, v in obj.items()}
+    return obj

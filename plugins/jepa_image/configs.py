@@ -1,0 +1,73 @@
+"""Config classes of the image plugin (no torch here: imported by `jepa plugins`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from jepa_core.validate import at_least, between, range_pair
+
+Pair = tuple[float, float]
+
+
+@attrs.frozen
+class MultiBlockConfig:
+    """I-JEPA multi-block masks: M target blocks and a large context block minus the targets.
+
+    style: "corrected" (default: every patch reachable, independent scale and aspect draws,
+    unbiased context length equalisation) or "reference" (the official sampler's
+    distribution, quirks included; the paper recipes use it).
+    """
+
+    style: Literal["corrected", "reference"] = "corrected"
+    num_targets: int = attrs.field(default=4, validator=at_least(1))
+    target_scale: Pair = attrs.field(default=(0.15, 0.2), validator=range_pair(0, 1, strict_lo=True))
+    target_aspect: Pair = attrs.field(default=(0.75, 1.5), validator=range_pair(0, strict_lo=True))
+    num_context: int = attrs.field(default=1, validator=at_least(1))
+    context_scale: Pair = attrs.field(default=(0.85, 1.0), validator=range_pair(0, 1, strict_lo=True))
+    context_aspect: Pair = attrs.field(default=(1.0, 1.0), validator=range_pair(0, strict_lo=True))
+    min_keep: int = attrs.field(default=10, validator=at_least(1))
+    allow_overlap: bool = False
+    # corrected style: how context rows of unequal length become one tensor.
+    # "subset": keep a uniformly random subset of each row, of the batch-minimum length.
+    # "pad": pad rows to the batch maximum and return `context_valid`.
+    context_equalize: Literal["subset", "pad"] = "subset"
+
+
+@attrs.frozen
+class RandomPatchConfig:
+    """MAE-style random patches: a random context subset and M random target sets."""
+
+    context_ratio: float = attrs.field(default=0.25, validator=between(0.01, 0.99))
+    num_targets: int = attrs.field(default=4, validator=at_least(1))
+    target_ratio: float = attrs.field(default=0.15, validator=between(0.0, 1.0))
+
+
+@attrs.frozen
+class DigitsConfig:
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), upsampled; no download."""
+
+    train_fraction: float = attrs.field(default=0.8, validator=between(0.1, 0.95))
+    crop_scale: Pair = attrs.field(default=(0.3, 1.0), validator=range_pair(0, 1, strict_lo=True))
+    split_seed: int = 0
+
+
+@attrs.frozen
+class ImageFolderConfig:
+    """Images in class folders (ImageNet layout: root/<class>/<image>), read with Pillow."""
+
+    root: str
+    val_root: str | None = None  # for `jepa eval`; None: a held-out slice of `root`
+    crop_scale: Pair = attrs.field(default=(0.3, 1.0), validator=range_pair(0, 1, strict_lo=True))
+    on_error: Literal["skip", "raise"] = "skip"  # unreadable image: skip it (counted) or stop
+    max_images: int | None = attrs.field(default=None, validator=at_least(1))
+
+
+@attrs.frozen
+class SyntheticConfig:
+    """Random images with class-dependent structure, for benchmarks and smoke tests."""
+
+    num_images: int = attrs.field(default=512, validator=at_least(1))
+    num_classes: int = attrs.field(default=10, validator=at_least(1))
+    channels: int = attrs.field(default=3, validator=at_least(1))

@@ -1,0 +1,15 @@
+"""Entry module of the objectives plugin: registers its components. Imports no torch."""
+
+from jepa_core.hookspecs import hookimpl
+from jepa_objectives import configs
+
+
+@hookimpl
+def register_target_updaters(register):
+    register("ema", configs.EMAConfig, "jepa_objectives.ema:build_ema")
+
+
+@hookimpl
+def register_losses(register):
+    register("smooth_l1", configs.SmoothL1Config, "jepa_objectives.losses:build_smooth_l1")
+    register("l2", configs.L2Config, "jepa_objectives.losses:build_l2")
