@@ -1,0 +1,163 @@
+"""The `jepa` command line. Thin: each command parses its arguments and delegates.
+
+    jepa plugins [--json]                 what is installed, from which plugin and distribution
+    jepa check RECIPE [key=value ...]     validate a recipe, print it resolved and the run plan
+    jepa run RECIPE [key=value ...]       train (CPU, one GPU, all local GPUs, torchrun, SLURM)
+    jepa masks RECIPE --out masks.png     picture and statistics of the recipe's masker
+    jepa eval RUN_OR_CHECKPOINT           linear probe + kNN on frozen target-encoder features
+
+Global options come before the command: `jepa -p my_plugin.module check recipe.yaml`.
+Recipe and usage errors exit with 2 and one paragraph of explanation, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from jepa_core import __version__
+from jepa_core.errors import JepaError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jepa", description="Train and evaluate joint-embedding predictive architectures.")
+    p.add_argument("--version", action="version", version=f"jepa {__version__}")
+    p.add_argument("-p", "--plugin", action="append", default=[], metavar="MODULE",
+                   help="load a plugin module (repeatable), after the installed entry points")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    sp = sub.add_parser("plugins", help="list installed plugins and their components")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    def recipe_command(name: str, help_: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("recipe", help="path to a YAML recipe")
+        c.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="dotted overrides, e.g. optim.lr=1e-3 train.epochs=10")
+        return c
+
+    c = recipe_command("check", "validate a recipe and print it resolved, with the run plan")
+    c.add_argument("--gpus", type=int, default=None, help="plan for this many GPUs")
+
+    r = recipe_command("run", "train from a recipe")
+    r.add_argument("--resume", default=None, metavar="auto|PATH",
+                   help="resume from the latest checkpoint of the run (auto) or from PATH")
+    r.add_argument("--nproc", default=None, metavar="N|gpu",
+                   help="processes on this machine: a number (CPU: gloo) or 'gpu' (one per GPU)")
+    r.add_argument("--force", action="store_true",
+                   help="resume even if the recipe differs from the checkpoint's")
+
+    m = recipe_command("masks", "draw the recipe's masks and print their statistics")
+    m.add_argument("--out", default="masks.png", help="PNG to write (default masks.png)")
+    m.add_argument("--samples", type=int, default=4, help="samples to draw in the picture")
+    m.add_argument("--batch-size", type=int, default=128, help="batch size for the statistics")
+    m.add_argument("--seed", type=int, default=0)
+
+    e = sub.add_parser("eval", help="linear probe and kNN on frozen target-encoder features")
+    e.add_argument("source", help="a run directory or a checkpoint file")
+    e.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="overrides of the run's recipe, e.g. data.name=digits")
+    e.add_argument("--no-baseline", action="store_true",
+                   help="skip the randomly initialised encoder used for comparison")
+    return p
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from jepa_core.plugins import make_plugin_manager
+
+    return make_plugin_manager(args.plugin)
+
+
+def _load(args: argparse.Namespace, registry: Any) -> Any:
+    from jepa_core.recipe import load_recipe
+
+    return load_recipe(args.recipe, registry, args.overrides)
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from jepa_core.listing import plugins_json, print_plugins
+
+    registry = _registry(args)
+    if args.json:
+        print(json.dumps(plugins_json(registry), indent=2))
+    else:
+        print_plugins(registry, _console())
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from jepa_core.plan import print_check
+
+    registry = _registry(args)
+    recipe = _load(args, registry)
+    print_check(recipe, registry, _console(), gpus=args.gpus)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from jepa_core.launch import launch
+
+    registry = _registry(args)
+    registry.raise_if_broken()
+    recipe = _load(args, registry)
+    return launch(recipe, registry, args)
+
+
+def cmd_masks(args: argparse.Namespace) -> int:
+    from jepa_core.mask_preview import masks_command
+
+    registry = _registry(args)
+    recipe = _load(args, registry)
+    masks_command(recipe, registry, args.out, samples=args.samples, seed=args.seed,
+                  batch_size=args.batch_size, console=_console())
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from jepa_core.evaluate import eval_command
+
+    registry = _registry(args)
+    registry.raise_if_broken()
+    return eval_command(args.source, registry, args.overrides, baseline=not args.no_baseline,
+                        console=_console())
+
+
+COMMANDS = {"plugins": cmd_plugins, "check": cmd_check, "run": cmd_run, "masks": cmd_masks,
+            "eval": cmd_eval}
+
+
+def report_error(exc: JepaError) -> None:
+    from rich.panel import Panel
+    from rich.text import Text
+
+    _console(stderr=True).print(Panel(Text(str(exc)), title=f"jepa: {exc.title}",
+                                      title_align="left", border_style="red"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except JepaError as exc:
+        report_error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
