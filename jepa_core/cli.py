@@ -104,11 +104,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from jepa_core.launch import launch
-
     registry = _registry(args)
     registry.raise_if_broken()
     recipe = _load(args, registry)
+    from jepa_core.launch import launch  # torch: only once the recipe is known to be good
+
     return launch(recipe, registry, args)
 
 

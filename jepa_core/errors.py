@@ -49,3 +49,7 @@ class RunError(JepaError):
 
     exit_code = 1
     title = "run failed"
+
+
+class BadSample(Exception):
+    """Raised by a data source for one unreadable sample; the core skips it and counts it."""

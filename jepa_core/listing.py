@@ -32,10 +32,12 @@ def print_plugins(registry: Any, console: Any) -> None:
     table = Table(title="jepa components", title_justify="left")
     for col in ("kind", "name", "plugin", "distribution", "version"):
         table.add_column(col, no_wrap=True)
-    table.add_column("description", overflow="fold", ratio=1)
+    wide = console.width >= 110  # descriptions only where they fit
+    if wide:
+        table.add_column("description", overflow="fold", ratio=1)
     for s in registry.all_components():
-        table.add_row(s.kind, s.name, s.plugin, s.distribution or "-", s.version or "-",
-                      s.description)
+        row = [s.kind, s.name, s.plugin, s.distribution or "-", s.version or "-"]
+        table.add_row(*row, *([s.description] if wide else []))
     console.print(table)
     for b in registry.broken:
         console.print(f"[red]broken plugin[/red] {b.name} ({b.source}"

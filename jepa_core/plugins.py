@@ -151,7 +151,7 @@ class Registry:
                     self._mark_broken(plugin_name, f"{hook_name} raised {_describe(exc)}")
 
     def _mark_broken(self, plugin_name: str, error: str) -> None:
-        info = self.plugins.get(plugin_name)
+        info = self.plugins.pop(plugin_name, None)  # listed as broken, not as loaded
         self.broken.append(BrokenPlugin(
             plugin_name, info.source if info else "?", info.distribution if info else None,
             error))

@@ -8,6 +8,7 @@ Loading = yaml.safe_load → dotted overrides → ${VAR} / ${VAR:-default} inter
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from pathlib import Path
@@ -51,6 +52,8 @@ class TrainConfig:
     log_every: int = attrs.field(default=10, validator=at_least(1))
     checkpoint_every: int = attrs.field(default=0, validator=at_least(0))  # steps; 0: at end only
     keep_last: int = attrs.field(default=2, validator=at_least(1))
+    # Steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
+    max_nonfinite_steps: int = attrs.field(default=10, validator=at_least(1))
 
 
 @attrs.frozen
@@ -101,9 +104,9 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 def apply_override(data: dict, override: str) -> None:
     """Set `a.b.c=value` in nested dicts; the value is read as YAML (`1e-3`, `[0.1, 0.2]`)."""
     key, sep, raw = override.partition("=")
-    if not sep or not key.strip():
-        raise RecipeError("command line", [(override, "an override must look like key.sub=value")])
     parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise RecipeError("command line", [(override, "an override must look like key.sub=value")])
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -169,7 +172,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
 
 def recipe_from_dict(data: dict, registry: Any, source: str = "recipe",
                      overrides: list[str] = ()) -> Recipe:
-    data = dict(data)
+    data = copy.deepcopy(data)  # overrides write into nested sections: never the caller's
     for override in overrides:
         apply_override(data, override)
     problems: list[tuple[str, str]] = []

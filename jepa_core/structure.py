@@ -92,6 +92,11 @@ class Structurer:
                 return value
             if isinstance(value, float) and value.is_integer():
                 return int(value)
+            if isinstance(value, str):  # e.g. `${BATCH:-64}`: interpolation yields strings
+                try:
+                    return int(value)
+                except ValueError:
+                    pass
             return self.problem(path, f"must be an integer (got {value!r})")
         if tp is float:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -199,6 +204,8 @@ class Structurer:
         name = value["name"]
         if self.registry is None:
             raise RuntimeError("structuring a component section needs a registry")
+        if not isinstance(name, str):  # a list or mapping here is not hashable
+            return self.problem(f"{path}.name", self.registry.unknown_message(kind, name))
         if name not in self.registry.components[kind]:
             return self.problem(f"{path}.name", self.registry.unknown_message(kind, name))
         spec = self.registry.get(kind, name)

@@ -1,0 +1,82 @@
+"""Checkpoints: one explicit, versioned dict, written atomically, loaded with weights_only.
+
+Layout (FORMAT_VERSION 1):
+    format: "jepa-checkpoint", version: 1, step: int (completed steps), epoch: int,
+    encoder / predictor / target_encoder: state dicts (timm key names for encoders),
+    optimizer: optimizer state dict, rng: {"torch": ByteTensor}, recipe: resolved recipe dict,
+    plugins: {plugin: version}, metrics: last step's metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from jepa_core.errors import RunError
+
+FORMAT = "jepa-checkpoint"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^step_(\d{9})\.pt$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:09d}.pt"
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over `path`."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"could not write checkpoint {path}: {exc.strerror or exc}. The previous "
+                       f"checkpoints in {path.parent} are untouched.") from exc
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints in `directory`, oldest first."""
+    if not Path(directory).is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in Path(directory).iterdir()
+             if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def load(path: Path) -> dict:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RunError(f"checkpoint {path} does not exist.") from None
+    except Exception as exc:
+        raise RunError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it "
+                       f"is truncated or corrupt.") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise RunError(f"{path} is not a jepa checkpoint (no format tag). For an official "
+                       f"I-JEPA checkpoint use `jepa import-checkpoint`.")
+    if state.get("version", 0) > FORMAT_VERSION:
+        raise RunError(f"{path} has checkpoint format {state['version']}, newer than this "
+                       f"jepa ({FORMAT_VERSION}); upgrade jepa-core.")
+    return state
+
+
+def prune(directory: Path, keep_last: int) -> None:
+    for old in list_checkpoints(directory)[:-keep_last]:
+        old.unlink(missing_ok=True)

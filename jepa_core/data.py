@@ -1,0 +1,187 @@
+"""From a data source to batches of (images, masks), as pure functions of (seed, step, row).
+
+A step's global batch is rows [0, B) of the step; rank r of W owns rows [r*B/W, (r+1)*B/W), cut
+into `accum` micro-batches. Which image a row holds, how it is augmented and its masks depend
+only on (seed, step, row): 1 process × B trains exactly like W processes × B/W, whatever the
+number of DataLoader workers.
+
+- data order: a permutation of the data set per epoch, generator (seed, "order", epoch);
+- augmentation: generator (seed, "augment", epoch, dataset index);
+- masks: the masker draws the whole global batch with generator (seed, "masks", step) and each
+  micro-batch keeps its rows (sizes stay shared across ranks, as one process would draw them).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+import attrs
+import torch
+
+from jepa_core.errors import BadSample, ConfigError
+from jepa_core.interfaces import MaskBatch
+from jepa_core.seeding import generator
+
+MAX_SKIPS = 16  # consecutive unreadable samples tolerated before giving up on a row
+
+
+@attrs.frozen
+class BatchLayout:
+    """How a global batch is split over ranks and micro-batches (gradient accumulation)."""
+
+    global_batch: int
+    world_size: int
+    rank: int
+    micro_batch: int
+    accum_steps: int
+
+    @property
+    def per_rank(self) -> int:
+        return self.micro_batch * self.accum_steps
+
+    def rows(self, micro: int) -> range:
+        start = self.rank * self.per_rank + micro * self.micro_batch
+        return range(start, start + self.micro_batch)
+
+
+def batch_layout(global_batch: int, world_size: int, rank: int = 0,
+                 per_device_cap: int | None = None) -> BatchLayout:
+    """Per-device batch and accumulation steps for a global batch on `world_size` devices."""
+    if global_batch % world_size:
+        raise ConfigError(
+            f"train.global_batch_size={global_batch} does not divide over {world_size} "
+            f"processes; choose a multiple of {world_size} or another number of devices.")
+    per_rank = global_batch // world_size
+    accum = 1 if per_device_cap is None else math.ceil(per_rank / per_device_cap)
+    while per_rank % accum:
+        accum += 1  # smallest accumulation that splits the rank's share evenly
+    return BatchLayout(global_batch, world_size, rank, per_rank // accum, accum)
+
+
+@attrs.frozen
+class Key:
+    step: int
+    epoch: int
+    row: int
+    index: int
+
+
+class StepSampler:
+    """Batch sampler: for each step from `start_step`, `accum` lists of `Key`s (micro-batches)."""
+
+    def __init__(self, data_len: int, layout: BatchLayout, steps_per_epoch: int, seed: int,
+                 start_step: int, stop_step: int):
+        self.data_len, self.layout, self.spe = data_len, layout, steps_per_epoch
+        self.seed, self.start_step, self.stop_step = seed, start_step, stop_step
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return max(0, self.stop_step - self.start_step) * self.layout.accum_steps
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, torch.randperm(self.data_len,
+                                                generator=generator(self.seed, "order", epoch)))
+        return self._perm[1]
+
+    def keys(self, step: int, micro: int) -> list[Key]:
+        epoch, within = divmod(step, self.spe)
+        perm = self.permutation(epoch)
+        base = within * self.layout.global_batch
+        return [Key(step, epoch, row, int(perm[(base + row) % self.data_len]))
+                for row in self.layout.rows(micro)]
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        for step in range(self.start_step, self.stop_step):
+            for micro in range(self.layout.accum_steps):
+                yield self.keys(step, micro)
+
+
+class TrainSamples:
+    """Map-style dataset over `Key`s: the source's image at key.index, augmented from the
+    sample's own generator. An unreadable sample (`BadSample`) is replaced by the next index
+    and counted."""
+
+    def __init__(self, source: Any, seed: int):
+        self.source, self.seed = source, seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, int, int]:
+        index = key.index
+        for skipped in range(MAX_SKIPS):
+            try:
+                g = generator(self.seed, "augment", key.epoch, index)
+                image, label = self.source.get(index, g)
+                return image, label, skipped
+            except BadSample as exc:
+                last = exc
+                index = (index + 1) % len(self.source)
+        raise BadSample(f"{MAX_SKIPS} unreadable samples in a row, last: {last}")
+
+
+@attrs.frozen
+class Batch:
+    """images [b, C, H, W]; labels [b]; masks for these rows; step; samples skipped."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    masks: MaskBatch
+    step: int
+    skipped: int
+
+
+def _take_rows(masks: MaskBatch, rows: slice) -> MaskBatch:
+    valid = masks.context_valid
+    return MaskBatch(masks.context[rows], masks.targets[rows],
+                     None if valid is None else valid[rows])
+
+
+class MaskingCollate:
+    """collate_fn: stacks samples and attaches their rows of the step's global mask batch."""
+
+    def __init__(self, masker: Any, seed: int, global_batch: int):
+        self.masker, self.seed, self.global_batch = masker, seed, global_batch
+        self._cache: tuple[int, MaskBatch] | None = None
+
+    def step_masks(self, step: int) -> MaskBatch:
+        if self._cache is None or self._cache[0] != step:
+            masks = self.masker(self.global_batch, generator(self.seed, "masks", step))
+            self._cache = (step, masks)
+        return self._cache[1]
+
+    def __call__(self, items: list[tuple[Key, tuple[torch.Tensor, int, int]]]) -> Batch:
+        keys = [k for k, _ in items]
+        step = keys[0].step
+        rows = slice(keys[0].row, keys[-1].row + 1)
+        images = torch.stack([s[0] for _, s in items])
+        labels = torch.tensor([s[1] for _, s in items], dtype=torch.int64)
+        skipped = sum(s[2] for _, s in items)
+        return Batch(images, labels, _take_rows(self.step_masks(step), rows), step, skipped)
+
+
+class _Keyed:
+    """Dataset returning (key, sample) so the collate function knows the step and rows."""
+
+    def __init__(self, samples: TrainSamples):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: Key) -> tuple[Key, tuple[torch.Tensor, int, int]]:
+        return key, self.samples[key]
+
+
+def train_loader(source: Any, masker: Any, layout: BatchLayout, *, seed: int,
+                 steps_per_epoch: int, start_step: int, stop_step: int, num_workers: int = 0,
+                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Yields `Batch`es: `layout.accum_steps` consecutive micro-batches per step."""
+    sampler = StepSampler(len(source), layout, steps_per_epoch, seed, start_step, stop_step)
+    return torch.utils.data.DataLoader(
+        _Keyed(TrainSamples(source, seed)), batch_sampler=sampler,
+        collate_fn=MaskingCollate(masker, seed, layout.global_batch), num_workers=num_workers,
+        pin_memory=pin_memory, persistent_workers=False,
+        prefetch_factor=4 if num_workers else None)

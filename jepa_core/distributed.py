@@ -1,0 +1,91 @@
+"""Who am I in a distributed run: detection from the environment, init and tear-down.
+
+Modes, detected in this order (never silently degraded):
+  torchrun / elastic launcher: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are set;
+  SLURM srun:                  SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID (+ a master address
+                               from SLURM_LAUNCH_NODE_IPADDR or MASTER_ADDR, port from the job id);
+  plain process:               neither: world size 1, no process group.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import attrs
+
+from jepa_core.errors import RunError
+
+
+@attrs.frozen
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    mode: str = "plain"  # "plain", "torchrun", "slurm"
+    master_addr: str | None = None
+    master_port: int | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 or self.mode != "plain"
+
+
+def _int(env: Mapping[str, str], key: str) -> int:
+    try:
+        return int(env[key])
+    except ValueError:
+        raise RunError(f"environment variable {key}={env[key]!r} is not an integer; the "
+                       f"launcher set it wrongly.") from None
+
+
+def detect(env: Mapping[str, str] | None = None) -> DistEnv:
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistEnv(_int(env, "RANK"), _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK")
+                       if "LOCAL_RANK" in env else 0, "torchrun", env.get("MASTER_ADDR"),
+                       _int(env, "MASTER_PORT") if "MASTER_PORT" in env else None)
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and _int(env, "SLURM_NTASKS") > 1:
+        addr = env.get("MASTER_ADDR") or env.get("SLURM_LAUNCH_NODE_IPADDR")
+        job = _int(env, "SLURM_JOB_ID") if "SLURM_JOB_ID" in env else 0
+        port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 20000 + job % 20000
+        return DistEnv(_int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS"),
+                       _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0, "slurm",
+                       addr, port)
+    return DistEnv()
+
+
+def init_process_group(dist_env: DistEnv, backend: str) -> None:
+    """Join the process group; a failure is an error saying what was tried."""
+    if not dist_env.distributed:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", dist_env.master_addr or "127.0.0.1")
+    if dist_env.master_port is not None:
+        os.environ.setdefault("MASTER_PORT", str(dist_env.master_port))
+    os.environ.setdefault("RANK", str(dist_env.rank))
+    os.environ.setdefault("WORLD_SIZE", str(dist_env.world_size))
+    os.environ.setdefault("LOCAL_RANK", str(dist_env.local_rank))
+    try:
+        dist.init_process_group(backend=backend)
+    except Exception as exc:  # report what was tried; never fall back to one process
+        raise RunError(
+            f"distributed init failed ({dist_env.mode} mode, backend {backend}, rank "
+            f"{dist_env.rank} of {dist_env.world_size}, rendezvous "
+            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}): {exc}. Check "
+            f"that every process sees the same MASTER_ADDR/MASTER_PORT and that the port is free."
+        ) from exc
+
+
+def destroy() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,320 @@
+"""The I-JEPA training loop, top to bottom.
+
+    build components → (resume) → for each step:
+        target encoder(all patches) → layer norm → gather target blocks      (no grad)
+        context encoder(context patches) → predictor(context, indices) → loss → backward
+        AdamW step with scheduled lr / weight decay → target update (EMA) → hooks → log
+    → checkpoint
+
+Launch: `jepa run recipe.yaml` (one process), `jepa run recipe.yaml --nproc 8` (one process per
+device through torch's elastic launcher), `torchrun ... -m jepa_core.worker recipe.yaml`, or
+`srun jepa run recipe.yaml` under SLURM.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from jepa_core import checkpoint as ckpt
+from jepa_core import schedules
+from jepa_core.build import Components, build_components
+from jepa_core.data import Batch, BatchLayout, batch_layout, train_loader
+from jepa_core.distributed import DistEnv
+from jepa_core.errors import RunError
+from jepa_core.runlog import RunLogger
+from jepa_core.recipe import Recipe, recipe_to_dict, recipe_to_yaml
+from jepa_core.seeding import derive_seed
+
+
+@attrs.define
+class RunContext:
+    """Everything a run holds; handed to lifecycle hooks as `run`."""
+
+    recipe: Recipe
+    registry: Any
+    dist: DistEnv
+    device: torch.device
+    run_dir: Path
+    parts: Components
+    encoder: torch.nn.Module  # what the loop calls: maybe DDP- or compile-wrapped
+    predictor: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    layout: BatchLayout
+    step: int = 0
+    nonfinite_in_row: int = 0
+    nonfinite_total: int = 0
+    skipped_samples: int = 0
+    metrics: dict = attrs.Factory(dict)
+
+    @property
+    def hook(self) -> Any:
+        return self.registry.pm.hook
+
+
+def select_device(recipe: Recipe, dist: DistEnv) -> torch.device:
+    want = recipe.train.device
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RunError("train.device is 'cuda' but no CUDA device is visible; use "
+                           "train.device=cpu or run on a GPU machine.")
+        torch.cuda.set_device(dist.local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def make_optimizer(models: list[torch.nn.Module], recipe: Recipe,
+                   device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; biases and 1-D parameters (norms) get no weight decay; frozen ones are left out."""
+    decay, no_decay = [], []
+    for model in models:
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    o = recipe.optim
+    groups = [{"params": decay, "apply_wd": True},
+              {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=o.start_lr, betas=o.betas, eps=o.eps,
+                             weight_decay=o.weight_decay, **extra)
+
+
+def apply_schedules(run: RunContext) -> dict[str, float]:
+    o, total = run.recipe.optim, run.parts.total_steps
+    warmup = int(round(o.warmup_epochs * run.parts.steps_per_epoch))
+    lr = schedules.learning_rate(run.step, total, warmup, o.start_lr, o.lr, o.final_lr)
+    wd = schedules.weight_decay(run.step, total, o.weight_decay, o.final_weight_decay)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+        if group["apply_wd"]:
+            group["weight_decay"] = wd
+    return {"lr": lr, "wd": wd, "momentum": run.parts.target_updater.momentum(run.step)}
+
+
+def gather_tokens(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """tokens [B, N, D], idx [B, M, Nt] → [B, M, Nt, D]."""
+    b, m, nt = idx.shape
+    flat = idx.reshape(b, m * nt, 1).expand(-1, -1, tokens.shape[-1])
+    return torch.gather(tokens, 1, flat).reshape(b, m, nt, tokens.shape[-1])
+
+
+def forward_loss(run: RunContext, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """One micro-batch: (loss, pooled target features [b, D] for representation health)."""
+    dev = run.device
+    images = batch.images.to(dev, non_blocking=True)
+    ctx = batch.masks.context.to(dev, non_blocking=True)
+    tgt = batch.masks.targets.to(dev, non_blocking=True)
+    valid = batch.masks.context_valid
+    valid = None if valid is None else valid.to(dev, non_blocking=True)
+    use_bf16 = run.recipe.train.precision == "bf16" or (
+        run.recipe.train.precision == "auto" and dev.type == "cuda")
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.no_grad():
+            h = run.parts.target_encoder(images)
+            h = F.layer_norm(h.float(), (h.shape[-1],))  # parameter-free, over features
+            targets = gather_tokens(h, tgt)
+        z = run.encoder(images, ctx, valid)
+        pred = run.predictor(z, ctx, tgt, valid)
+    loss = run.parts.loss(pred.float(), targets)
+    return loss, h.mean(dim=1)
+
+
+def representation_health(pooled: torch.Tensor) -> dict[str, float]:
+    """Std of pooled target features across the batch, and the effective rank
+    (exp of the entropy of the normalised singular values), on [b, D] features."""
+    pooled = pooled.float()
+    centred = pooled - pooled.mean(dim=0, keepdim=True)
+    s = torch.linalg.svdvals(centred)
+    p = s / s.sum().clamp_min(1e-12)
+    erank = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
+    return {"target_std": float(pooled.std(dim=0).mean()), "effective_rank": float(erank)}
+
+
+def _all_finite(run: RunContext, loss_sum: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+    flag = torch.isfinite(loss_sum) & torch.isfinite(grad_norm)
+    flag = flag.to(torch.float32)
+    if run.dist.distributed and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item() > 0)
+
+
+def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
+    """One optimizer step over `accum` micro-batches; returns the step's metrics."""
+    metrics = apply_schedules(run)
+    torch.manual_seed(derive_seed(run.recipe.seed, "step", run.step, run.dist.rank))  # drop-path
+    params = [p for g in run.optimizer.param_groups for p in g["params"]]
+    run.optimizer.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), device=run.device)
+    pooled = []
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = _no_sync(run) if not last else _nullcontext()
+        with sync:
+            loss, feats = forward_loss(run, batch)
+            (loss / len(micro_batches)).backward()
+        loss_sum += loss.detach() / len(micro_batches)
+        pooled.append(feats)
+    clip = run.recipe.optim.grad_clip
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"),
+                                               foreach=True)
+    if not _all_finite(run, loss_sum, grad_norm):
+        run.optimizer.zero_grad(set_to_none=True)
+        run.nonfinite_in_row += 1
+        run.nonfinite_total += 1
+        limit = run.recipe.train.max_nonfinite_steps
+        if run.nonfinite_in_row >= limit:
+            raise RunError(f"{limit} steps in a row had a non-finite loss or gradient (last at "
+                           f"step {run.step}); stopping. The last checkpoint in "
+                           f"{run.run_dir / 'checkpoints'} is from before these steps. Lower "
+                           f"optim.lr or set optim.grad_clip.")
+        metrics.update(loss=float("nan"), skipped_step=1.0)
+    else:
+        run.optimizer.step()
+        run.parts.target_updater.update(_unwrap(run.encoder), run.parts.target_encoder, run.step)
+        run.nonfinite_in_row = 0
+        metrics.update(loss=float(loss_sum), grad_norm=float(grad_norm))
+    run.step += 1
+    metrics["step"] = run.step
+    metrics["context_tokens"] = float(micro_batches[0].masks.context.shape[1])
+    metrics["target_tokens"] = float(micro_batches[0].masks.targets[0].numel())
+    metrics.update(representation_health(torch.cat(pooled)))
+    run.skipped_samples += sum(b.skipped for b in micro_batches)
+    return metrics
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+class _no_sync:
+    """Skip DDP's gradient all-reduce on all but the last micro-batch."""
+
+    def __init__(self, run: RunContext):
+        self.ctxs = [m.no_sync() for m in (run.encoder, run.predictor) if hasattr(m, "no_sync")]
+
+    def __enter__(self) -> None:
+        for c in self.ctxs:
+            c.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        for c in reversed(self.ctxs):
+            c.__exit__(*exc)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DDP
+
+
+def checkpoint_state(run: RunContext) -> dict:
+    return {
+        "format": ckpt.FORMAT, "version": ckpt.FORMAT_VERSION, "step": run.step,
+        "epoch": run.step // run.parts.steps_per_epoch,
+        "encoder": _unwrap(run.encoder).state_dict(),
+        "predictor": _unwrap(run.predictor).state_dict(),
+        "target_encoder": run.parts.target_encoder.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "recipe": recipe_to_dict(run.recipe),
+        "plugins": {name: info.version or "" for name, info in run.registry.plugins.items()},
+        "counters": {"nonfinite_total": run.nonfinite_total,
+                     "skipped_samples": run.skipped_samples},
+        "metrics": {k: float(v) for k, v in run.metrics.items()},
+    }
+
+
+def save_checkpoint(run: RunContext) -> Path | None:
+    """Rank 0 writes; every rank waits so nobody runs ahead of a checkpoint."""
+    path = None
+    if run.dist.is_main:
+        directory = run.run_dir / "checkpoints"
+        path = directory / ckpt.checkpoint_name(run.step)
+        ckpt.save_atomic(checkpoint_state(run), path)
+        ckpt.prune(directory, run.recipe.train.keep_last)
+        run.hook.on_checkpoint_saved(run=run, path=str(path), step=run.step)
+    if run.dist.distributed and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return path
+
+
+def load_state(run: RunContext, state: dict) -> None:
+    _unwrap(run.encoder).load_state_dict(state["encoder"])
+    _unwrap(run.predictor).load_state_dict(state["predictor"])
+    run.parts.target_encoder.load_state_dict(state["target_encoder"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.step = int(state["step"])
+    counters = state.get("counters", {})
+    run.nonfinite_total = int(counters.get("nonfinite_total", 0))
+    run.skipped_samples = int(counters.get("skipped_samples", 0))
+
+
+def setup(recipe: Recipe, registry: Any, dist: DistEnv) -> RunContext:
+    device = select_device(recipe, dist)
+    parts = build_components(recipe, registry)
+    for model in (parts.encoder, parts.target_encoder, parts.predictor):
+        model.to(device)
+    layout = batch_layout(recipe.train.global_batch_size, dist.world_size, dist.rank,
+                          recipe.dist.per_device_batch_cap)
+    optimizer = make_optimizer([parts.encoder, parts.predictor], recipe, device)
+    encoder, predictor = wrap_models(parts, recipe, dist, device)
+    return RunContext(recipe, registry, dist, device, recipe.run_dir, parts, encoder, predictor,
+                      optimizer, layout)
+
+
+def wrap_models(parts: Components, recipe: Recipe, dist: DistEnv,
+                device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    encoder, predictor = parts.encoder, parts.predictor
+    if dist.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        encoder = DDP(encoder, device_ids=ids, broadcast_buffers=False)
+        predictor = DDP(predictor, device_ids=ids, broadcast_buffers=False)
+    if recipe.train.compile:
+        encoder, predictor = torch.compile(encoder), torch.compile(predictor)
+        parts.target_encoder = torch.compile(parts.target_encoder)
+    return encoder, predictor
+
+
+def train(recipe: Recipe, registry: Any, dist: DistEnv | None = None,
+          resume: dict | None = None, console: Any = None) -> RunContext:
+    """Run the whole training; returns the finished RunContext (metrics of the last step)."""
+    dist = dist or DistEnv()
+    run = setup(recipe, registry, dist)
+    if resume is not None:
+        load_state(run, resume)
+    if dist.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    stop = min(run.parts.total_steps, recipe.train.max_steps or run.parts.total_steps)
+    loader = train_loader(run.parts.source, run.parts.masker, run.layout, seed=recipe.seed,
+                          steps_per_epoch=run.parts.steps_per_epoch, start_step=run.step,
+                          stop_step=stop, num_workers=recipe.train.num_workers,
+                          pin_memory=run.device.type == "cuda")
+    logger = RunLogger(run, stop, console)
+    run.hook.on_train_start(run=run)
+    every = recipe.train.checkpoint_every
+    with logger:
+        micro: list[Batch] = []
+        for batch in loader:
+            micro.append(batch)
+            if len(micro) < run.layout.accum_steps:
+                continue
+            run.metrics = train_step(run, micro)
+            micro = []
+            logger.step_end(run.metrics)
+            run.hook.on_step_end(run=run, step=run.step, metrics=run.metrics)
+            if every and run.step % every == 0 and run.step < stop:
+                save_checkpoint(run)
+    save_checkpoint(run)
+    run.hook.on_train_end(run=run, metrics=run.metrics)
+    return run

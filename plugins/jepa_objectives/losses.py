@@ -1,0 +1,50 @@
+"""Prediction losses of I-JEPA: smooth L1 (what the released code trains with) and L2.
+
+Both take predictions and targets of the same shape, [B, M, Nt, D], compute in float32 (inputs
+may be bf16 under autocast) and return the mean over all elements as a 0-dim float32 tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from jepa_objectives.configs import L2Config, SmoothL1Config
+
+
+def _check_shapes(predictions: torch.Tensor, targets: torch.Tensor) -> None:
+    # Broadcasting would silently average the wrong pairs.
+    if predictions.shape != targets.shape:
+        raise ValueError(f"predictions {tuple(predictions.shape)} and targets "
+                         f"{tuple(targets.shape)} must have the same shape")
+
+
+class SmoothL1Loss:
+    """mean(0.5 * d**2 / beta if |d| < beta else |d| - 0.5 * beta), d = prediction - target."""
+
+    def __init__(self, beta: float = 1.0):
+        self.beta = float(beta)
+
+    def __call__(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """predictions, targets [B, M, Nt, D] -> [] float32."""
+        _check_shapes(predictions, targets)
+        return F.smooth_l1_loss(predictions.float(), targets.float(), beta=self.beta)
+
+
+class L2Loss:
+    """mean((prediction - target) ** 2): the squared L2 distance averaged over all elements."""
+
+    def __call__(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """predictions, targets [B, M, Nt, D] -> [] float32."""
+        _check_shapes(predictions, targets)
+        return F.mse_loss(predictions.float(), targets.float())
+
+
+def build_smooth_l1(config: SmoothL1Config) -> SmoothL1Loss:
+    """The registered factory of the "smooth_l1" loss."""
+    return SmoothL1Loss(config.beta)
+
+
+def build_l2(config: L2Config) -> L2Loss:
+    """The registered factory of the "l2" loss."""
+    return L2Loss()

@@ -1,0 +1,165 @@
+"""The I-JEPA predictor: a narrow ViT that predicts target-block tokens from context tokens.
+
+For each (image, target block) it runs one sequence
+
+    [ predictor_embed(context tokens) + pos(context indices)  |  mask_token + pos(target indices) ]
+      Nc tokens                                                   Nt tokens
+
+through pre-norm transformer blocks and returns predictor_proj(predictor_norm(.)) at the mask
+positions. Context tokens are repeated once per target block (B * M sequences).
+
+Parameter names are those of the official I-JEPA checkpoints' `predictor` state dict (less
+their `module.` prefix), so importing one is a key-prefix strip:
+
+    mask_token [1, 1, Dp]                  predictor_pos_embed [1, N, Dp] (frozen sin-cos)
+    predictor_embed.{weight,bias}          D -> Dp
+    predictor_blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*
+    predictor_norm.{weight,bias}           predictor_proj.{weight,bias}   Dp -> D
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from jepa_core.errors import ConfigError
+from jepa_vit.configs import PredictorConfig
+from jepa_vit.encoder import (
+    INIT_STD,
+    gather_tokens,
+    init_vit_weights,
+    key_padding_mask,
+    set_attention,
+)
+from jepa_vit.pos_embed import sincos_2d
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def resolve_num_heads(config: PredictorConfig, encoder_heads: int) -> int:
+    """config.num_heads, or the encoder's; ConfigError (with the nearest fixes) unless it
+    divides the predictor width, and unless the width suits 2D sin-cos (divisible by 4)."""
+    width = config.embed_dim
+    if width % 4:
+        raise ConfigError(
+            f"predictor embed_dim {width} must be divisible by 4 (2D sin-cos positions)")
+    heads = config.num_heads or encoder_heads
+    if width % heads:
+        options = [d for d in _divisors(width) if 1 < d <= 64]
+        nearest = min(options, key=lambda d: abs(d - heads)) if options else 1
+        source = "" if config.num_heads else " (taken from the encoder)"
+        raise ConfigError(
+            f"predictor embed_dim {width} is not divisible by num_heads {heads}{source}; set "
+            f"predictor "
+            f"num_heads to a divisor of {width} (e.g. {nearest}) or embed_dim to a multiple of "
+            f"{heads} (e.g. {heads * max(1, round(width / heads))})")
+    return heads
+
+
+class VisionTransformerPredictor(nn.Module):
+    """See the module docstring. Attributes: embed_dim Dp, encoder_dim D, num_heads,
+    patch_grid (gh, gw), num_patches N, grad_checkpointing."""
+
+    def __init__(self, *, encoder_dim: int, patch_grid: tuple[int, int], embed_dim: int = 384,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+                 drop_path_rate: float = 0.0, attention: str = "auto"):
+        super().__init__()
+        self.embed_dim, self.encoder_dim, self.num_heads = embed_dim, encoder_dim, num_heads
+        self.patch_grid = (int(patch_grid[0]), int(patch_grid[1]))
+        self.num_patches = self.patch_grid[0] * self.patch_grid[1]
+        self.grad_checkpointing = False
+
+        self.predictor_embed = nn.Linear(encoder_dim, embed_dim, bias=True)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        table = sincos_2d(embed_dim, *self.patch_grid, device=self.mask_token.device)
+        self.predictor_pos_embed = nn.Parameter(table[None], requires_grad=False)
+        # Stochastic depth rises linearly from 0 at the first block to drop_path_rate.
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        self.predictor_blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=rate,
+                  norm_layer=norm)
+            for rate in rates])
+        self.predictor_norm = norm(embed_dim)
+        self.predictor_proj = nn.Linear(embed_dim, encoder_dim, bias=True)
+
+        set_attention(self, attention)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """I-JEPA init (see `init_vit_weights`) plus the mask token, trunc-normal std 0.02."""
+        init_vit_weights(self)
+        if not self.mask_token.is_meta:
+            nn.init.trunc_normal_(self.mask_token, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def positions(self, index: torch.Tensor) -> torch.Tensor:
+        """index [S, K] int64 patch indices -> [S, K, Dp] their fixed positional embeddings."""
+        table = self.predictor_pos_embed.expand(index.shape[0], -1, -1)
+        return gather_tokens(table, index)
+
+    def embed_context(self, tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """tokens [B, Nc, D], index [B, Nc] -> [B, Nc, Dp] projected tokens plus positions."""
+        x = self.predictor_embed(tokens)
+        return x + self.positions(index).to(x.dtype)
+
+    def mask_queries(self, target_idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """target_idx [S, Nt] -> [S, Nt, Dp]: the shared mask token plus each target position."""
+        pos = self.positions(target_idx)
+        return (self.mask_token + pos).to(dtype)
+
+    @staticmethod
+    def attention_mask(context_valid: torch.Tensor | None, repeats: int,
+                       num_queries: int) -> torch.Tensor | None:
+        """context_valid [B, Nc] bool -> [B * repeats, 1, 1, Nc + num_queries] key mask: padded
+        context positions are ignored, mask tokens are always valid. None stays None."""
+        if context_valid is None:
+            return None
+        ctx = context_valid.repeat_interleave(repeats, dim=0)
+        queries = ctx.new_ones(ctx.shape[0], num_queries)
+        return key_padding_mask(torch.cat([ctx, queries], dim=1))
+
+    def run_blocks(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """x [S, L, Dp] -> [S, L, Dp] after all predictor blocks."""
+        for block in self.predictor_blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, attn_mask=attn_mask)
+        return x
+
+    def forward(self, context_tokens: torch.Tensor, context_idx: torch.Tensor,
+                target_idx: torch.Tensor,
+                context_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """context_tokens [B, Nc, D] (the context encoder's output), context_idx [B, Nc] int64,
+        target_idx [B, M, Nt] int64, context_valid [B, Nc] bool | None (False = padding).
+        Returns [B, M, Nt, D]: one prediction per target index, in the encoder's width."""
+        batch, num_blocks, num_targets = target_idx.shape
+        context = self.embed_context(context_tokens, context_idx)
+        context = context.repeat_interleave(num_blocks, dim=0)  # [B*M, Nc, Dp], (b, m) order
+        queries = self.mask_queries(target_idx.reshape(batch * num_blocks, num_targets),
+                                    context.dtype)
+        x = torch.cat([context, queries], dim=1)  # [B*M, Nc+Nt, Dp]
+        mask = self.attention_mask(context_valid, num_blocks, num_targets)
+        x = self.run_blocks(x, mask)[:, -num_targets:]
+        x = self.predictor_proj(self.predictor_norm(x))  # [B*M, Nt, D]
+        return x.reshape(batch, num_blocks, num_targets, self.encoder_dim)
+
+
+def build_predictor(config: PredictorConfig, encoder: Any) -> VisionTransformerPredictor:
+    """The registered factory: the predictor for `encoder` (its width D, heads, patch grid)."""
+    heads = resolve_num_heads(config, int(encoder.num_heads))
+    return VisionTransformerPredictor(
+        encoder_dim=int(encoder.embed_dim), patch_grid=tuple(encoder.patch_grid),
+        embed_dim=config.embed_dim, depth=config.depth, num_heads=heads,
+        mlp_ratio=config.mlp_ratio, drop_path_rate=config.drop_path_rate,
+        attention=config.attention)

@@ -1,0 +1,499 @@
+"""Plugin discovery and the component registry, with real pluggy and real entry points.
+
+Third-party distributions are made on the fly: a `*.dist-info` folder (METADATA,
+entry_points.txt, top_level.txt) next to the plugin module in `tmp_path`, which goes on
+`sys.path` (importlib.metadata finds distributions there) or on PYTHONPATH for the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import attrs
+import pytest
+
+from jepa_core import KINDS, plugins
+from jepa_core.errors import PluginError, UnknownComponentError
+from jepa_core.hookspecs import REGISTRATION_HOOKS, hookimpl
+from jepa_core.listing import plugins_json
+from jepa_core.plugins import make_plugin_manager
+
+REPO = Path(__file__).resolve().parents[1]
+FIRST_PARTY = {"image", "vit", "objectives"}
+OFF_SWITCH = "JEPA_DISABLE_PLUGIN_AUTOLOAD"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for var in (OFF_SWITCH, "JEPA_PLUGINS", "JEPA_TRACE_HOOKS"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def masker_plugin(component: str, extra: str = "") -> str:
+    """Source of a plugin module that registers one masker named `component`."""
+    return textwrap.dedent(f'''
+        import attrs
+        from jepa_core.hookspecs import hookimpl
+
+        @attrs.frozen
+        class Config:
+            """A test masker."""
+            k: int = 1
+
+        @hookimpl
+        def register_maskers(register):
+            register({component!r}, Config, "{{module}}_factories:build")
+    ''') + textwrap.dedent(extra)
+
+
+class Sandbox:
+    """Throwaway plugin modules and distributions in tmp_path, importable in and out of process."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch):
+        self.root = root
+        self.modules: list[str] = []
+        monkeypatch.syspath_prepend(str(root))
+
+    def module(self, source: str, stem: str = "plug") -> str:
+        name = f"{stem}_{uuid.uuid4().hex[:8]}"
+        (self.root / f"{name}.py").write_text(source.replace("{module}", name))
+        self.modules.append(name)
+        return name
+
+    def distribution(self, dist: str, version: str, entry_points: dict[str, str]) -> None:
+        info = self.root / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        lines = ["[jepa]", *(f"{k} = {v}" for k, v in entry_points.items())]
+        (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+        tops = sorted({v.split(":")[0].split(".")[0] for v in entry_points.values()})
+        (info / "top_level.txt").write_text("\n".join(tops) + "\n")
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in (OFF_SWITCH, "JEPA_PLUGINS", "JEPA_TRACE_HOOKS")}
+        env["PYTHONPATH"] = os.pathsep.join([str(self.root), env.get("PYTHONPATH", "")])
+        env["COLUMNS"] = "200"  # rich wraps at 80 columns without a terminal
+        env.update(extra)
+        return env
+
+    def cleanup(self) -> None:
+        for name in self.modules:
+            for mod in [m for m in sys.modules if m == name or m.startswith(name + "_")]:
+                del sys.modules[mod]
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    box = Sandbox(tmp_path, monkeypatch)
+    yield box
+    box.cleanup()
+
+
+def jepa(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jepa_core", *args], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=60)
+
+
+def broken_names(registry) -> list[str]:
+    return [b.name for b in registry.broken]
+
+
+# -- first-party plugins, metadata, no global state ------------------------------------------
+def test_first_party_components_record_plugin_distribution_and_version():
+    registry = make_plugin_manager()
+    assert registry.broken == []
+    version = md.version("jepa-core")
+    specs = {(s.kind, s.name): s for s in registry.all_components()}
+    assert specs[("masker", "multiblock")].plugin == "image"
+    assert specs[("encoder", "vit")].plugin == "vit"
+    assert specs[("loss", "smooth_l1")].plugin == "objectives"
+    for spec in specs.values():
+        assert spec.plugin in FIRST_PARTY
+        assert spec.distribution == "jepa-core"
+        assert spec.version == version
+        assert spec.description  # first line of the config docstring
+    for name in FIRST_PARTY:
+        info = registry.plugins[name]
+        assert (info.source, info.distribution, info.version) == ("entry point", "jepa-core",
+                                                                  version)
+    assert {kind for kind, _ in specs} == set(KINDS)
+
+
+def test_each_call_builds_a_fresh_plugin_manager():
+    a, b = make_plugin_manager(), make_plugin_manager()
+    assert a.pm is not b.pm and a.components is not b.components
+    a.components["masker"].clear()
+    assert "multiblock" in b.components["masker"]
+
+
+def test_every_registration_hook_reaches_its_kind():
+    @attrs.frozen
+    class Cfg:
+        pass
+
+    class AllKinds:
+        @hookimpl
+        def register_encoders(self, register):
+            register("t_encoder", Cfg, lambda cfg: "encoder")
+
+        @hookimpl
+        def register_predictors(self, register):
+            register("t_predictor", Cfg, lambda cfg, encoder: ("predictor", encoder))
+
+        @hookimpl
+        def register_maskers(self, register):
+            register("t_masker", Cfg, lambda cfg, grid: ("masker", grid))
+
+        @hookimpl
+        def register_target_updaters(self, register):
+            register("t_target_updater", Cfg, lambda cfg, total_steps: total_steps)
+
+        @hookimpl
+        def register_losses(self, register):
+            register("t_loss", Cfg, lambda cfg: "loss")
+
+        @hookimpl
+        def register_data_sources(self, register):
+            register("t_data_source", Cfg, lambda cfg, image_size, train: (image_size, train),
+                     description="explicit description")
+
+    registry = make_plugin_manager(autoload=False, objects=[("all_kinds", AllKinds())])
+    assert set(REGISTRATION_HOOKS) == set(KINDS)
+    for kind in KINDS:
+        spec = registry.get(kind, f"t_{kind}")
+        assert (spec.kind, spec.plugin, spec.distribution) == (kind, "all_kinds", None)
+    assert registry.get("masker", "t_masker").build(Cfg(), grid=(4, 4)) == ("masker", (4, 4))
+    assert registry.get("data_source", "t_data_source").description == "explicit description"
+
+
+def test_unknown_component_lists_registered_names_and_the_nearest():
+    registry = make_plugin_manager()
+    with pytest.raises(UnknownComponentError) as info:
+        registry.get("masker", "multiblok")
+    message = str(info.value)
+    assert "no masker named 'multiblok' is registered" in message
+    assert "Did you mean 'multiblock'?" in message
+    assert "Registered maskers: 'multiblock', 'random'." in message
+    assert "jepa -p MODULE" in message
+
+
+# -- discovery order -------------------------------------------------------------------------
+def test_discovery_order_builtins_entry_points_command_line_objects(sandbox, monkeypatch):
+    builtin = sandbox.module(masker_plugin("from_builtin"), "builtin")
+    third = sandbox.module(masker_plugin("from_entry_point"), "third")
+    env_mod = sandbox.module(masker_plugin("from_env"), "envmod")
+    cli_mod = sandbox.module(masker_plugin("from_cli"), "climod")
+    sandbox.distribution("acme-masks", "2.0.1", {"acme": third})
+    monkeypatch.setattr(plugins, "BUILTIN_PLUGINS", (builtin,))
+    monkeypatch.setenv("JEPA_PLUGINS", f" {env_mod} ,")
+
+    class ObjectPlugin:
+        @hookimpl
+        def register_maskers(self, register):
+            register("from_object", attrs.make_class("C", {}, frozen=True), lambda c: None)
+
+    registry = make_plugin_manager([cli_mod], objects=[("obj", ObjectPlugin())])
+    assert registry.broken == []
+    names = list(registry.plugins)
+    # entry points come sorted by entry-point name: acme, image, objectives, vit
+    assert names == [builtin, "acme", "image", "objectives", "vit", env_mod, cli_mod, "obj"]
+    sources = [registry.plugins[n].source for n in names]
+    assert sources == ["builtin"] + ["entry point"] * 4 + ["command line"] * 2 + ["object"]
+    # hooks run in discovery order, so components appear in that order too
+    maskers = [s.name for s in registry.components["masker"].values()]
+    assert maskers == ["from_builtin", "from_entry_point", "multiblock", "random", "from_env",
+                       "from_cli", "from_object"]
+    acme = registry.get("masker", "from_entry_point")
+    assert (acme.plugin, acme.distribution, acme.version) == ("acme", "acme-masks", "2.0.1")
+
+
+def test_a_module_named_twice_is_loaded_once(sandbox, monkeypatch):
+    mod = sandbox.module(masker_plugin("once"))
+    monkeypatch.setenv("JEPA_PLUGINS", mod)
+    registry = make_plugin_manager([mod, mod])
+    assert registry.broken == []
+    assert list(registry.plugins).count(mod) == 1
+
+
+# -- the off switch --------------------------------------------------------------------------
+def test_off_switch_loads_no_entry_points(monkeypatch):
+    monkeypatch.setenv(OFF_SWITCH, "1")
+    registry = make_plugin_manager()
+    assert registry.plugins == {} and registry.all_components() == []
+    assert make_plugin_manager(autoload=False).all_components() == []
+
+
+def test_off_switch_then_dash_p_brings_the_maskers_back(monkeypatch):
+    monkeypatch.setenv(OFF_SWITCH, "1")
+    registry = make_plugin_manager(["jepa_image.plugin"])
+    assert registry.broken == []
+    assert sorted(registry.components["masker"]) == ["multiblock", "random"]
+    assert registry.components["encoder"] == {}
+    spec = registry.get("masker", "multiblock")
+    # found through the module's distribution, even though it was not an entry point
+    assert (spec.plugin, spec.distribution) == ("jepa_image.plugin", "jepa-core")
+    assert registry.plugins["jepa_image.plugin"].source == "command line"
+
+
+def test_off_switch_skips_a_broken_entry_point(sandbox, monkeypatch):
+    bad = sandbox.module('raise RuntimeError("boom at import")\n', "kaput")
+    sandbox.distribution("kaput-dist", "0.0.1", {"kaput": bad})
+    assert broken_names(make_plugin_manager()) == ["kaput"]
+    monkeypatch.setenv(OFF_SWITCH, "1")
+    assert make_plugin_manager().broken == []
+
+
+# -- duplicates ------------------------------------------------------------------------------
+def test_duplicate_component_names_both_plugins_the_first_keeps_it(sandbox):
+    dup = sandbox.module(masker_plugin("multiblock", '''
+        @hookimpl
+        def register_losses(register):
+            register("dup_loss", Config, "nowhere:build")
+    '''), "dup")
+    # entry-point names are sorted: "zz_dup" is discovered after the first-party "image"
+    sandbox.distribution("dup-dist", "3.1", {"zz_dup": dup})
+    registry = make_plugin_manager()
+    assert broken_names(registry) == ["zz_dup"]
+    error = registry.broken[0].error
+    assert error == (
+        "masker 'multiblock' is registered twice: by plugin 'image' (jepa-core) and by plugin "
+        "'zz_dup' (dup-dist). Uninstall one of them, or rename the component in one plugin.")
+    assert registry.broken[0].distribution == "dup-dist"
+    assert registry.get("masker", "multiblock").plugin == "image"
+    # the broken plugin keeps nothing, and is listed as broken rather than loaded
+    assert "dup_loss" not in registry.components["loss"]
+    assert "zz_dup" not in registry.plugins
+    with pytest.raises(PluginError, match="zz_dup"):
+        registry.raise_if_broken()
+
+
+def test_duplicate_through_dash_p_names_both(sandbox):
+    dup = sandbox.module(masker_plugin("random"), "dup")
+    registry = make_plugin_manager([dup])
+    assert broken_names(registry) == [dup]
+    assert "by plugin 'image' (jepa-core) and by plugin" in registry.broken[0].error
+    assert registry.get("masker", "random").plugin == "image"
+
+
+# -- plugins that fail -----------------------------------------------------------------------
+def test_plugin_that_fails_to_import_is_reported_by_name_with_the_off_switch(sandbox):
+    bad = sandbox.module('raise RuntimeError("boom at import")\n', "kaput")
+    sandbox.distribution("kaput-dist", "0.0.1", {"kaput": bad})
+    registry = make_plugin_manager()
+    [broken] = registry.broken
+    assert (broken.name, broken.source, broken.distribution) == ("kaput", "entry point",
+                                                                 "kaput-dist")
+    assert broken.error == "import failed: RuntimeError: boom at import"
+    # the other plugins still work
+    assert registry.get("masker", "multiblock").plugin == "image"
+    with pytest.raises(PluginError) as info:
+        registry.raise_if_broken()
+    message = str(info.value)
+    assert "1 plugin(s) failed to load: kaput (entry point): import failed" in message
+    assert f"{OFF_SWITCH}=1" in message and "jepa -p MODULE" in message
+
+
+def test_missing_dash_p_module_is_broken_not_fatal():
+    registry = make_plugin_manager(["no_such_jepa_plugin_module"])
+    [broken] = registry.broken
+    assert broken.source == "command line"
+    assert broken.error == ("import failed: ModuleNotFoundError: No module named "
+                            "'no_such_jepa_plugin_module'")
+    assert "multiblock" in registry.components["masker"]
+
+
+def test_misspelt_hook_is_caught_by_check_pending(sandbox):
+    typo = sandbox.module(masker_plugin("never_seen", '''
+        @hookimpl
+        def register_masker(register):  # missing "s"
+            register("typo", Config, "nowhere:build")
+    '''), "typo")
+    registry = make_plugin_manager([typo])
+    [broken] = registry.broken
+    assert broken.name == typo
+    assert "unknown hook 'register_masker'" in broken.error
+    assert "Hook names must match `jepa_core.hookspecs` (misspelt?)" in broken.error
+    # nothing of the plugin is registered, not even its correctly spelt hook
+    assert "never_seen" not in registry.components["masker"]
+    assert not registry.pm.has_plugin(typo)
+    assert registry.get("masker", "multiblock").plugin == "image"
+
+
+def test_hook_with_wrong_argument_name_is_invalid(sandbox):
+    wrong = sandbox.module(textwrap.dedent('''
+        from jepa_core.hookspecs import hookimpl
+
+        @hookimpl
+        def register_maskers(reg):
+            pass
+    '''), "wrongarg")
+    registry = make_plugin_manager([wrong], autoload=False)
+    [broken] = registry.broken
+    assert broken.error.startswith("invalid hook: ")
+    assert "reg" in broken.error
+
+
+def test_register_hook_that_raises_is_reported():
+    @attrs.frozen
+    class Cfg:
+        pass
+
+    class Raising:
+        @hookimpl
+        def register_encoders(self, register):
+            register("fine_before_the_crash", Cfg, lambda c: None)
+
+        @hookimpl
+        def register_maskers(self, register):
+            raise ValueError("masker table is corrupt")
+
+    registry = make_plugin_manager(objects=[("raising", Raising())])
+    [broken] = registry.broken
+    assert broken == plugins.BrokenPlugin(
+        "raising", "object", None, "register_maskers raised ValueError: masker table is corrupt")
+    assert "fine_before_the_crash" not in registry.components["encoder"]
+    assert "raising" not in plugins_json(registry)["plugins"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("toy", dict, "m:f"), "plugin 'bad' registered masker 'toy' with config class <class "
+                           "'dict'>, which is not an attrs class. Decorate it with "
+                           "@attrs.frozen."),
+    (("", "attrs", "m:f"), "plugin 'bad' registered a masker with name ''; names must be "
+                           "non-empty strings."),
+    ((7, "attrs", "m:f"), "plugin 'bad' registered a masker with name 7; names must be "
+                          "non-empty strings."),
+    (("toy", "attrs", 42), "plugin 'bad' registered masker 'toy' with factory 42; pass a "
+                           "callable or a 'module:attribute' string."),
+    (("toy", "attrs", "no_colon"), "plugin 'bad' registered masker 'toy' with factory "
+                                   "'no_colon'; pass a callable or a 'module:attribute' "
+                                   "string."),
+])
+def test_bad_register_calls_are_errors(args, expected):
+    @attrs.frozen
+    class Cfg:
+        pass
+
+    name, config, factory = args
+
+    class Bad:
+        @hookimpl
+        def register_maskers(self, register):
+            register(name, Cfg if config == "attrs" else config, factory)
+
+    registry = make_plugin_manager(autoload=False, objects=[("bad", Bad())])
+    assert [(b.name, b.error) for b in registry.broken] == [("bad", expected)]
+    with pytest.raises(PluginError, match="bad"):
+        registry.raise_if_broken()
+
+
+# -- lazy factories --------------------------------------------------------------------------
+def test_string_factory_is_imported_only_when_built(sandbox):
+    mod = sandbox.module(masker_plugin("lazy"))
+    (sandbox.root / f"{mod}_factories.py").write_text(textwrap.dedent('''
+        def build(config, **context):
+            return ("built", config.k, context)
+    '''))
+    registry = make_plugin_manager([mod], autoload=False)
+    spec = registry.get("masker", "lazy")
+    assert spec.factory == f"{mod}_factories:build"
+    assert f"{mod}_factories" not in sys.modules
+    assert spec.build(spec.config_class(k=3), grid=(2, 2)) == ("built", 3, {"grid": (2, 2)})
+    assert f"{mod}_factories" in sys.modules
+
+
+def test_missing_factory_module_lists_fine_but_build_names_the_plugin(sandbox):
+    mod = sandbox.module(masker_plugin("ghost"))  # "<mod>_factories" is never written
+    registry = make_plugin_manager([mod])
+    assert registry.broken == []
+    listed = {c["name"]: c for c in plugins_json(registry)["components"]}
+    assert listed["ghost"]["plugin"] == mod
+    spec = registry.get("masker", "ghost")
+    with pytest.raises(PluginError) as info:
+        spec.build(spec.config_class(), grid=(2, 2))
+    message = str(info.value)
+    assert f"plugin {mod!r} registered masker 'ghost' with factory '{mod}_factories:build', " \
+           f"which cannot be imported: No module named '{mod}_factories'" in message
+    assert "fix the factory path" in message
+
+
+def test_missing_factory_attribute_names_the_plugin(sandbox):
+    mod = sandbox.module(masker_plugin("half"))
+    (sandbox.root / f"{mod}_factories.py").write_text("def other(config):\n    return 1\n")
+    registry = make_plugin_manager([mod], autoload=False)
+    spec = registry.get("masker", "half")
+    with pytest.raises(PluginError, match=f"plugin '{mod}' registered masker 'half'"):
+        spec.build(spec.config_class())
+
+
+# -- tracing ---------------------------------------------------------------------------------
+def test_trace_env_writes_hook_calls(monkeypatch):
+    monkeypatch.setenv("JEPA_TRACE_HOOKS", "1")
+    out = io.StringIO()
+    with redirect_stdout(out):
+        registry = make_plugin_manager()
+        seen: list[str] = []
+        registry.pm.hook.register_maskers(register=lambda name, *a, **k: seen.append(name))
+    assert sorted(seen) == ["multiblock", "random"]
+    assert "register_maskers [hook]" in out.getvalue()
+
+
+# -- through the command line, in a subprocess -----------------------------------------------
+@pytest.fixture
+def kaput(sandbox):
+    bad = sandbox.module('raise RuntimeError("boom at import")\n', "kaput")
+    sandbox.distribution("kaput-dist", "0.0.1", {"kaput": bad})
+    return sandbox
+
+
+def test_cli_lists_with_a_broken_entry_point_but_run_refuses(kaput):
+    env = kaput.env()
+    listing = jepa("plugins", env=env)
+    assert listing.returncode == 0, listing.stderr
+    assert "broken plugin kaput (entry point, kaput-dist): import failed: RuntimeError: " \
+           "boom at import" in listing.stdout
+    assert f"{OFF_SWITCH}=1" in listing.stdout and "multiblock" in listing.stdout
+
+    data = json.loads(jepa("plugins", "--json", env=env).stdout)
+    assert [b["name"] for b in data["broken"]] == ["kaput"]
+    assert {c["name"] for c in data["components"]} >= {"multiblock", "vit", "ema"}
+
+    assert jepa("--help", env=env).returncode == 0
+
+    run = jepa("run", "recipes/quickstart.yaml", env=env)
+    assert run.returncode == 2
+    assert "kaput" in run.stderr and "plugin error" in run.stderr
+    assert OFF_SWITCH in " ".join(run.stderr.split())
+    assert "Traceback" not in run.stdout + run.stderr
+
+
+def test_cli_off_switch_and_dash_p_work_around_a_broken_entry_point(kaput):
+    env = kaput.env(**{OFF_SWITCH: "1"})
+    bare = json.loads(jepa("plugins", "--json", env=env).stdout)
+    assert bare == {"components": [], "plugins": [], "broken": []}
+    loaded = ["-p", "jepa_image.plugin", "-p", "jepa_vit.plugin", "-p", "jepa_objectives.plugin"]
+    check = jepa(*loaded, "check", "recipes/quickstart.yaml", env=env)
+    assert check.returncode == 0, check.stderr
+    assert "masker: multiblock from plugin jepa_image.plugin (jepa-core" in check.stdout
+
+
+def test_cli_entry_point_plugin_component_is_listed_with_its_distribution(sandbox):
+    mod = sandbox.module(masker_plugin("acme_masker"))
+    sandbox.distribution("acme-masks", "2.0.1", {"acme": mod})
+    data = json.loads(jepa("plugins", "--json", env=sandbox.env()).stdout)
+    [acme] = [c for c in data["components"] if c["name"] == "acme_masker"]
+    assert acme == {"kind": "masker", "name": "acme_masker", "plugin": "acme",
+                    "distribution": "acme-masks", "version": "2.0.1",
+                    "description": "A test masker."}
+    assert {"name": "acme", "source": "entry point", "distribution": "acme-masks",
+            "version": "2.0.1", "module": mod} in data["plugins"]
