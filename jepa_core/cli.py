@@ -113,20 +113,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_masks(args: argparse.Namespace) -> int:
-    from jepa_core.mask_preview import masks_command
-
     registry = _registry(args)
     recipe = _load(args, registry)
+    from jepa_core.mask_preview import masks_command  # torch: only for a valid recipe
+
     masks_command(recipe, registry, args.out, samples=args.samples, seed=args.seed,
                   batch_size=args.batch_size, console=_console())
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from jepa_core.evaluate import eval_command
-
     registry = _registry(args)
     registry.raise_if_broken()
+    from jepa_core.evaluate import eval_command  # torch: only once the plugins are sound
+
     return eval_command(args.source, registry, args.overrides, baseline=not args.no_baseline,
                         console=_console())
 

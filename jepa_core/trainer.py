@@ -313,7 +313,7 @@ def train(recipe: Recipe, registry: Any, dist: DistEnv | None = None,
             micro = []
             logger.step_end(run.metrics)
             run.hook.on_step_end(run=run, step=run.step, metrics=run.metrics)
-            if every and run.step % every == 0 and run.step < stop:
+            if every and run.step % every == 0 and run.step < stop and not run.nonfinite_in_row:
                 save_checkpoint(run)
     save_checkpoint(run)
     run.hook.on_train_end(run=run, metrics=run.metrics)

@@ -136,7 +136,7 @@ class SyntheticImages:
         label = index % self.num_classes
         g = torch.Generator().manual_seed(derive_seed("synthetic", index))
         h, w = self.image_size
-        angle = torch.pi * label / self.num_classes
+        angle = torch.tensor(torch.pi * label / self.num_classes)
         freq = 2.0 + 3.0 * (label % 3)
         yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
         phase = float(torch.rand((), generator=g)) * 2 * torch.pi

@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 
 import attrs
+import numpy as np
 import torch
 
 from jepa_core.errors import ConfigError
@@ -120,41 +121,59 @@ class MultiBlockMasker:
         lefts = torch.randint(0, self.grid[1] - size[1] + slack, (n, k), generator=generator)
         return tops, lefts
 
-    def cover(self, tops: torch.Tensor, lefts: torch.Tensor, size: Size) -> torch.Tensor:
-        """[n, k, N] bool: which patches each block covers (corners [n, k])."""
+    def axis_cover(self, tops: torch.Tensor, lefts: torch.Tensor,
+                   size: Size) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows [n, k, gh] and columns [n, k, gw] (bool) that each block spans."""
         rows = torch.arange(self.grid[0])
         cols = torch.arange(self.grid[1])
         in_rows = (rows >= tops[..., None]) & (rows < tops[..., None] + size[0])
         in_cols = (cols >= lefts[..., None]) & (cols < lefts[..., None] + size[1])
+        return in_rows, in_cols
+
+    def cover(self, tops: torch.Tensor, lefts: torch.Tensor, size: Size) -> torch.Tensor:
+        """[n, k, N] bool: which patches each of k blocks covers (corners [n, k])."""
+        in_rows, in_cols = self.axis_cover(tops, lefts, size)
         return (in_rows[..., :, None] & in_cols[..., None, :]).flatten(-2)
 
+    def union(self, tops: torch.Tensor, lefts: torch.Tensor, size: Size) -> torch.Tensor:
+        """[n, N] bool: patches covered by any of the k blocks (corners [n, k]).
+
+        A batched product of row and column indicators ([n, gh, k] @ [n, k, gw]) counts the
+        blocks over each patch without materialising the [n, k, N] covers.
+        """
+        in_rows, in_cols = self.axis_cover(tops, lefts, size)
+        counts = torch.bmm(in_rows.transpose(1, 2).float(), in_cols.float())
+        return counts.flatten(1).bool()
+
     def place(self, n: int, tsize: Size, csize: Size, generator: torch.Generator):
-        """Draw positions for n samples: (target corners, target cover [n, M, N],
-        context cover [n, N], kept context [n, N])."""
+        """Draw positions for n samples: (target tops, lefts [n, M], context tops, lefts
+        [n, num_context], kept context [n, N] bool)."""
         c = self.config
         tops, lefts = self.draw_corners(n, c.num_targets, tsize, generator)
         ctops, clefts = self.draw_corners(n, c.num_context, csize, generator)
-        tcover = self.cover(tops, lefts, tsize)
-        ccover = self.cover(ctops, clefts, csize).any(1)
-        keep = ccover if c.allow_overlap else ccover & ~tcover.any(1)
-        return (tops, lefts), tcover, ccover, keep
+        keep = self.union(ctops, clefts, csize)
+        if not c.allow_overlap:
+            keep &= ~self.union(tops, lefts, tsize)
+        return [tops, lefts, ctops, clefts, keep]
 
     def place_with_redraws(self, batch_size: int, tsize: Size, csize: Size,
                            generator: torch.Generator):
-        """Positions for the batch, redrawing short samples: (tops, lefts [B, M], keep [B, N],
-        rounds, fallbacks)."""
-        (tops, lefts), tcover, ccover, keep = self.place(batch_size, tsize, csize, generator)
+        """Positions for the batch, redrawing short samples: (target tops, lefts [B, M],
+        kept context [B, N] bool, redraw rounds, fallbacks)."""
+        drawn = self.place(batch_size, tsize, csize, generator)
         rounds = 0
-        short = keep.sum(1) < self.config.min_keep
+        short = drawn[-1].sum(1, dtype=torch.int32) < self.config.min_keep
         while bool(short.any()) and rounds < MAX_REDRAWS:
             rows = short.nonzero().squeeze(1)
-            (t2, l2), tc2, cc2, k2 = self.place(len(rows), tsize, csize, generator)
-            tops[rows], lefts[rows], tcover[rows], ccover[rows], keep[rows] = t2, l2, tc2, cc2, k2
-            short = keep.sum(1) < self.config.min_keep
+            for old, new in zip(drawn, self.place(len(rows), tsize, csize, generator)):
+                old[rows] = new
+            short = drawn[-1].sum(1, dtype=torch.int32) < self.config.min_keep
             rounds += 1
+        tops, lefts, ctops, clefts, keep = drawn
         fallbacks = int(short.sum())
         if fallbacks:
-            keep[short] = self.partial_carve(ccover[short], tcover[short])
+            keep[short] = self.partial_carve(self.union(ctops[short], clefts[short], csize),
+                                             self.cover(tops[short], lefts[short], tsize))
         return tops, lefts, keep, rounds, fallbacks
 
     def partial_carve(self, ccover: torch.Tensor, tcover: torch.Tensor) -> torch.Tensor:
@@ -169,19 +188,16 @@ class MultiBlockMasker:
 
     # -- equalisation --------------------------------------------------------------------
     def equalize(self, keep: torch.Tensor, generator: torch.Generator):
-        """Rows of a [B, N] bool mask -> (context [B, Nc] int64, context_valid [B, Nc] | None)."""
-        counts = keep.sum(1)
-        first = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)  # kept first, raster
-        if self.reference:
-            return first[:, : int(counts.min())], None
+        """Rows of a [B, N] bool mask -> (context [B, Nc] int64 in raster order, context_valid
+        [B, Nc] bool | None, row counts [B] int64 before equalisation)."""
+        positions, counts = ranked_positions(keep)  # [B, max count], padded with 0
+        if self.reference:  # the first indices in raster order
+            return positions[:, : int(counts.min())], None, counts
         if self.config.context_equalize == "pad":
-            length = int(counts.max())
-            idx = first[:, :length]
-            valid = torch.arange(length) < counts[:, None]
-            return torch.where(valid, idx, idx[:, :1]), valid
-        key = torch.where(keep, torch.rand(keep.shape, generator=generator), 2.0)
-        chosen = torch.argsort(key, dim=1)[:, : int(counts.min())]
-        return chosen.sort(dim=1).values, None
+            valid = torch.arange(positions.shape[1]) < counts[:, None]
+            return torch.where(valid, positions, positions[:, :1]), valid, counts
+        columns = random_columns(counts, int(counts.min()), positions.shape[1], generator)
+        return positions.gather(1, columns), None, counts
 
     # -- the call ------------------------------------------------------------------------
     def sample_with_stats(self, batch_size: int,
@@ -193,8 +209,8 @@ class MultiBlockMasker:
         gw = self.grid[1]
         offsets = (torch.arange(tsize[0])[:, None] * gw + torch.arange(tsize[1])).flatten()
         targets = (tops * gw + lefts)[..., None] + offsets  # [B, M, h*w]
-        context, valid = self.equalize(keep, generator)
-        stats = MaskDrawStats(keep.sum(1), tsize, csize, rounds, fallbacks)
+        context, valid, counts = self.equalize(keep, generator)
+        stats = MaskDrawStats(counts, tsize, csize, rounds, fallbacks)
         return MaskBatch(context, targets, valid), stats
 
     def __call__(self, batch_size: int, generator: torch.Generator) -> MaskBatch:
@@ -205,6 +221,41 @@ class MultiBlockMasker:
 
 
 # -- build-time checks -------------------------------------------------------------------
+def ranked_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the Trues of each row of `mask` [B, N], in raster order: ([B, max count]
+    int64, padded with 0 after a row's count; counts [B] int64).
+
+    A scatter by running count, because torch's CPU sort costs ~5 us per row on short rows.
+    """
+    rank = mask.cumsum(1)
+    counts = rank[:, -1].clone()
+    rank.mul_(mask)  # j-th True -> j (1-based); False -> 0, a scratch column
+    out = torch.zeros(mask.shape[0], int(counts.max()) + 1, dtype=torch.int64)
+    out.scatter_(1, rank, torch.arange(mask.shape[1]).expand_as(mask))
+    return out[:, 1:], counts
+
+
+def random_columns(counts: torch.Tensor, length: int, width: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """[B, length] int64, sorted: a uniformly random `length`-subset of [0, counts[b]) per row
+    (counts [B] int64, all >= length, all <= width).
+
+    Keeps the `length` smallest of uniform keys; numpy finds each row's threshold (torch's CPU
+    selection is ~10x slower on short rows). Equal keys at a threshold (float32: ~1e-5 per
+    row) are broken in raster order.
+    """
+    keys = torch.rand(len(counts), width, generator=generator)
+    keys += torch.arange(width) >= counts[:, None]  # columns beyond a row's count: >= 1
+    threshold = torch.from_numpy(np.partition(keys.numpy(), length - 1, axis=1)[:, length - 1:length])
+    chosen = keys <= threshold
+    if int(chosen.sum()) != len(counts) * length:
+        below = keys < threshold
+        missing = length - below.sum(1, keepdim=True)
+        ties = chosen & ~below
+        chosen = below | (ties & (ties.cumsum(1) <= missing))
+    return ranked_positions(chosen)[0]
+
+
 def _size_extremes(masker: MultiBlockMasker, scale, aspect) -> list[Size]:
     """Sizes at the ends of the ranges plus a dense sweep (areas are not monotone)."""
     us = [i / 64 for i in range(65)]

@@ -25,9 +25,10 @@ _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile / DDP wrappers
 
 
 def _plain_name(name: str) -> str:
-    """A parameter name without wrapper prefixes, so a compiled module pairs with a plain one."""
-    for prefix in _WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
+    """A parameter name without leading wrapper prefixes, so a compiled or DDP-wrapped module
+    pairs with a plain one."""
+    while name.startswith(_WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
     return name
 
 

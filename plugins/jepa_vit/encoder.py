@@ -30,6 +30,13 @@ from jepa_vit.pos_embed import sincos_2d
 
 INIT_STD = 0.02
 
+
+def trunc_normal(tensor: torch.Tensor) -> None:
+    """Fill with N(0, 0.02^2) truncated to [-2, 2] (absolute bounds, i.e. 100 std: in effect
+    an untruncated normal), the convention of the I-JEPA and timm code, in place."""
+    nn.init.trunc_normal_(tensor, std=INIT_STD, a=-2.0, b=2.0)
+
+
 # Fixed create_model arguments: no classifier, no cls or register tokens, the final norm
 # before pooling (fc_norm=False, as in timm's *_gap_* I-JEPA models), a fixed image size.
 _FIXED_TIMM_KWARGS: dict[str, Any] = dict(
@@ -59,7 +66,7 @@ def init_vit_weights(module: nn.Module) -> None:
     with torch.no_grad():
         for sub in module.modules():
             if isinstance(sub, (nn.Linear, nn.Conv2d)):
-                nn.init.trunc_normal_(sub.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
+                trunc_normal(sub.weight)
                 if sub.bias is not None:
                     nn.init.zeros_(sub.bias)
             elif isinstance(sub, nn.LayerNorm) and sub.elementwise_affine:
@@ -126,16 +133,18 @@ class ViTEncoder(nn.Module):
             return nn.Parameter(table[None].to(ref.dtype), requires_grad=False)
         if vit.pos_embed is None:
             raise ConfigError("this timm model has no positional embedding; use pos_embed: sincos")
-        nn.init.trunc_normal_(vit.pos_embed, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
+        trunc_normal(vit.pos_embed)
         return vit.pos_embed
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """images [B, C, H, W] -> [B, N, D] patch embeddings plus positional embeddings."""
-        x = self.patch_embed(images)
-        return x + self.pos_embed.to(x.dtype)
+        """images [B, C, H, W] -> [B, N, D] patch embeddings plus positional embeddings.
+
+        No cast: under autocast the sum is promoted to the table's float32, so the residual
+        stream stays float32 (as in timm and the reference code) while matmuls run in bf16."""
+        return self.patch_embed(images) + self.pos_embed
 
     def run_blocks(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         """x [B, K, D], attn_mask [B, 1, 1, K] bool | None -> [B, K, D] after all blocks."""
@@ -195,7 +204,9 @@ def _create_timm(config: ViTConfig) -> VisionTransformer:
     try:
         vit = timm.create_model(**kwargs, weight_init="skip")
     except (AssertionError, TypeError, ValueError) as err:
-        raise ConfigError(f"timm could not build {config.model!r} with {kwargs}: {err}") from err
+        raise ConfigError(
+            f"timm could not build {config.model!r} with {kwargs}: {err}. When overriding "
+            f"embed_dim, also set num_heads to a divisor of it.") from err
     if not isinstance(vit, VisionTransformer):
         raise ConfigError(f"timm model {config.model!r} is not a VisionTransformer")
     return vit

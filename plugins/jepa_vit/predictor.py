@@ -19,6 +19,7 @@ their `module.` prefix), so importing one is a key-prefix strip:
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
@@ -30,11 +31,11 @@ from torch.utils.checkpoint import checkpoint
 from jepa_core.errors import ConfigError
 from jepa_vit.configs import PredictorConfig
 from jepa_vit.encoder import (
-    INIT_STD,
     gather_tokens,
     init_vit_weights,
     key_padding_mask,
     set_attention,
+    trunc_normal,
 )
 from jepa_vit.pos_embed import sincos_2d
 
@@ -55,11 +56,11 @@ def resolve_num_heads(config: PredictorConfig, encoder_heads: int) -> int:
         options = [d for d in _divisors(width) if 1 < d <= 64]
         nearest = min(options, key=lambda d: abs(d - heads)) if options else 1
         source = "" if config.num_heads else " (taken from the encoder)"
+        step = math.lcm(heads, 4)  # the width must also stay divisible by 4
         raise ConfigError(
             f"predictor embed_dim {width} is not divisible by num_heads {heads}{source}; set "
-            f"predictor "
-            f"num_heads to a divisor of {width} (e.g. {nearest}) or embed_dim to a multiple of "
-            f"{heads} (e.g. {heads * max(1, round(width / heads))})")
+            f"predictor num_heads to a divisor of {width} (e.g. {nearest}) or embed_dim to a "
+            f"multiple of {step} (e.g. {step * max(1, round(width / step))})")
     return heads
 
 
@@ -97,7 +98,7 @@ class VisionTransformerPredictor(nn.Module):
         """I-JEPA init (see `init_vit_weights`) plus the mask token, trunc-normal std 0.02."""
         init_vit_weights(self)
         if not self.mask_token.is_meta:
-            nn.init.trunc_normal_(self.mask_token, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
+            trunc_normal(self.mask_token)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -108,14 +109,13 @@ class VisionTransformerPredictor(nn.Module):
         return gather_tokens(table, index)
 
     def embed_context(self, tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """tokens [B, Nc, D], index [B, Nc] -> [B, Nc, Dp] projected tokens plus positions."""
-        x = self.predictor_embed(tokens)
-        return x + self.positions(index).to(x.dtype)
+        """tokens [B, Nc, D], index [B, Nc] -> [B, Nc, Dp] projected tokens plus positions
+        (promoted to the parameters' dtype: a float32 residual stream under autocast)."""
+        return self.predictor_embed(tokens) + self.positions(index)
 
-    def mask_queries(self, target_idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def mask_queries(self, target_idx: torch.Tensor) -> torch.Tensor:
         """target_idx [S, Nt] -> [S, Nt, Dp]: the shared mask token plus each target position."""
-        pos = self.positions(target_idx)
-        return (self.mask_token + pos).to(dtype)
+        return self.mask_token + self.positions(target_idx)
 
     @staticmethod
     def attention_mask(context_valid: torch.Tensor | None, repeats: int,
@@ -146,8 +146,7 @@ class VisionTransformerPredictor(nn.Module):
         batch, num_blocks, num_targets = target_idx.shape
         context = self.embed_context(context_tokens, context_idx)
         context = context.repeat_interleave(num_blocks, dim=0)  # [B*M, Nc, Dp], (b, m) order
-        queries = self.mask_queries(target_idx.reshape(batch * num_blocks, num_targets),
-                                    context.dtype)
+        queries = self.mask_queries(target_idx.reshape(batch * num_blocks, num_targets))
         x = torch.cat([context, queries], dim=1)  # [B*M, Nc+Nt, Dp]
         mask = self.attention_mask(context_valid, num_blocks, num_targets)
         x = self.run_blocks(x, mask)[:, -num_targets:]

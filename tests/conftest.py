@@ -1,0 +1,43 @@
+"""Shared fixtures: a fresh registry per test and a tiny recipe that trains in seconds."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from jepa_core.plugins import make_plugin_manager
+from jepa_core.recipe import recipe_from_dict
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"name": "synthetic", "num_images": 64},
+    "encoder": {"name": "vit", "model": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 8,
+                "embed_dim": 32, "depth": 2, "num_heads": 2},
+    "predictor": {"name": "vit_predictor", "embed_dim": 16, "depth": 1, "num_heads": 2},
+    "masker": {"name": "multiblock", "num_targets": 2, "target_scale": [0.15, 0.25],
+               "min_keep": 2},
+    "target_updater": {"name": "ema"},
+    "loss": {"name": "smooth_l1"},
+    "optim": {"lr": 1e-3, "warmup_epochs": 1},
+    "train": {"epochs": 2, "global_batch_size": 8, "log_every": 1},
+    "eval": {"after_train": False},
+}
+
+
+@pytest.fixture
+def registry():
+    return make_plugin_manager()
+
+
+@pytest.fixture
+def tiny_dict(tmp_path):
+    d = copy.deepcopy(TINY)
+    d["out_dir"] = str(tmp_path / "runs")
+    return d
+
+
+@pytest.fixture
+def tiny_recipe(tiny_dict, registry):
+    return recipe_from_dict(tiny_dict, registry, "tiny")
