@@ -62,6 +62,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="overrides of the run's recipe, e.g. data.name=digits")
     e.add_argument("--no-baseline", action="store_true",
                    help="skip the randomly initialised encoder used for comparison")
+    i = sub.add_parser("import-checkpoint",
+                       help="convert an official I-JEPA checkpoint to a jepa checkpoint")
+    i.add_argument("official", help="the official .pth.tar (encoder, predictor, target_encoder)")
+    i.add_argument("recipe", help="recipe whose encoder and predictor match the checkpoint")
+    i.add_argument("--out", required=True, metavar="PATH", help="jepa checkpoint to write")
+    i.add_argument("--allow-partial", action="store_true",
+                   help="import the keys that match; the others keep the recipe's init")
+
+    x = sub.add_parser("export", help="write a checkpoint's encoder as timm safetensors weights")
+    x.add_argument("checkpoint", help="a jepa checkpoint file")
+    x.add_argument("--out", required=True, metavar="FILE.safetensors")
+    x.add_argument("--which", choices=["target_encoder", "encoder"], default="target_encoder")
     return p
 
 
@@ -131,8 +143,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         console=_console())
 
 
+def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    registry.raise_if_broken()
+    from jepa_core.interop import import_official, print_report
+
+    report = import_official(args.official, args.recipe, registry, args.out,
+                             allow_partial=args.allow_partial)
+    print_report(report, _console())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    registry.raise_if_broken()
+    from jepa_core.interop import export_timm
+
+    info = export_timm(args.checkpoint, args.out, which=args.which, registry=registry)
+    json_path = args.out.rsplit(".", 1)[0] + ".json"
+    _console().print(f"wrote {args.out} and {json_path}; load it with:\n{info['usage']}")
+    return 0
+
+
 COMMANDS = {"plugins": cmd_plugins, "check": cmd_check, "run": cmd_run, "masks": cmd_masks,
-            "eval": cmd_eval}
+            "eval": cmd_eval, "import-checkpoint": cmd_import_checkpoint, "export": cmd_export}
 
 
 def report_error(exc: JepaError) -> None:
@@ -145,7 +179,13 @@ def report_error(exc: JepaError) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow the options (`jepa run r.yaml --nproc 2 optim.lr=1e-3`)
+    bad = [a for a in extra if a.startswith("-") or "=" not in a]
+    if bad or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if not args.command:
         parser.print_help()
         return 2

@@ -10,6 +10,7 @@ Modes, detected in this order (never silently degraded):
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Mapping
 
 import attrs
@@ -59,8 +60,9 @@ def detect(env: Mapping[str, str] | None = None) -> DistEnv:
     return DistEnv()
 
 
-def init_process_group(dist_env: DistEnv, backend: str) -> None:
-    """Join the process group; a failure is an error saying what was tried."""
+def init_process_group(dist_env: DistEnv, backend: str, timeout_s: float = 1800.0) -> None:
+    """Join the process group; a failure (or no rendezvous within `timeout_s`) is an error
+    saying what was tried."""
     if not dist_env.distributed:
         return
     import torch.distributed as dist
@@ -74,7 +76,7 @@ def init_process_group(dist_env: DistEnv, backend: str) -> None:
     os.environ.setdefault("WORLD_SIZE", str(dist_env.world_size))
     os.environ.setdefault("LOCAL_RANK", str(dist_env.local_rank))
     try:
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     except Exception as exc:  # report what was tried; never fall back to one process
         raise RunError(
             f"distributed init failed ({dist_env.mode} mode, backend {backend}, rank "

@@ -1,10 +1,327 @@
-"""`jepa check`: the resolved recipe and the plan of the run it describes."""
+"""`jepa check`: the resolved recipe and the plan of the run it describes.
+
+The plan is what the run will cost before any GPU is touched: parameters per component (the
+models are built on the meta device, so ViT-G costs no memory), tokens per image (the masker
+draws the masks of a few steps exactly as the training data loader would), FLOPs and memory
+per GPU (the analytic model of `jepa_core.costs`), the batch split over the GPUs, the steps of
+the run, and its duration at a stated fraction of the GPUs' bf16 peak.
+
+    jepa check recipes/ijepa_vith16.yaml --gpus 32
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import attrs
+import torch
+
+from jepa_core import costs
+from jepa_core.build import build, build_models, steps_per_epoch, total_steps
+from jepa_core.data import BatchLayout, MaskingCollate, batch_layout
+from jepa_core.errors import ConfigError, PluginError, RunError
 from jepa_core.recipe import Recipe, recipe_to_yaml
+
+# Training images of the data sets the paper recipes name, used when their folder is absent.
+IMAGENET_1K = ("ImageNet-1K", 1_281_167)
+IMAGENET_22K = ("ImageNet-22K", 14_197_122)
+# Dense bf16 peak FLOP/s (without sparsity) of SXM parts, and the fractions of it we plan at:
+# 40% is a good run of a large ViT; the official I-JEPA code reached about 20% on A100s.
+PLAN_GPUS = (("A100", 312e12, 0.40), ("H100", 989e12, 0.40), ("A100", 312e12, 0.20))
+MASK_DRAWS = 4  # steps whose masks are drawn to measure the token counts
+GIB = 2**30
+
+
+@attrs.frozen
+class Plan:
+    world_size: int
+    world_source: str  # where the world size came from
+    layout: BatchLayout
+    params: list[tuple[str, int, int]]  # (component, trainable, frozen)
+    grid: tuple[int, int]
+    tokens: tuple[float, float, int] | None  # (Nc, Nt, M); None: the masker could not be built
+    data_size: int  # training images, counted or assumed (see data_note)
+    data_note: str
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    flops: costs.StepFlops | None  # per image; None: no tokens, or models the model can't cost
+    memory: dict[str, float] | None  # bytes per GPU
+    notes: list[str]
+
+
+# -- gathering ---------------------------------------------------------------------------
+def count_parameters(module: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, frozen) parameter counts."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in module.parameters()) - trainable
+
+
+def transformer_shape(module: torch.nn.Module) -> costs.TransformerShape | None:
+    """Depth, width and MLP ratio of a model made of timm-layout blocks (`attn.qkv`,
+    `mlp.fc1`); None for any other architecture (the cost model does not describe it)."""
+    blocks = [m for m in module.modules()
+              if isinstance(getattr(getattr(m, "attn", None), "qkv", None), torch.nn.Linear)
+              and isinstance(getattr(getattr(m, "mlp", None), "fc1", None), torch.nn.Linear)]
+    if not blocks:
+        return None
+    width = blocks[0].attn.qkv.in_features
+    return costs.TransformerShape(len(blocks), width, blocks[0].mlp.fc1.out_features / width)
+
+
+def patch_dim(encoder: torch.nn.Module) -> int:
+    """Pixel values per patch, C * p * p, from the first convolution (3 channels otherwise)."""
+    for m in encoder.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            return m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+    return 3 * (encoder.image_size[0] // encoder.patch_grid[0]) ** 2
+
+
+def models_on_meta(recipe: Recipe, registry: Any) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """Encoder and predictor without memory (meta device); on the CPU for a plugin that cannot
+    build on meta."""
+    try:
+        with torch.device("meta"):
+            return (*build_models(recipe, registry), "meta")
+    except (NotImplementedError, RuntimeError):
+        return (*build_models(recipe, registry), "cpu")
+
+
+def world_size(gpus: int | None) -> tuple[int, str]:
+    if gpus is not None:
+        if gpus < 1:
+            raise ConfigError(f"--gpus must be at least 1 (got {gpus}).")
+        return gpus, "from --gpus"
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible:
+        return visible, "visible GPUs; use --gpus N"
+    return 1, "no GPU visible; use --gpus N"
+
+
+def measure_tokens(masker: Any, recipe: Recipe) -> tuple[float, float, int]:
+    """Mean context length, tokens per target block and number of blocks over the first
+    MASK_DRAWS steps, drawn as the training collator draws them (the whole global batch)."""
+    collate = MaskingCollate(masker, recipe.seed, recipe.train.global_batch_size)
+    draws = [collate.step_masks(step) for step in range(MASK_DRAWS)]
+    context = sum(d.context.shape[1] for d in draws) / len(draws)
+    target = sum(d.targets.shape[2] for d in draws) / len(draws)
+    return context, target, int(draws[0].targets.shape[1])
+
+
+def data_size(recipe: Recipe, registry: Any, image_size: tuple[int, int]) -> tuple[int, str]:
+    """Training images: the real length of the data source, or for a data set that is not
+    there, the size of the data set the recipe is for (stated as an assumption)."""
+    try:
+        source = build("data_source", recipe, registry, "data", image_size=image_size, train=True)
+        return len(source), "counted"
+    except RunError as exc:
+        missing = str(exc).split(". ")[0]  # the first sentence says what is missing
+    cfg = recipe.data.config
+    limit = getattr(cfg, "max_images", None)
+    if limit:
+        return limit, f"data.max_images ({missing})"
+    where = f"{recipe.name} {getattr(cfg, 'root', '')}".lower()  # the paper recipes' names
+    name, size = IMAGENET_22K if "22k" in where else IMAGENET_1K
+    return size, (f"assumed: {name}'s {size:,} ({missing}; set data.max_images or "
+                  f"train.steps_per_epoch to plan for another size)")
+
+
+def cost_model(recipe: Recipe, encoder: torch.nn.Module, predictor: torch.nn.Module,
+               tokens: tuple[float, float, int], layout: BatchLayout, world: int
+               ) -> tuple[costs.StepFlops | None, dict[str, float] | None]:
+    """FLOPs per image and bytes per GPU of one step; (None, None) for models the cost model
+    does not describe."""
+    enc_shape, pred_shape = transformer_shape(encoder), transformer_shape(predictor)
+    if enc_shape is None or pred_shape is None:
+        return None, None
+    grid = encoder.patch_grid
+    n, (nc, nt, m) = grid[0] * grid[1], tokens
+    flops = costs.ijepa_step_flops(enc_shape, pred_shape, num_patches=n,
+                                   patch_dim=patch_dim(encoder), context_tokens=nc,
+                                   target_tokens=nt, num_targets=m)
+    (enc_t, enc_f), (pred_t, pred_f) = count_parameters(encoder), count_parameters(predictor)
+    fsdp = recipe.dist.strategy == "fsdp"
+    precision = "fp32" if recipe.train.precision == "fp32" else "bf16"
+    memory = costs.state_bytes(enc_t + pred_t, enc_f + pred_f, enc_t + enc_f,
+                               ddp_buckets=world > 1 and not fsdp, shards=world if fsdp else 1,
+                               bf16=precision == "bf16")
+    memory.update(costs.activation_bytes(
+        enc_shape, pred_shape, batch=layout.micro_batch, num_patches=n, context_tokens=nc,
+        target_tokens=nt, num_targets=m, precision=precision))
+    return flops, memory
+
+
+def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None) -> Plan:
+    notes: list[str] = []
+    world, world_source = world_size(gpus)
+    layout = batch_layout(recipe.train.global_batch_size, world, 0,
+                          recipe.dist.per_device_batch_cap)
+    encoder, predictor, where = models_on_meta(recipe, registry)
+    if where == "cpu":
+        notes.append("the models could not be built on the meta device; counted on the CPU")
+    (enc_t, enc_f), (pred_t, pred_f) = count_parameters(encoder), count_parameters(predictor)
+    params = [("context encoder", enc_t, enc_f), ("target encoder (EMA)", 0, enc_t + enc_f),
+              ("predictor", pred_t, pred_f)]
+    grid = tuple(int(g) for g in encoder.patch_grid)
+    try:  # a broken masker plugin leaves the rest of the plan standing
+        tokens = measure_tokens(build("masker", recipe, registry, "masker", grid=grid), recipe)
+    except PluginError as exc:
+        tokens = None
+        notes.append(f"no tokens, FLOPs or memory: {exc}")
+    n_data, data_note = data_size(recipe, registry, tuple(encoder.image_size))
+    spe = steps_per_epoch(recipe, n_data)
+    if recipe.train.steps_per_epoch is not None:
+        data_note = "train.steps_per_epoch is set: " + data_note
+    flops = memory = None
+    if tokens is not None:
+        flops, memory = cost_model(recipe, encoder, predictor, tokens, layout, world)
+        if flops is None:
+            notes.append("no FLOPs or memory: the cost model knows transformer blocks with "
+                         "attn.qkv and mlp.fc1 (timm's layout); these models have none")
+    return Plan(world, world_source, layout, params, grid, tokens, n_data, data_note, spe,
+                total_steps(recipe, spe), int(round(recipe.optim.warmup_epochs * spe)), flops,
+                memory, notes)
+
+
+# -- printing ----------------------------------------------------------------------------
+def _si(value: float, unit: str = "", top: float = 1e15) -> str:
+    """630.7M, 22.3M, 1.23P: one decimal, three significant digits below 10; no prefix above
+    `top` (parameters stay in millions)."""
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale and scale <= top:
+            value /= scale
+            break
+    else:
+        prefix = ""
+    if value == 0:
+        return "0"
+    return (f"{value:#.3g}" if abs(value) < 10 else f"{value:,.1f}") + prefix + unit
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / GIB:.1f}" if nbytes >= GIB else f"{nbytes / GIB:.3f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:,.1f} h"
+
+
+def _table(title: str, *columns: str, note: str = "") -> Any:
+    """A rich table; `note` is printed under it in full width (a caption would wrap)."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", title_style="bold")
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    table.note = note
+    return table
+
+
+def parameter_table(plan: Plan) -> Any:
+    table = _table("Parameters", "component", "trainable", "frozen", "total",
+                   note="frozen: fixed sin-cos positions; the target encoder is an EMA copy")
+    for name, trainable, frozen in plan.params:
+        table.add_row(name, _si(trainable, top=1e6), _si(frozen, top=1e6),
+                      _si(trainable + frozen, top=1e6))
+    t, f = sum(p[1] for p in plan.params), sum(p[2] for p in plan.params)
+    table.add_row("all", _si(t, top=1e6), _si(f, top=1e6), _si(t + f, top=1e6), style="bold")
+    return table
+
+
+def token_table(plan: Plan, recipe: Recipe) -> Any:
+    n = plan.grid[0] * plan.grid[1]
+    table = _table("Tokens per image", "what", "tokens", "of N", note=(
+        f"means over the masks of {MASK_DRAWS} steps, each drawn for the global batch of "
+        f"{recipe.train.global_batch_size} as the training loader draws them"))
+    table.add_row(f"patches N ({plan.grid[0]}x{plan.grid[1]} grid)", str(n), "100%")
+    if plan.tokens is not None:
+        nc, nt, m = plan.tokens
+        table.add_row("context Nc", f"{nc:.1f}", f"{nc / n:.0%}")
+        table.add_row("target blocks M x Nt", f"{m} x {nt:.1f}", f"{m} x {nt / n:.0%}")
+        table.add_row("predictor sequence Nc + Nt", f"{nc + nt:.1f}", "")
+    return table
+
+
+def flops_table(plan: Plan, recipe: Recipe) -> Any:
+    f = plan.flops
+    table = _table("FLOPs per step", "part", "per image", "share", note=(
+        "matmul FLOPs, multiply-add = 2, backward = 2x forward (jepa_core/costs.py)"))
+    rows = [("target encoder forward, N tokens", f.target),
+            ("context encoder forward + backward, Nc tokens", f.context),
+            ("predictor forward + backward, M x (Nc + Nt) tokens", f.predictor)]
+    for name, value in rows:
+        table.add_row(name, _si(value, "FLOP"), f"{value / f.total:.0%}")
+    table.add_row("step", _si(f.total, "FLOP"), "100%", style="bold")
+    batch = recipe.train.global_batch_size
+    table.add_row(f"step, global batch {batch}", _si(f.total * batch, "FLOP"), "")
+    return table
+
+
+def memory_table(plan: Plan, recipe: Recipe) -> Any:
+    mode = "fp32" if recipe.train.precision == "fp32" else "bf16 autocast, SDPA"
+    table = _table(f"Memory per GPU, micro-batch {plan.layout.micro_batch}", "what", "GiB",
+                   note=(f"{recipe.dist.strategy}, {mode}: fp32 weights and AdamW state; the "
+                         f"activations kept for backward when it starts (jepa_core/costs.py). "
+                         f"Add ~10% for the CUDA context, temporaries and allocator slack."))
+    for name, value in plan.memory.items():
+        table.add_row(name, _gib(value))
+    total = sum(plan.memory.values())
+    table.add_row("total", _gib(total), style="bold")
+    fits = [f"{size} GB" for size in (40, 80, 141) if 1.1 * total < size * 1e9 * 0.97]
+    table.note += (f" With that it fits a GPU of {fits[0]}." if fits else
+                   " That exceeds a 141 GB GPU: lower dist.per_device_batch_cap.")
+    return table
+
+
+def schedule_table(plan: Plan, recipe: Recipe) -> Any:
+    lay, tr = plan.layout, recipe.train
+    table = _table("Batch and schedule", "what", "value",
+                   note=f"training images: {plan.data_note}")
+    table.add_row("GPUs (world size)", f"{plan.world_size} ({plan.world_source})")
+    table.add_row("per-GPU batch x accumulation",
+                  f"{lay.micro_batch} x {lay.accum_steps} = {lay.per_rank}")
+    table.add_row("global batch", f"{lay.per_rank} x {plan.world_size} = {lay.global_batch}")
+    table.add_row("training images", f"{plan.data_size:,}")
+    table.add_row("steps per epoch", f"{plan.steps_per_epoch:,}")
+    table.add_row("epochs", f"{tr.epochs:g}")
+    table.add_row("total steps", f"{plan.total_steps:,}")
+    table.add_row("warmup steps", f"{plan.warmup_steps:,}")
+    if tr.max_steps is not None and tr.max_steps < plan.total_steps:
+        table.add_row("stops after (train.max_steps)", f"{tr.max_steps:,}")
+    return table
+
+
+def time_table(plan: Plan, recipe: Recipe) -> Any:
+    steps = min(plan.total_steps, recipe.train.max_steps or plan.total_steps)
+    images = steps * recipe.train.global_batch_size
+    g = plan.world_size
+    table = _table(f"Time for {steps:,} steps on {g} GPU{'s' if g > 1 else ''}", "GPU",
+                   "bf16 peak", "at", "img/s per GPU", "wall clock", "GPU time", note=(
+                       "compute only, at the stated fraction of the dense bf16 peak; the "
+                       "official I-JEPA code ran at ~20% on A100s (93 img/s)"))
+    for name, peak, util in PLAN_GPUS:
+        seconds = costs.run_seconds(images, plan.flops.total, g, peak, util)
+        rate = peak * util / plan.flops.total
+        table.add_row(name, f"{peak / 1e12:.0f} TFLOP/s", f"{util:.0%}", f"{rate:,.0f}",
+                      _duration(seconds), _duration(seconds * g))
+    return table
+
+
+def print_plan(plan: Plan, recipe: Recipe, console: Any) -> None:
+    tables = [parameter_table(plan), token_table(plan, recipe), schedule_table(plan, recipe)]
+    if plan.flops is not None:
+        tables += [flops_table(plan, recipe), memory_table(plan, recipe),
+                   time_table(plan, recipe)]
+    for table in tables:
+        console.print(table)
+        if table.note:
+            console.print(f"[dim]{table.note}[/dim]")
+    for note in plan.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
 
 
 def print_check(recipe: Recipe, registry: Any, console: Any, gpus: int | None = None) -> None:
@@ -17,3 +334,5 @@ def print_check(recipe: Recipe, registry: Any, console: Any, gpus: int | None = 
         spec = registry.get(comp.kind, comp.name)
         console.print(f"{kind}: {comp.name} from plugin {spec.plugin} "
                       f"({spec.distribution or 'no distribution'} {spec.version or ''})".rstrip())
+    console.print()
+    print_plan(make_plan(recipe, registry, gpus), recipe, console)

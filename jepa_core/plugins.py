@@ -181,7 +181,7 @@ class Registry:
                 raise PluginError(
                     f"{kind} {name!r} is registered twice: by plugin {existing.plugin!r} "
                     f"({existing.distribution or 'no distribution'}) and by plugin "
-                    f"{plugin_name!r} ({info.distribution if info else 'no distribution'}). "
+                    f"{plugin_name!r} ({(info and info.distribution) or 'no distribution'}). "
                     f"Uninstall one of them, or rename the component in one plugin.")
             self.components[kind][name] = ComponentSpec(
                 kind=kind, name=name, config_class=config_class, factory=factory,

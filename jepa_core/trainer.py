@@ -13,8 +13,7 @@ device through torch's elastic launcher), `torchrun ... -m jepa_core.worker reci
 
 from __future__ import annotations
 
-import json
-import time
+import math
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +135,15 @@ def representation_health(pooled: torch.Tensor) -> dict[str, float]:
     return {"target_std": float(pooled.std(dim=0).mean()), "effective_rank": float(erank)}
 
 
-def _all_finite(run: RunContext, loss_sum: torch.Tensor, grad_norm: torch.Tensor) -> bool:
-    flag = torch.isfinite(loss_sum) & torch.isfinite(grad_norm)
-    flag = flag.to(torch.float32)
+def _reduce_step(run: RunContext, loss_sum: torch.Tensor,
+                 grad_norm: torch.Tensor) -> tuple[float, bool]:
+    """(loss averaged over ranks, whether every rank's loss and gradients are finite)."""
+    both = torch.stack([loss_sum.float(), (~torch.isfinite(grad_norm)).float()])
     if run.dist.distributed and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag.item() > 0)
+        torch.distributed.all_reduce(both)  # sum: NaN/inf anywhere reaches every rank
+        both[0] /= run.dist.world_size
+    loss = float(both[0])
+    return loss, math.isfinite(loss) and float(both[1]) == 0.0
 
 
 def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
@@ -163,7 +165,8 @@ def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
     clip = run.recipe.optim.grad_clip
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"),
                                                foreach=True)
-    if not _all_finite(run, loss_sum, grad_norm):
+    loss_value, finite = _reduce_step(run, loss_sum, grad_norm)
+    if not finite:
         run.optimizer.zero_grad(set_to_none=True)
         run.nonfinite_in_row += 1
         run.nonfinite_total += 1
@@ -178,7 +181,7 @@ def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
         run.optimizer.step()
         run.parts.target_updater.update(_unwrap(run.encoder), run.parts.target_encoder, run.step)
         run.nonfinite_in_row = 0
-        metrics.update(loss=float(loss_sum), grad_norm=float(grad_norm))
+        metrics.update(loss=loss_value, grad_norm=float(grad_norm))
     run.step += 1
     metrics["step"] = run.step
     metrics["context_tokens"] = float(micro_batches[0].masks.context.shape[1])
@@ -250,7 +253,8 @@ def load_state(run: RunContext, state: dict) -> None:
     _unwrap(run.encoder).load_state_dict(state["encoder"])
     _unwrap(run.predictor).load_state_dict(state["predictor"])
     run.parts.target_encoder.load_state_dict(state["target_encoder"])
-    run.optimizer.load_state_dict(state["optimizer"])
+    if state.get("optimizer") is not None:  # None for imported checkpoints: fresh moments
+        run.optimizer.load_state_dict(state["optimizer"])
     run.step = int(state["step"])
     counters = state.get("counters", {})
     run.nonfinite_total = int(counters.get("nonfinite_total", 0))
@@ -277,8 +281,8 @@ def wrap_models(parts: Components, recipe: Recipe, dist: DistEnv,
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None
-        encoder = DDP(encoder, device_ids=ids, broadcast_buffers=False)
-        predictor = DDP(predictor, device_ids=ids, broadcast_buffers=False)
+        encoder = DDP(encoder, device_ids=ids)
+        predictor = DDP(predictor, device_ids=ids)
     if recipe.train.compile:
         encoder, predictor = torch.compile(encoder), torch.compile(predictor)
         parts.target_encoder = torch.compile(parts.target_encoder)

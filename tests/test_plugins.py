@@ -294,7 +294,8 @@ def test_duplicate_through_dash_p_names_both(sandbox):
     dup = sandbox.module(masker_plugin("random"), "dup")
     registry = make_plugin_manager([dup])
     assert broken_names(registry) == [dup]
-    assert "by plugin 'image' (jepa-core) and by plugin" in registry.broken[0].error
+    assert (f"by plugin 'image' (jepa-core) and by plugin {dup!r} (no distribution). "
+            in registry.broken[0].error)
     assert registry.get("masker", "random").plugin == "image"
 
 

@@ -25,12 +25,11 @@ Fallback: a sample still short of `min_keep` after the redraws removes the targe
 its context one by one, in order, and stops before the one that would leave fewer than
 `min_keep` patches (the official sampler also gives up targets after repeated failures); its
 context then overlaps the targets it kept. `sample_with_stats` counts such samples. The
-build-time check guarantees the uncarved context block always holds `min_keep` patches, so a
+build-time check guarantees that the uncarved context block holds `min_keep` patches, so a
 call never loops for long and never fails.
 
-h = round(sqrt(area * aspect)) and w = round(sqrt(area / aspect)) are monotone in the scale
-and in the aspect draw (for "reference", area / aspect is a ratio of two linear functions of u),
-so their extremes over a config's ranges are reached at the ends of the ranges.
+The factory (`build_masker`) refuses, with a ConfigError naming the field, a config whose
+target blocks can round to 0 patches or whose context block can hold fewer than `min_keep`.
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ MAX_REDRAWS = 20  # rounds of position redraws for samples short of min_keep
 Size = tuple[int, int]
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class MaskDrawStats:
     """What happened inside one call (for `jepa masks` and tests).
 
@@ -78,6 +77,41 @@ def block_size(scale: float, aspect: float, grid: Size, cap: Size, *,
     return min(h, cap[0]), min(w, cap[1])
 
 
+# -- index helpers (shared by the styles) --------------------------------------------------
+def ranked_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the ones of each row of `mask` [B, N] (float 0/1), in raster order:
+    ([B, max count] int64, padded with 0 after a row's count; counts [B] int64).
+
+    A scatter by running count, because torch's CPU sort costs ~5 us per row on short rows;
+    float32 because it is the fastest CPU dtype here (counts stay exact below 2**24).
+    """
+    rank = mask.cumsum(1)
+    counts = rank[:, -1].long()
+    rank.mul_(mask)  # j-th one -> j (1-based); zeros -> 0, a scratch column
+    out = torch.zeros(mask.shape[0], int(counts.max()) + 1, dtype=torch.int64)
+    out.scatter_(1, rank.long(), torch.arange(mask.shape[1]).expand_as(mask))
+    return out[:, 1:], counts
+
+
+def select_smallest(keys: torch.Tensor, length: int) -> torch.Tensor:
+    """[B, N] float 0/1 marking the `length` smallest keys of each row of `keys` [B, N];
+    equal keys at a row's threshold are taken in raster order.
+
+    numpy finds the thresholds and compares: torch's CPU sort and selection are ~10x slower
+    on short rows, and its bool-to-float conversion several times slower than numpy's.
+    """
+    values = keys.numpy()
+    threshold = np.partition(values, length - 1, axis=1)[:, length - 1:length]
+    chosen = torch.from_numpy((values <= threshold).astype(np.float32))
+    if int(chosen.sum()) == keys.shape[0] * length:
+        return chosen
+    threshold = torch.from_numpy(threshold)  # rare with float32 keys (~1e-5 per row): ties
+    below = keys < threshold
+    ties = keys == threshold
+    missing = length - below.sum(1, keepdim=True)
+    return (below | (ties & (ties.cumsum(1) <= missing))).float()
+
+
 class MultiBlockMasker:
     """Samples I-JEPA multi-block masks on a fixed grid; see the module docstring.
 
@@ -91,6 +125,8 @@ class MultiBlockMasker:
         self.grid = (int(grid[0]), int(grid[1]))
         self.reference = config.style == "reference"
         self.cap = (self.grid[0] - 1, self.grid[1] - 1) if self.reference else self.grid
+        self._spans: dict[tuple[int, int], torch.Tensor] = {}  # memo of span_table
+        self._offsets: dict[Size, torch.Tensor] = {}  # memo of block_offsets
 
     # -- sizes ---------------------------------------------------------------------------
     def size_for(self, u_scale: float, u_aspect: float, scale: tuple[float, float],
@@ -106,11 +142,12 @@ class MultiBlockMasker:
     def draw_sizes(self, generator: torch.Generator) -> tuple[Size, Size]:
         """(target (h, w), context (h, w)) for one batch: the first draws of every call."""
         c = self.config
-        sizes = []
-        for scale, aspect in ((c.target_scale, c.target_aspect), (c.context_scale, c.context_aspect)):
-            u = torch.rand(2, generator=generator).tolist()
-            sizes.append(self.size_for(u[0], u[0] if self.reference else u[1], scale, aspect))
-        return sizes[0], sizes[1]
+        u = torch.rand(4, generator=generator).tolist()  # the reference style uses u[0], u[2]
+        target = self.size_for(u[0], u[0] if self.reference else u[1], c.target_scale,
+                               c.target_aspect)
+        context = self.size_for(u[2], u[2] if self.reference else u[3], c.context_scale,
+                                c.context_aspect)
+        return target, context
 
     # -- positions -----------------------------------------------------------------------
     def draw_corners(self, n: int, k: int, size: Size,
@@ -121,59 +158,74 @@ class MultiBlockMasker:
         lefts = torch.randint(0, self.grid[1] - size[1] + slack, (n, k), generator=generator)
         return tops, lefts
 
+    def span_table(self, axis: int, size: int) -> torch.Tensor:
+        """[starts, g] float: row t marks the cells t .. t+size-1 of an axis of g cells
+        (memoised: a grid has few block sizes)."""
+        key = (axis, size)
+        if key not in self._spans:
+            g = self.grid[axis]
+            starts = g - size + (0 if self.reference else 1)
+            offset = torch.arange(g)[None, :] - torch.arange(starts)[:, None]
+            self._spans[key] = ((offset >= 0) & (offset < size)).float()
+        return self._spans[key]
+
+    def block_offsets(self, size: Size) -> torch.Tensor:
+        """[h*w] int64: patch indices of an (h, w) block at the top-left corner (memoised)."""
+        if size not in self._offsets:
+            rows, cols = torch.arange(size[0]), torch.arange(size[1])
+            self._offsets[size] = (rows[:, None] * self.grid[1] + cols).flatten()
+        return self._offsets[size]
+
     def axis_cover(self, tops: torch.Tensor, lefts: torch.Tensor,
                    size: Size) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows [n, k, gh] and columns [n, k, gw] (bool) that each block spans."""
-        rows = torch.arange(self.grid[0])
-        cols = torch.arange(self.grid[1])
-        in_rows = (rows >= tops[..., None]) & (rows < tops[..., None] + size[0])
-        in_cols = (cols >= lefts[..., None]) & (cols < lefts[..., None] + size[1])
-        return in_rows, in_cols
+        """Rows [n, k, gh] and columns [n, k, gw] (float 0/1) that each block spans."""
+        return self.span_table(0, size[0])[tops], self.span_table(1, size[1])[lefts]
 
     def cover(self, tops: torch.Tensor, lefts: torch.Tensor, size: Size) -> torch.Tensor:
         """[n, k, N] bool: which patches each of k blocks covers (corners [n, k])."""
         in_rows, in_cols = self.axis_cover(tops, lefts, size)
-        return (in_rows[..., :, None] & in_cols[..., None, :]).flatten(-2)
+        return (in_rows[..., :, None] * in_cols[..., None, :]).flatten(-2).bool()
 
-    def union(self, tops: torch.Tensor, lefts: torch.Tensor, size: Size) -> torch.Tensor:
-        """[n, N] bool: patches covered by any of the k blocks (corners [n, k]).
+    def coverage(self, tops: torch.Tensor, lefts: torch.Tensor, size: Size) -> torch.Tensor:
+        """[n, N] float: how many of the k blocks (corners [n, k]) cover each patch.
 
-        A batched product of row and column indicators ([n, gh, k] @ [n, k, gw]) counts the
-        blocks over each patch without materialising the [n, k, N] covers.
+        A batched product of row and column indicators ([n, gh, k] @ [n, k, gw]), which
+        does not materialise the [n, k, N] covers.
         """
         in_rows, in_cols = self.axis_cover(tops, lefts, size)
-        counts = torch.bmm(in_rows.transpose(1, 2).float(), in_cols.float())
-        return counts.flatten(1).bool()
+        return torch.bmm(in_rows.transpose(1, 2), in_cols).flatten(1)
 
     def place(self, n: int, tsize: Size, csize: Size, generator: torch.Generator):
         """Draw positions for n samples: (target tops, lefts [n, M], context tops, lefts
-        [n, num_context], kept context [n, N] bool)."""
+        [n, num_context], kept context [n, N] float 0/1)."""
         c = self.config
         tops, lefts = self.draw_corners(n, c.num_targets, tsize, generator)
         ctops, clefts = self.draw_corners(n, c.num_context, csize, generator)
-        keep = self.union(ctops, clefts, csize)
-        if not c.allow_overlap:
-            keep &= ~self.union(tops, lefts, tsize)
+        keep = self.coverage(ctops, clefts, csize).clamp_(max=1)
+        if not c.allow_overlap:  # keep *= 1 - [covered by a target]
+            keep.mul_(self.coverage(tops, lefts, tsize).clamp_(max=1).neg_().add_(1))
         return [tops, lefts, ctops, clefts, keep]
 
     def place_with_redraws(self, batch_size: int, tsize: Size, csize: Size,
                            generator: torch.Generator):
         """Positions for the batch, redrawing short samples: (target tops, lefts [B, M],
-        kept context [B, N] bool, redraw rounds, fallbacks)."""
+        kept context [B, N] float 0/1, redraw rounds, fallbacks)."""
         drawn = self.place(batch_size, tsize, csize, generator)
         rounds = 0
-        short = drawn[-1].sum(1, dtype=torch.int32) < self.config.min_keep
-        while bool(short.any()) and rounds < MAX_REDRAWS:
-            rows = short.nonzero().squeeze(1)
+        counts = drawn[-1].sum(1)
+        while float(counts.min()) < self.config.min_keep and rounds < MAX_REDRAWS:
+            rows = (counts < self.config.min_keep).nonzero().squeeze(1)
             for old, new in zip(drawn, self.place(len(rows), tsize, csize, generator)):
                 old[rows] = new
-            short = drawn[-1].sum(1, dtype=torch.int32) < self.config.min_keep
+            counts = drawn[-1].sum(1)
             rounds += 1
         tops, lefts, ctops, clefts, keep = drawn
+        short = counts < self.config.min_keep
         fallbacks = int(short.sum())
         if fallbacks:
-            keep[short] = self.partial_carve(self.union(ctops[short], clefts[short], csize),
-                                             self.cover(tops[short], lefts[short], tsize))
+            ccover = self.coverage(ctops[short], clefts[short], csize).bool()
+            tcover = self.cover(tops[short], lefts[short], tsize)
+            keep[short] = self.partial_carve(ccover, tcover).float()
         return tops, lefts, keep, rounds, fallbacks
 
     def partial_carve(self, ccover: torch.Tensor, tcover: torch.Tensor) -> torch.Tensor:
@@ -188,16 +240,18 @@ class MultiBlockMasker:
 
     # -- equalisation --------------------------------------------------------------------
     def equalize(self, keep: torch.Tensor, generator: torch.Generator):
-        """Rows of a [B, N] bool mask -> (context [B, Nc] int64 in raster order, context_valid
-        [B, Nc] bool | None, row counts [B] int64 before equalisation)."""
-        positions, counts = ranked_positions(keep)  # [B, max count], padded with 0
-        if self.reference:  # the first indices in raster order
-            return positions[:, : int(counts.min())], None, counts
-        if self.config.context_equalize == "pad":
+        """Rows of a [B, N] float 0/1 mask -> (context [B, Nc] int64 in raster order,
+        context_valid [B, Nc] bool | None, row counts [B] int64 before equalisation)."""
+        if self.reference or self.config.context_equalize == "pad":
+            positions, counts = ranked_positions(keep)  # [B, max count], padded with 0
+            if self.reference:  # the first indices in raster order
+                return positions[:, : int(counts.min())], None, counts
             valid = torch.arange(positions.shape[1]) < counts[:, None]
             return torch.where(valid, positions, positions[:, :1]), valid, counts
-        columns = random_columns(counts, int(counts.min()), positions.shape[1], generator)
-        return positions.gather(1, columns), None, counts
+        counts = keep.sum(1).long()
+        keys = torch.rand(keep.shape, generator=generator).sub_(keep)  # kept < 0 <= dropped
+        context, _ = ranked_positions(select_smallest(keys, int(counts.min())))
+        return context, None, counts
 
     # -- the call ------------------------------------------------------------------------
     def sample_with_stats(self, batch_size: int,
@@ -206,9 +260,7 @@ class MultiBlockMasker:
         tsize, csize = self.draw_sizes(generator)
         tops, lefts, keep, rounds, fallbacks = self.place_with_redraws(
             batch_size, tsize, csize, generator)
-        gw = self.grid[1]
-        offsets = (torch.arange(tsize[0])[:, None] * gw + torch.arange(tsize[1])).flatten()
-        targets = (tops * gw + lefts)[..., None] + offsets  # [B, M, h*w]
+        targets = (tops * self.grid[1] + lefts)[..., None] + self.block_offsets(tsize)
         context, valid, counts = self.equalize(keep, generator)
         stats = MaskDrawStats(counts, tsize, csize, rounds, fallbacks)
         return MaskBatch(context, targets, valid), stats
@@ -221,47 +273,42 @@ class MultiBlockMasker:
 
 
 # -- build-time checks -------------------------------------------------------------------
-def ranked_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions of the Trues of each row of `mask` [B, N], in raster order: ([B, max count]
-    int64, padded with 0 after a row's count; counts [B] int64).
+def _breaks(area: float, longest: int) -> list[float]:
+    """Aspect ratios at which round(sqrt(area * a)) or round(sqrt(area / a)) changes."""
+    halves = [(k + 0.5) ** 2 for k in range(longest + 1)]
+    return [h / area for h in halves] + [area / h for h in halves]
 
-    A scatter by running count, because torch's CPU sort costs ~5 us per row on short rows.
+
+def _draws_between(cuts: set[float]) -> list[float]:
+    """The cuts inside [0, 1] and the midpoints between consecutive ones."""
+    points = sorted(u for u in cuts if 0.0 <= u <= 1.0)
+    return points + [(a + b) / 2 for a, b in zip(points, points[1:])]
+
+
+def _smallest_sizes(masker: MultiBlockMasker, scale, aspect) -> list[Size]:
+    """Every (h, w) a config gives at its smallest areas, for the build-time checks.
+
+    Sizes are piecewise constant in the draws, so evaluating them at each breakpoint (where
+    the floored area, h or w changes) and between consecutive ones reaches all of them. h and
+    w never shrink as the scale grows, so the corrected style needs its smallest scale only;
+    the reference style ties scale and aspect to one draw u.
     """
-    rank = mask.cumsum(1)
-    counts = rank[:, -1].clone()
-    rank.mul_(mask)  # j-th True -> j (1-based); False -> 0, a scratch column
-    out = torch.zeros(mask.shape[0], int(counts.max()) + 1, dtype=torch.int64)
-    out.scatter_(1, rank, torch.arange(mask.shape[1]).expand_as(mask))
-    return out[:, 1:], counts
-
-
-def random_columns(counts: torch.Tensor, length: int, width: int,
-                   generator: torch.Generator) -> torch.Tensor:
-    """[B, length] int64, sorted: a uniformly random `length`-subset of [0, counts[b]) per row
-    (counts [B] int64, all >= length, all <= width).
-
-    Keeps the `length` smallest of uniform keys; numpy finds each row's threshold (torch's CPU
-    selection is ~10x slower on short rows). Equal keys at a threshold (float32: ~1e-5 per
-    row) are broken in raster order.
-    """
-    keys = torch.rand(len(counts), width, generator=generator)
-    keys += torch.arange(width) >= counts[:, None]  # columns beyond a row's count: >= 1
-    threshold = torch.from_numpy(np.partition(keys.numpy(), length - 1, axis=1)[:, length - 1:length])
-    chosen = keys <= threshold
-    if int(chosen.sum()) != len(counts) * length:
-        below = keys < threshold
-        missing = length - below.sum(1, keepdim=True)
-        ties = chosen & ~below
-        chosen = below | (ties & (ties.cumsum(1) <= missing))
-    return ranked_positions(chosen)[0]
-
-
-def _size_extremes(masker: MultiBlockMasker, scale, aspect) -> list[Size]:
-    """Sizes at the ends of the ranges plus a dense sweep (areas are not monotone)."""
-    us = [i / 64 for i in range(65)]
-    if masker.reference:
-        return [masker.size_for(u, u, scale, aspect) for u in us]
-    return [masker.size_for(a, b, scale, aspect) for a in us for b in us]
+    n, longest = masker.grid[0] * masker.grid[1], max(masker.grid)
+    if not masker.reference:
+        span = math.log(aspect[1] / aspect[0])
+        cuts = {0.0, 1.0} | ({math.log(a / aspect[0]) / span
+                              for a in _breaks(scale[0] * n, longest)} if span > 0 else set())
+        return [masker.size_for(0.0, u, scale, aspect) for u in _draws_between(cuts)]
+    ds, da = scale[1] - scale[0], aspect[1] - aspect[0]
+    cuts = {0.0, 1.0}
+    if ds > 0:  # where n * scale crosses an integer (the area is floored)
+        cuts |= {(k / n - scale[0]) / ds
+                 for k in range(math.ceil(scale[0] * n), math.floor(scale[1] * n) + 1)}
+    for u0, u1 in zip(sorted(cuts), sorted(cuts)[1:]):
+        area = math.floor(n * (scale[0] + (u0 + u1) / 2 * ds))
+        if da > 0 and area > 0:
+            cuts |= {(a - aspect[0]) / da for a in _breaks(area, longest)}
+    return [masker.size_for(u, u, scale, aspect) for u in _draws_between(cuts)]
 
 
 def _fail(field: str, problem: str, fix: str) -> ConfigError:
@@ -278,12 +325,12 @@ def check_config(config: MultiBlockConfig, grid: Size) -> None:
                     "Use a larger image or a smaller patch size" +
                     (", or style 'corrected'." if config.style == "reference" else "."))
     masker = MultiBlockMasker(config, grid)
-    targets = _size_extremes(masker, config.target_scale, config.target_aspect)
+    targets = _smallest_sizes(masker, config.target_scale, config.target_aspect)
     if min(min(s) for s in targets) < 1:
         raise _fail("target_scale", f"target blocks of scale {list(config.target_scale)} and "
                     f"aspect {list(config.target_aspect)} round to 0 patches on a {gh}x{gw} "
                     f"grid", "Raise target_scale, narrow target_aspect, or use a larger grid.")
-    contexts = _size_extremes(masker, config.context_scale, config.context_aspect)
+    contexts = _smallest_sizes(masker, config.context_scale, config.context_aspect)
     smallest_context = min(h * w for h, w in contexts)
     if smallest_context < config.min_keep:
         raise _fail("min_keep", f"min_keep={config.min_keep} but the context block can be as "

@@ -1,0 +1,1 @@
+"""An example third-party jepa plugin: the checkerboard masker."""

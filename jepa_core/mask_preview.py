@@ -1,0 +1,247 @@
+"""`jepa masks`: a picture and the statistics of a recipe's masker.
+
+    stats = render_masks(masker, "masks.png", samples=4, seed=0)   # PNG + statistics
+    print_statistics(stats, rich.console.Console())
+
+The picture shows a few samples of one batch (context in blue, each target block in its own
+colour, a blue dot on a target patch that the context also holds) above two heat maps: how
+often each patch is in the context and in a target, over `batches` batches. Masks are drawn
+exactly as in training: batch i uses `mask_generator(seed, step + i)`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageDraw
+
+from jepa_core.collate import mask_generator
+from jepa_core.interfaces import MaskBatch
+
+BACKGROUND = (235, 235, 235)
+CONTEXT = (66, 110, 180)
+TARGETS = [(240, 140, 30), (60, 170, 90), (215, 60, 60), (150, 90, 200), (200, 170, 40),
+           (40, 170, 190), (220, 110, 170), (120, 120, 120)]
+HEAT = [(20, 20, 60), (60, 60, 160), (40, 160, 160), (170, 210, 60), (250, 240, 90)]
+
+
+# -- the grid of a recipe ------------------------------------------------------------------
+def parse_timm_name(model: str) -> tuple[int | None, int | None]:
+    """(image size, patch size) from a timm model name, e.g. "vit_huge_patch14_gap_224" ->
+    (224, 14); None for what the name does not say."""
+    name = model.split(".")[0].split("/")[-1]
+    patch = re.search(r"patch(\d+)", name)
+    if patch is None:
+        return None, None
+    sizes = re.findall(r"(?:^|_)(\d+)(?=_|$)", name[patch.end():])
+    return (int(sizes[-1]) if sizes else None), int(patch.group(1))
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (int(value[0]), int(value[1])) if isinstance(value, (tuple, list)) else (int(value),) * 2
+
+
+def grid_of(recipe: Any, registry: Any) -> tuple[int, int]:
+    """The (gh, gw) patch grid of the recipe's encoder: from its config's img_size and
+    patch_size (or those a timm `model` name implies), else by building the encoder."""
+    config = recipe.encoder.config
+    image, patch = getattr(config, "img_size", None), getattr(config, "patch_size", None)
+    model = getattr(config, "model", None)
+    if isinstance(model, str) and (image is None or patch is None):
+        parsed_image, parsed_patch = parse_timm_name(model)
+        image = parsed_image if image is None else image
+        patch = parsed_patch if patch is None else patch
+    if image is not None and patch is not None:
+        (ih, iw), (ph, pw) = _pair(image), _pair(patch)
+        return ih // ph, iw // pw
+    encoder = registry.get("encoder", recipe.encoder.name).build(config)
+    return tuple(int(s) for s in encoder.patch_grid)  # type: ignore[return-value]
+
+
+# -- statistics ----------------------------------------------------------------------------
+def _summary(values: torch.Tensor) -> dict[str, float]:
+    values = values.double()
+    return {"min": float(values.min()), "mean": float(values.mean()), "max": float(values.max())}
+
+
+def _draw(masker: Any, batch_size: int, seed: int, step: int) -> tuple[MaskBatch, Any]:
+    generator = mask_generator(seed, step)
+    if hasattr(masker, "sample_with_stats"):
+        return masker.sample_with_stats(batch_size, generator)
+    return masker(batch_size, generator), None
+
+
+def _valid(masks: MaskBatch) -> torch.Tensor:
+    if masks.context_valid is None:
+        return torch.ones_like(masks.context, dtype=torch.bool)
+    return masks.context_valid
+
+
+def _aspects(masks: MaskBatch, gw: int) -> torch.Tensor | None:
+    """[B * M] h / w of each target block, or None when some block is not a rectangle."""
+    rows, cols = masks.targets // gw, masks.targets % gw
+    h = rows.amax(-1) - rows.amin(-1) + 1
+    w = cols.amax(-1) - cols.amin(-1) + 1
+    if bool((h * w != masks.targets.shape[-1]).any()):
+        return None
+    return (h.double() / w.double()).flatten()
+
+
+def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0, batches: int = 8,
+                    step: int = 0) -> dict[str, Any]:
+    """Statistics of `batches` batches (steps step .. step + batches - 1). Sizes in patches;
+    coverage: [gh][gw] fraction of samples in which each patch is in the context / a target;
+    overlap_fraction: share of valid context patches that lie in a target of the same image;
+    context_before / fallbacks: only for maskers with `sample_with_stats` (else None)."""
+    gh, gw = masker.grid
+    n = gh * gw
+    after, before, sizes, aspects, overlap = [], [], [], [], []
+    in_context = torch.zeros(n, dtype=torch.float64)
+    in_target = torch.zeros(n, dtype=torch.float64)
+    fallbacks, has_stats, rectangles = 0, True, True
+    for i in range(batches):
+        masks, info = _draw(masker, batch_size, seed, step + i)
+        valid = _valid(masks)
+        after.append(valid.sum(1))
+        has_stats = has_stats and info is not None
+        if has_stats:
+            before.append(info.context_sizes)
+            fallbacks += int(info.fallbacks)
+        sizes.append(masks.targets.shape[2])
+        block_aspects = _aspects(masks, gw)
+        rectangles = rectangles and block_aspects is not None
+        if rectangles:
+            aspects.append(block_aspects)
+        member = torch.zeros(batch_size, n, dtype=torch.bool)
+        member.scatter_(1, masks.targets.flatten(1), True)  # [B, N]: in some target
+        overlap.append((member.gather(1, masks.context) & valid).sum() / valid.sum())
+        in_context += torch.zeros(batch_size, n).scatter_(1, masks.context, valid.float()).sum(0)
+        in_target += member.sum(0)
+    total = batch_size * batches
+    return {
+        "masker": repr(masker), "grid": [gh, gw], "batch_size": batch_size, "batches": batches,
+        "num_targets": int(masks.targets.shape[1]),
+        "target_size": _summary(torch.tensor(sizes)),
+        "target_aspect": _summary(torch.cat(aspects)) if rectangles else None,
+        "context_before": _summary(torch.cat(before)) if has_stats else None,
+        "context_size": _summary(torch.cat(after)),
+        "overlap_fraction": float(torch.stack(overlap).mean()),
+        "fallbacks": fallbacks if has_stats else None,
+        "context_coverage": (in_context / total).view(gh, gw).tolist(),
+        "target_coverage": (in_target / total).view(gh, gw).tolist(),
+    }
+
+
+# -- the picture ---------------------------------------------------------------------------
+def _heat_colour(value: float) -> tuple[int, int, int]:
+    x = min(max(value, 0.0), 1.0) * (len(HEAT) - 1)
+    i = min(int(x), len(HEAT) - 2)
+    a, b, t = HEAT[i], HEAT[i + 1], x - i
+    return tuple(round(a[k] + (b[k] - a[k]) * t) for k in range(3))  # type: ignore[return-value]
+
+
+def _draw_sample(draw: ImageDraw.ImageDraw, masks: MaskBatch, b: int, grid, origin, cell) -> None:
+    gh, gw = grid
+    colours = [BACKGROUND] * (gh * gw)
+    in_context = set(masks.context[b][_valid(masks)[b]].tolist())
+    for p in in_context:
+        colours[p] = CONTEXT
+    for m in range(masks.targets.shape[1]):
+        for p in masks.targets[b, m].tolist():
+            colours[p] = TARGETS[m % len(TARGETS)]
+    for p, colour in enumerate(colours):
+        x, y = origin[0] + (p % gw) * cell, origin[1] + (p // gw) * cell
+        draw.rectangle([x, y, x + cell - 2, y + cell - 2], fill=colour)
+        if colour != CONTEXT and p in in_context and cell >= 6:  # context overlaps a target
+            d = max(1, cell // 4)
+            draw.rectangle([x + d, y + d, x + cell - 2 - d, y + cell - 2 - d], fill=CONTEXT)
+
+
+def _draw_heat(draw: ImageDraw.ImageDraw, values: list[list[float]], origin, cell) -> None:
+    for r, row in enumerate(values):
+        for c, value in enumerate(row):
+            x, y = origin[0] + c * cell, origin[1] + r * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=_heat_colour(value))
+
+
+def render_masks(masker: Any, out_path: str | Path, *, samples: int = 4, seed: int = 0,
+                 step: int = 0, batch_size: int = 128, batches: int = 8) -> dict[str, Any]:
+    """Write a PNG of `samples` samples of step `step` and the coverage heat maps over
+    `batches` batches of `batch_size`; returns `mask_statistics` of those batches."""
+    gh, gw = masker.grid
+    stats = mask_statistics(masker, batch_size, seed, batches, step)
+    masks, _ = _draw(masker, max(batch_size, samples), seed, step)
+    cell = max(3, min(24, 224 // max(gh, gw)))
+    pad, title = 12, 16
+    panel_w, panel_h = gw * cell, gh * cell
+    width = pad + max(samples, 2) * (panel_w + pad)
+    height = title + pad + 2 * (panel_h + pad + title)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((pad, 2), f"{type(masker).__name__} on {gh}x{gw}, seed {seed}, step {step}: "
+              "blue = context, colours = target blocks, blue dot = context inside a target",
+              fill="black")
+    top = title + pad
+    for b in range(samples):
+        x = pad + b * (panel_w + pad)
+        draw.text((x, top - title + 2), f"sample {b}", fill="black")
+        _draw_sample(draw, masks, b, (gh, gw), (x, top), cell)
+    top += panel_h + pad + title
+    for i, (name, key) in enumerate((("in context", "context_coverage"),
+                                     ("in a target", "target_coverage"))):
+        x = pad + i * (panel_w + pad)
+        values = stats[key]
+        peak = max(max(row) for row in values)
+        draw.text((x, top - title + 2), f"{name} (max {peak:.2f})", fill="black")
+        _draw_heat(draw, values, (x, top), cell)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    image.save(out_path, format="PNG")
+    return stats
+
+
+# -- console output ------------------------------------------------------------------------
+def _fmt(summary: dict[str, float] | None, digits: int = 1) -> str:
+    if summary is None:
+        return "n/a"
+    return (f"{summary['min']:.{digits}f} / {summary['mean']:.{digits}f} / "
+            f"{summary['max']:.{digits}f}")
+
+
+def print_statistics(stats: dict[str, Any], console: Any) -> None:
+    """A rich table of `mask_statistics` (min / mean / max where three numbers)."""
+    from rich.table import Table
+
+    table = Table(title=f"masks on a {stats['grid'][0]}x{stats['grid'][1]} grid, "
+                        f"{stats['batches']} batches of {stats['batch_size']}")
+    table.add_column("statistic")
+    table.add_column("min / mean / max", justify="right")
+    table.add_row("target blocks per image", str(stats["num_targets"]))
+    table.add_row("target block size (patches)", _fmt(stats["target_size"]))
+    table.add_row("target aspect h/w", _fmt(stats["target_aspect"], 2))
+    table.add_row("context before equalisation", _fmt(stats["context_before"]))
+    table.add_row("context (valid patches)", _fmt(stats["context_size"]))
+    table.add_row("context share inside targets", f"{stats['overlap_fraction']:.3f}")
+    never = sum(v == 0 for row in stats["target_coverage"] for v in row)
+    table.add_row("patches never in a target", str(never))
+    if stats["fallbacks"] is not None:
+        table.add_row("samples that fell back (overlap kept)", str(stats["fallbacks"]))
+    console.print(table)
+
+
+def masks_command(recipe: Any, registry: Any, out: str | Path, samples: int = 4,
+                  seed: int | None = None, batch_size: int = 128,
+                  console: Any = None) -> dict[str, Any]:
+    """`jepa masks RECIPE --out masks.png`: build the recipe's masker on its encoder's grid,
+    write the picture, print the statistics. seed None: the recipe's seed."""
+    grid = grid_of(recipe, registry)
+    spec = registry.get("masker", recipe.masker.name)
+    masker = spec.build(recipe.masker.config, grid=grid)
+    seed = recipe.seed if seed is None else seed
+    stats = render_masks(masker, out, samples=samples, seed=seed, batch_size=batch_size)
+    if console is not None:
+        print_statistics(stats, console)
+        console.print(f"wrote {out} (masker {recipe.masker.name!r} on a {grid[0]}x{grid[1]} grid)")
+    return stats

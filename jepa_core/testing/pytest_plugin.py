@@ -1,0 +1,37 @@
+"""Opt-in pytest plugin for jepa plugin authors: `pytest -p jepa_core.testing.pytest_plugin`
+(or `pytest_plugins = ["jepa_core.testing.pytest_plugin"]` in a conftest.py).
+
+Fixtures (none is function-scoped, so all work inside hypothesis `@given` tests):
+    jepa_registry        a registry of every installed plugin, built once per test module;
+                         treat it as read-only (build your own with make_plugin_manager()
+                         to register test plugins).
+    masker_contract      `jepa_core.testing.check_masker`.
+    jepa_mask_generator  `jepa_core.collate.mask_generator`: (seed, step) -> torch.Generator.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def jepa_registry() -> Any:
+    from jepa_core.plugins import make_plugin_manager
+
+    return make_plugin_manager()
+
+
+@pytest.fixture(scope="session")
+def masker_contract() -> Callable[..., Any]:
+    from jepa_core.testing.contract import check_masker
+
+    return check_masker
+
+
+@pytest.fixture(scope="session")
+def jepa_mask_generator() -> Callable[[int, int], Any]:
+    from jepa_core.collate import mask_generator
+
+    return mask_generator

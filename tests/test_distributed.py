@@ -1,0 +1,96 @@
+"""Launch modes: environment detection, failed init, and real 2-process DDP with gloo."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from jepa_core import checkpoint as ckpt
+from jepa_core.distributed import DistEnv, detect, init_process_group
+from jepa_core.errors import RunError
+from jepa_core.worker import worker_argv
+
+from conftest import TINY
+
+
+def test_detect_plain():
+    assert detect({}) == DistEnv()
+
+
+def test_detect_torchrun():
+    env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "n1",
+           "MASTER_PORT": "29500"}
+    assert detect(env) == DistEnv(3, 8, 1, "torchrun", "n1", 29500)
+
+
+def test_detect_slurm():
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1",
+           "SLURM_JOB_ID": "12345", "SLURM_LAUNCH_NODE_IPADDR": "10.0.0.7"}
+    d = detect(env)
+    assert (d.rank, d.world_size, d.local_rank, d.mode) == (5, 16, 1, "slurm")
+    assert d.master_addr == "10.0.0.7" and d.master_port == 20000 + 12345 % 20000
+    # a single-task SLURM allocation is a plain run
+    assert detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == DistEnv()
+
+
+def test_detect_rejects_garbage():
+    with pytest.raises(RunError, match="WORLD_SIZE"):
+        detect({"RANK": "0", "WORLD_SIZE": "two"})
+
+
+def test_failed_init_is_an_error_not_a_silent_single_process(monkeypatch):
+    for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    # rank 1 is a client: it binds nothing, and nobody listens on the port
+    env = DistEnv(1, 2, 1, "torchrun", "127.0.0.1", 9)
+    with pytest.raises(RunError, match=r"distributed init failed.*rank 1 of 2.*127.0.0.1:9"):
+        init_process_group(env, "gloo", timeout_s=3)
+
+
+def test_worker_argv_puts_plugins_first():
+    assert worker_argv(["-p", "a.b", "r.yaml", "x=1"]) == ["-p", "a.b", "run", "r.yaml", "x=1"]
+
+
+def _write(tmp_path, name, **train):
+    d = copy.deepcopy(TINY)
+    d["out_dir"] = str(tmp_path / name)
+    d["train"].update(device="cpu", max_steps=3, **train)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path, tmp_path / name / "tiny"
+
+
+def _jepa(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-m", "jepa_core", *args], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def _final(run_dir):
+    return ckpt.load(ckpt.list_checkpoints(run_dir / "checkpoints")[-1])
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process(tmp_path):
+    one, one_dir = _write(tmp_path, "one")
+    two, two_dir = _write(tmp_path, "two")
+    acc, acc_dir = _write(tmp_path, "acc")
+    _jepa("run", str(one))
+    _jepa("run", str(two), "--nproc", "2")
+    _jepa("run", str(acc), "--nproc", "2", "dist.per_device_batch_cap=2")
+    a = _final(one_dir)
+    for other in (_final(two_dir), _final(acc_dir)):
+        assert other["step"] == a["step"] == 3
+        for part in ("encoder", "predictor", "target_encoder"):
+            for k, v in a[part].items():
+                torch.testing.assert_close(other[part][k], v, rtol=1e-4, atol=1e-5)
+        # the logged loss is the mean over ranks, i.e. the single-process loss
+        assert other["metrics"]["loss"] == pytest.approx(a["metrics"]["loss"], rel=1e-5)

@@ -1,0 +1,118 @@
+"""The third-party example plugin (examples/jepa_checkerboard) works once pip-installed.
+
+It is installed with `pip install --target` into a temporary folder put on PYTHONPATH (for
+subprocesses) or sys.path (in process), never into the test venv itself, so other tests see
+the registry they expect.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jepa_core.plugins import make_plugin_manager
+from jepa_core.testing import check_masker
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "jepa_checkerboard"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A folder holding the installed distribution jepa-checkerboard (package + dist-info)."""
+    if importlib.util.find_spec("setuptools") is None:  # venvs of Python >= 3.12 lack it
+        pytest.skip("building the example offline needs setuptools in this environment")
+    source = tmp_path_factory.mktemp("src") / "jepa_checkerboard"  # builds leave files behind
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns(
+        "build", "*.egg-info", "__pycache__"))
+    target = tmp_path_factory.mktemp("site")
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+           "--no-build-isolation", "--no-index", "--target", str(target), str(source)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    if done.returncode != 0:
+        pytest.skip(f"cannot build the example plugin here: {done.stderr[-500:]}")
+    return target
+
+
+def _env(site):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.pop("JEPA_DISABLE_PLUGIN_AUTOLOAD", None)
+    return env
+
+
+def test_jepa_plugins_lists_the_checkerboard_masker(site):
+    done = subprocess.run([sys.executable, "-m", "jepa_core", "plugins", "--json"],
+                          capture_output=True, text=True, env=_env(site), timeout=120)
+    assert done.returncode == 0, done.stderr
+    listing = json.loads(done.stdout)
+    components = listing["components"] if isinstance(listing, dict) else listing
+    (entry,) = [c for c in components if c["kind"] == "masker" and c["name"] == "checkerboard"]
+    assert entry["distribution"] == "jepa-checkerboard" and entry["version"] == "0.1.0"
+    assert entry["plugin"] == "checkerboard"
+
+
+def test_the_entry_module_does_not_import_torch(site):
+    code = "import sys, jepa_checkerboard.plugin; assert 'torch' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=_env(site), timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def registry_with_example(site):
+    sys.path.insert(0, str(site))
+    try:
+        yield make_plugin_manager()
+    finally:
+        sys.path.remove(str(site))
+        for name in [m for m in sys.modules if m.split(".")[0] == "jepa_checkerboard"]:
+            del sys.modules[name]
+        importlib.invalidate_caches()
+
+
+def test_the_checkerboard_masker_honours_the_contract(registry_with_example):
+    from jepa_core.errors import ConfigError
+
+    spec = registry_with_example.get("masker", "checkerboard")
+    assert spec.distribution == "jepa-checkerboard"
+    for grid in [(14, 14), (7, 12), (4, 4)]:
+        masker = spec.build(spec.config_class(), grid=grid)
+        check_masker(masker, 8, 0, allow_overlap=False, rectangular_targets=True)
+    with pytest.raises(ConfigError, match="num_targets"):
+        spec.build(spec.config_class(num_targets=9), grid=(4, 4))
+
+
+AUTHOR_TESTS = '''
+from hypothesis import given, settings
+from jepa_core.testing import strategies as js
+
+
+@settings(max_examples=10, deadline=None)
+@given(grid=js.grids(4, 16), batch_size=js.batch_sizes(8), seed=js.seeds())
+def test_checkerboard(grid, batch_size, seed, jepa_registry, masker_contract):
+    spec = jepa_registry.get("masker", "checkerboard")
+    masker = spec.build(spec.config_class(num_targets=1), grid=grid)
+    masker_contract(masker, batch_size, seed, allow_overlap=False, rectangular_targets=True)
+
+
+def test_generator(jepa_mask_generator):
+    assert jepa_mask_generator(0, 1).initial_seed() != jepa_mask_generator(0, 2).initial_seed()
+'''
+
+
+def test_an_authors_suite_runs_with_the_pytest_plugin(site, tmp_path):
+    (tmp_path / "test_author.py").write_text(AUTHOR_TESTS)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           "-p", "jepa_core.testing.pytest_plugin", str(tmp_path / "test_author.py")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(site), cwd=tmp_path,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "2 passed" in done.stdout

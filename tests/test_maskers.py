@@ -1,0 +1,256 @@
+"""Maskers: the contract over every registered masker, and the multi-block sampler's own
+promises (reference statistics and quirks, corrected reachability, no hang, collation)."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from jepa_core.collate import MaskingCollator, StepBatchSampler, StepDataset, mask_generator
+from jepa_core.errors import ConfigError
+from jepa_core.plugins import make_plugin_manager
+from jepa_core.testing import check_masker
+from jepa_core.testing import strategies as js
+from jepa_core.testing.contract import check_structure
+from jepa_image.configs import MultiBlockConfig, RandomPatchConfig
+from jepa_image.multiblock import MAX_REDRAWS, build_masker
+from jepa_image.random_patches import build_masker as build_random
+
+REGISTRY = make_plugin_manager()
+MASKERS = sorted(REGISTRY.components["masker"])
+REFERENCE = MultiBlockConfig(style="reference")
+CORRECTED = MultiBlockConfig()
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                      HealthCheck.filter_too_much])
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# -- the contract, over the registry -----------------------------------------------------
+@pytest.mark.parametrize("name", MASKERS)
+@settings(max_examples=25, **SETTINGS)
+@given(grid=js.grids(2, 24), batch_size=js.batch_sizes(16), seed=js.seeds())
+def test_every_registered_masker_honours_the_contract(name, grid, batch_size, seed):
+    spec = REGISTRY.get("masker", name)
+    try:
+        masker = spec.build(spec.config_class(), grid=grid)
+    except ConfigError:
+        assume(False)
+    assert masker.grid == grid
+    check_masker(masker, batch_size, seed, time_limit_s=5)
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(data=st.data(), grid=js.grids(2, 28), batch_size=js.batch_sizes(16), seed=js.seeds())
+def test_multiblock_contract_for_any_valid_config(data, grid, batch_size, seed):
+    config = data.draw(js.multiblock_configs(grid, REGISTRY))
+    masker = build_masker(config, grid)
+    _, stats = masker.sample_with_stats(batch_size, _gen(seed))
+    # A sample that falls back keeps some overlap (documented); the contract then skips it.
+    overlap = None if config.allow_overlap or stats.fallbacks else False
+    check_masker(masker, batch_size, seed, scale_range=config.target_scale,
+                 aspect_range=config.target_aspect, min_keep=config.min_keep,
+                 allow_overlap=overlap, time_limit_s=5)
+    if config.style == "corrected" and config.context_equalize == "pad":
+        assert masker(batch_size, _gen(seed)).context_valid is not None
+
+
+# -- the reference style reproduces the official sampler ---------------------------------
+def test_reference_statistics_match_the_official_sampler():
+    masker = build_masker(REFERENCE, (14, 14))
+    sizes, before, after = [], [], []
+    for step in range(30):
+        masks, stats = masker.sample_with_stats(128, mask_generator(0, step))
+        sizes.append(masks.targets.shape[2])
+        before.append(stats.context_sizes.double().mean())
+        after.append(masks.context.shape[1])
+    assert 30 <= min(sizes) and max(sizes) <= 40 and 30 <= sum(sizes) / len(sizes) <= 40
+    assert abs(float(torch.stack(before).mean()) - 84) <= 8
+    assert abs(sum(after) / len(after) - 54) <= 8
+
+
+@pytest.mark.parametrize("grid", [(14, 14), (7, 12), (16, 16)])
+def test_reference_never_covers_the_last_row_or_column(grid):
+    masker = build_masker(REFERENCE, grid)
+    gh, gw = grid
+    for step in range(20):
+        masks = masker(64, mask_generator(1, step))
+        for idx in (masks.context, masks.targets):
+            assert not bool((idx // gw == gh - 1).any()) and not bool((idx % gw == gw - 1).any())
+
+
+def test_reference_truncation_drops_the_bottom_and_subset_does_not():
+    def mean_row(config):
+        masker = build_masker(config, (14, 14))
+        rows = [masker(128, mask_generator(2, s)).context // 14 for s in range(10)]
+        return float(torch.cat([r.flatten() for r in rows]).double().mean())
+
+    assert mean_row(REFERENCE) < 5.5  # the context block is rows 0..12: unbiased mean 6
+    assert abs(mean_row(CORRECTED) - 6.5) < 0.4  # symmetric in expectation
+
+
+@pytest.mark.parametrize("grid", [(14, 14), (7, 12), (16, 16)])
+def test_corrected_reaches_every_patch(grid):
+    check_masker(build_masker(CORRECTED, grid), 64, 0, claims_reachable=True,
+                 allow_overlap=False, min_keep=CORRECTED.min_keep)
+
+
+# -- never hang, fail early --------------------------------------------------------------
+@pytest.mark.parametrize("build, config, grid, field", [
+    (build_masker, MultiBlockConfig(target_scale=(0.001, 0.002)), (14, 14), "target_scale"),
+    (build_masker, MultiBlockConfig(min_keep=500), (14, 14), "min_keep"),
+    (build_masker, MultiBlockConfig(), (2, 2), "min_keep"),
+    (build_masker, MultiBlockConfig(style="reference"), (1, 8), "grid"),
+    (build_masker, MultiBlockConfig(style="reference", min_keep=170), (14, 14), "min_keep"),
+    (build_random, RandomPatchConfig(target_ratio=0.0), (14, 14), "target_ratio"),
+    (build_random, RandomPatchConfig(context_ratio=0.9, target_ratio=0.5), (4, 4), "target_ratio"),
+])
+def test_impossible_configs_raise_config_error_quickly(build, config, grid, field):
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=field):
+        build(config, grid)
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("style", ["reference", "corrected"])
+@pytest.mark.parametrize("grid", [(2, 2), (3, 3), (4, 4), (5, 5), (3, 7)])
+def test_small_grids_build_or_refuse_but_never_hang(style, grid):
+    # The official sampler loops forever when a target block holds <= min_keep patches.
+    for min_keep in (1, 2, 4, 10):
+        config = MultiBlockConfig(style=style, min_keep=min_keep)
+        try:
+            masker = build_masker(config, grid)
+        except ConfigError:
+            continue
+        check_masker(masker, 16, min_keep, min_keep=min_keep, time_limit_s=2)
+
+
+def test_fallback_keeps_min_keep_when_targets_cover_the_context():
+    config = MultiBlockConfig(target_scale=(0.45, 0.45), target_aspect=(1.0, 1.0),
+                              context_scale=(1.0, 1.0), min_keep=30)
+    masker = build_masker(config, (6, 6))
+    masks, stats = masker.sample_with_stats(8, _gen(0))
+    assert stats.redraw_rounds == MAX_REDRAWS and stats.fallbacks == 8
+    assert masks.context.shape[1] >= 30
+    check_masker(masker, 8, 0, min_keep=30, time_limit_s=2)
+
+
+def test_pad_equalisation_keeps_every_patch_and_repeats_a_real_index():
+    masker = build_masker(MultiBlockConfig(context_equalize="pad"), (14, 14))
+    masks, stats = masker.sample_with_stats(32, _gen(3))
+    valid = masks.context_valid
+    assert torch.equal(valid.sum(1), stats.context_sizes)
+    assert torch.equal(masks.context[~valid], masks.context[:, :1].expand_as(valid)[~valid])
+
+
+# -- determinism -------------------------------------------------------------------------
+@pytest.mark.parametrize("name", MASKERS)
+def test_masks_depend_only_on_the_generator_seed(name):
+    spec = REGISTRY.get("masker", name)
+    masker = spec.build(spec.config_class(), grid=(14, 14))
+    first = masker(16, _gen(7))
+    masker(16, _gen(8))  # a call in between changes nothing
+    torch.manual_seed(123)
+    again = masker(16, _gen(7))
+    other = masker(16, _gen(8))
+    assert torch.equal(first.context, again.context) and torch.equal(first.targets, again.targets)
+    assert not (torch.equal(first.context, other.context)
+                and torch.equal(first.targets, other.targets))
+
+
+def test_mask_generator_mixes_seed_and_step():
+    draws = {(seed, step): float(torch.rand(1, generator=mask_generator(seed, step)))
+             for seed in (0, 1) for step in (0, 1, 2)}
+    assert len(set(draws.values())) == len(draws)
+    assert float(torch.rand(1, generator=mask_generator(1, 2))) == draws[(1, 2)]
+
+
+# -- collation ---------------------------------------------------------------------------
+class _Images(torch.utils.data.Dataset):
+    def __len__(self):
+        return 24
+
+    def __getitem__(self, index):
+        return torch.full((1, 4, 4), float(index)), index
+
+
+def _masks_by_step(num_workers):
+    collator = MaskingCollator(build_masker(CORRECTED, (14, 14)), seed=5)
+    batches = StepBatchSampler(torch.utils.data.BatchSampler(
+        torch.utils.data.SequentialSampler(range(24)), 4, drop_last=True), start_step=10)
+    loader = torch.utils.data.DataLoader(StepDataset(_Images()), batch_sampler=batches,
+                                         collate_fn=collator.collate_fn,
+                                         num_workers=num_workers)
+    out = {}
+    for batch in loader:
+        assert batch.images.shape == (4, 1, 4, 4) and batch.labels.dtype == torch.int64
+        out[batch.step] = (batch.masks.context, batch.masks.targets)
+    return collator, out
+
+
+def test_collator_masks_do_not_depend_on_the_number_of_workers():
+    collator, serial = _masks_by_step(0)
+    _, parallel = _masks_by_step(2)
+    assert sorted(serial) == list(range(10, 16)) == sorted(parallel)
+    for step, (context, targets) in serial.items():
+        assert torch.equal(context, parallel[step][0]) and torch.equal(targets, parallel[step][1])
+        direct = collator.masks_for(step, 4)
+        assert torch.equal(direct.context, context) and torch.equal(direct.targets, targets)
+
+
+def test_collator_slices_of_the_global_batch_match_one_process():
+    masker = build_masker(CORRECTED, (14, 14))
+    whole = MaskingCollator(masker, seed=1).masks_for(3, 8)
+    for rank in range(4):
+        part = MaskingCollator(masker, seed=1, global_batch_size=8, offset=2 * rank)
+        masks = part.masks_for(3, 2)
+        assert torch.equal(masks.context, whole.context[2 * rank: 2 * rank + 2])
+        assert torch.equal(masks.targets, whole.targets[2 * rank: 2 * rank + 2])
+
+
+# -- the benchmark's per-sample loop draws the same distribution -------------------------
+def _bench_module():
+    path = Path(__file__).resolve().parents[1] / "bench" / "masks.py"
+    spec = importlib.util.spec_from_file_location("bench_masks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("config", [REFERENCE, CORRECTED, MultiBlockConfig(context_equalize="pad")])
+def test_loop_baseline_draws_like_the_vectorised_sampler(config):
+    bench = _bench_module()
+    masker = build_masker(config, (14, 14))
+    loop_sizes, fast_sizes = [], []
+    for step in range(6):
+        loop = bench.loop_masks(masker, 64, mask_generator(0, step))
+        check_structure(masker, loop, 64)
+        fast = masker(64, mask_generator(0, step))
+        assert loop.targets.shape == fast.targets.shape  # same block sizes: same first draws
+        loop_sizes.append(loop.context.shape[1])
+        fast_sizes.append(fast.context.shape[1])
+    assert abs(sum(loop_sizes) - sum(fast_sizes)) / sum(fast_sizes) < 0.25
+
+
+# -- index helpers -----------------------------------------------------------------------
+def test_ranked_positions_lists_each_rows_ones_in_raster_order():
+    from jepa_image.multiblock import ranked_positions
+
+    positions, counts = ranked_positions(torch.tensor([[0., 1, 1, 0, 1], [1, 0, 0, 0, 0]]))
+    assert positions.tolist() == [[1, 2, 4], [0, 0, 0]] and counts.tolist() == [3, 1]
+
+
+def test_select_smallest_takes_exactly_length_and_breaks_ties_in_raster_order():
+    from jepa_image.multiblock import select_smallest
+
+    keys = torch.tensor([[0.5, 0.1, 0.5, 0.5, 0.9], [0.2, 0.2, 0.2, 0.2, 0.2]])
+    assert select_smallest(keys, 2).tolist() == [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0]]
+    assert select_smallest(keys, 5).sum().item() == 10
