@@ -47,10 +47,14 @@ def make_target(encoder: torch.nn.Module) -> torch.nn.Module:
 
 
 def build_components(recipe: Recipe, registry: Any) -> Components:
-    encoder, predictor = build_models(recipe, registry)
-    masker = build("masker", recipe, registry, "masker", grid=tuple(encoder.patch_grid))
+    # The data source and masker come first, so missing data or an impossible masker fail
+    # before minutes of model building; their sizes come from an encoder built on "meta".
+    with torch.device("meta"):
+        shape_probe = build("encoder", recipe, registry, "encoder")
     source = build("data_source", recipe, registry, "data",
-                   image_size=tuple(encoder.image_size), train=True)
+                   image_size=tuple(shape_probe.image_size), train=True)
+    masker = build("masker", recipe, registry, "masker", grid=tuple(shape_probe.patch_grid))
+    encoder, predictor = build_models(recipe, registry)
     spe = steps_per_epoch(recipe, len(source))
     total = total_steps(recipe, spe)
     loss = build("loss", recipe, registry, "loss")

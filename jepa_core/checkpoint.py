@@ -49,6 +49,13 @@ def save_atomic(state: dict, path: Path) -> None:
                        f"checkpoints in {path.parent} are untouched.") from exc
 
 
+def remove_stale_temps(directory: Path) -> None:
+    """Temp files left by a process killed mid-write are never checkpoints: delete them."""
+    if Path(directory).is_dir():
+        for p in Path(directory).glob(".step_*.pt.tmp-*"):
+            p.unlink(missing_ok=True)
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
     """Complete checkpoints in `directory`, oldest first."""
     if not Path(directory).is_dir():
@@ -77,6 +84,14 @@ def load(path: Path) -> dict:
     return state
 
 
-def prune(directory: Path, keep_last: int) -> None:
+def step_of(path: Path) -> int:
+    m = _NAME.match(Path(path).name)
+    return int(m.group(1)) if m else -1
+
+
+def prune(directory: Path, keep_last: int, milestone_every: int = 0) -> None:
+    """Delete all but the newest `keep_last` checkpoints, keeping milestones for good."""
     for old in list_checkpoints(directory)[:-keep_last]:
+        if milestone_every and step_of(old) % milestone_every == 0:
+            continue
         old.unlink(missing_ok=True)

@@ -53,3 +53,14 @@ class RunError(JepaError):
 
 class BadSample(Exception):
     """Raised by a data source for one unreadable sample; the core skips it and counts it."""
+
+
+class Preempted(JepaError):
+    """The run stopped on SIGTERM / SIGUSR1 after writing a checkpoint; exit 128 + signal, the
+    convention SLURM and submitit read as "killed by a signal" (requeue-able)."""
+
+    title = "preempted"
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

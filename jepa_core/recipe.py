@@ -52,6 +52,8 @@ class TrainConfig:
     log_every: int = attrs.field(default=10, validator=at_least(1))
     checkpoint_every: int = attrs.field(default=0, validator=at_least(0))  # steps; 0: at end only
     keep_last: int = attrs.field(default=2, validator=at_least(1))
+    # Checkpoints at multiples of this many steps are kept for good (0: none).
+    milestone_every: int = attrs.field(default=0, validator=at_least(0))
     # Steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
     max_nonfinite_steps: int = attrs.field(default=10, validator=at_least(1))
 

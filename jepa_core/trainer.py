@@ -14,6 +14,7 @@ device through torch's elastic launcher), `torchrun ... -m jepa_core.worker reci
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from jepa_core import schedules
 from jepa_core.build import Components, build_components
 from jepa_core.data import Batch, BatchLayout, batch_layout, train_loader
 from jepa_core.distributed import DistEnv
-from jepa_core.errors import RunError
+from jepa_core.errors import Preempted, RunError
 from jepa_core.runlog import RunLogger
 from jepa_core.recipe import Recipe, recipe_to_dict, recipe_to_yaml
 from jepa_core.seeding import derive_seed
@@ -50,6 +51,8 @@ class RunContext:
     nonfinite_in_row: int = 0
     nonfinite_total: int = 0
     skipped_samples: int = 0
+    stop_signal: int = 0  # set by the SIGTERM / SIGUSR1 handler
+    stop_agreed: bool = False  # every rank knows of a signal (all-reduced): checkpoint, stop
     metrics: dict = attrs.Factory(dict)
 
     @property
@@ -138,10 +141,14 @@ def representation_health(pooled: torch.Tensor) -> dict[str, float]:
 def _reduce_step(run: RunContext, loss_sum: torch.Tensor,
                  grad_norm: torch.Tensor) -> tuple[float, bool]:
     """(loss averaged over ranks, whether every rank's loss and gradients are finite)."""
-    both = torch.stack([loss_sum.float(), (~torch.isfinite(grad_norm)).float()])
+    both = torch.stack([loss_sum.float(), (~torch.isfinite(grad_norm)).float(),
+                        torch.tensor(float(run.stop_signal), device=loss_sum.device)])
     if run.dist.distributed and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(both)  # sum: NaN/inf anywhere reaches every rank
+        torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.SUM)  # NaN spreads
         both[0] /= run.dist.world_size
+    if both[2] > 0:  # decided on the reduced flag, so all ranks stop after the same step
+        run.stop_agreed = True
+        run.stop_signal = run.stop_signal or int(signal.SIGTERM)
     loss = float(both[0])
     return loss, math.isfinite(loss) and float(both[1]) == 0.0
 
@@ -188,6 +195,8 @@ def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
     metrics["target_tokens"] = float(micro_batches[0].masks.targets[0].numel())
     metrics.update(representation_health(torch.cat(pooled)))
     run.skipped_samples += sum(b.skipped for b in micro_batches)
+    metrics["skipped_samples"] = float(run.skipped_samples)
+    metrics["skipped_steps"] = float(run.nonfinite_total)
     return metrics
 
 
@@ -242,7 +251,7 @@ def save_checkpoint(run: RunContext) -> Path | None:
         directory = run.run_dir / "checkpoints"
         path = directory / ckpt.checkpoint_name(run.step)
         ckpt.save_atomic(checkpoint_state(run), path)
-        ckpt.prune(directory, run.recipe.train.keep_last)
+        ckpt.prune(directory, run.recipe.train.keep_last, run.recipe.train.milestone_every)
         run.hook.on_checkpoint_saved(run=run, path=str(path), step=run.step)
     if run.dist.distributed and torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -289,6 +298,48 @@ def wrap_models(parts: Components, recipe: Recipe, dist: DistEnv,
     return encoder, predictor
 
 
+class StopOnSignal:
+    """SIGTERM / SIGUSR1 (SLURM preemption, time limit) → finish the step, checkpoint, stop."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self, run: RunContext):
+        self.run, self.previous = run, {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.run.stop_signal = signum
+
+    def __enter__(self) -> "StopOnSignal":
+        for sig in self.SIGNALS:
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _preempt(run: RunContext) -> None:
+    path = save_checkpoint(run)
+    if run.dist.is_main:
+        requeue_on_slurm(run.stop_signal)
+    name = signal.Signals(run.stop_signal).name
+    raise Preempted(f"stopped by {name} after step {run.step}; checkpoint {path or '(rank 0)'} "
+                    f"is complete. Resume with `jepa run RECIPE --resume auto` (a requeued "
+                    f"SLURM job resumes by itself).", run.stop_signal)
+
+
+def requeue_on_slurm(signum: int) -> None:
+    """Under SLURM, SIGUSR1 (sent before the time limit with --signal=USR1@90) → requeue."""
+    import os
+    import shutil
+    import subprocess
+
+    job = os.environ.get("SLURM_JOB_ID")
+    if signum == signal.SIGUSR1 and job and shutil.which("scontrol"):
+        subprocess.run(["scontrol", "requeue", job], check=False)
+
+
 def train(recipe: Recipe, registry: Any, dist: DistEnv | None = None,
           resume: dict | None = None, console: Any = None) -> RunContext:
     """Run the whole training; returns the finished RunContext (metrics of the last step)."""
@@ -299,15 +350,15 @@ def train(recipe: Recipe, registry: Any, dist: DistEnv | None = None,
     if dist.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+        ckpt.remove_stale_temps(run.run_dir / "checkpoints")
     stop = min(run.parts.total_steps, recipe.train.max_steps or run.parts.total_steps)
     loader = train_loader(run.parts.source, run.parts.masker, run.layout, seed=recipe.seed,
                           steps_per_epoch=run.parts.steps_per_epoch, start_step=run.step,
                           stop_step=stop, num_workers=recipe.train.num_workers,
                           pin_memory=run.device.type == "cuda")
-    logger = RunLogger(run, stop, console)
     run.hook.on_train_start(run=run)
     every = recipe.train.checkpoint_every
-    with logger:
+    with RunLogger(run, stop, console) as logger, StopOnSignal(run):
         micro: list[Batch] = []
         for batch in loader:
             micro.append(batch)
@@ -317,6 +368,8 @@ def train(recipe: Recipe, registry: Any, dist: DistEnv | None = None,
             micro = []
             logger.step_end(run.metrics)
             run.hook.on_step_end(run=run, step=run.step, metrics=run.metrics)
+            if run.stop_agreed:
+                _preempt(run)
             if every and run.step % every == 0 and run.step < stop and not run.nonfinite_in_row:
                 save_checkpoint(run)
     save_checkpoint(run)

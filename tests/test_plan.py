@@ -274,10 +274,6 @@ def test_run_with_missing_data_fails_with_the_data_message(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing written
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "jepa_core.build.build_components builds the encoder and predictor (ViT-H: ~17 s and "
-    "3 GB on a CPU) before the data source; build the data source first (its image size can "
-    "come from an encoder built on the meta device) and drop this marker"))
 def test_missing_data_is_reported_before_the_models_are_built(tmp_path, monkeypatch):
     import jepa_core.build
     from jepa_core.cli import main
