@@ -133,6 +133,11 @@ class Batch:
     skipped: int
 
 
+def mask_generator(seed: int, step: int) -> torch.Generator:
+    """The generator the masker draws step `step`'s global batch from."""
+    return generator(seed, "masks", step)
+
+
 def _take_rows(masks: MaskBatch, rows: slice) -> MaskBatch:
     valid = masks.context_valid
     return MaskBatch(masks.context[rows], masks.targets[rows],
@@ -148,7 +153,7 @@ class MaskingCollate:
 
     def step_masks(self, step: int) -> MaskBatch:
         if self._cache is None or self._cache[0] != step:
-            masks = self.masker(self.global_batch, generator(self.seed, "masks", step))
+            masks = self.masker(self.global_batch, mask_generator(self.seed, step))
             self._cache = (step, masks)
         return self._cache[1]
 

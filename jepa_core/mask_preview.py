@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from jepa_core.collate import mask_generator
+from jepa_core.data import mask_generator
 from jepa_core.interfaces import MaskBatch
 
 BACKGROUND = (235, 235, 235)

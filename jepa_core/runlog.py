@@ -53,6 +53,11 @@ class RunLogger:
     def __exit__(self, *exc: Any) -> None:
         if self.progress is not None:
             self.progress.stop()
+        if self.main and (self.run.skipped_samples or self.run.nonfinite_total):
+            self.console.print(
+                f"[yellow]note:[/yellow] {self.run.skipped_samples} unreadable sample(s) were "
+                f"skipped and {self.run.nonfinite_total} step(s) with a non-finite loss or "
+                f"gradient were skipped (counts in metrics.jsonl).")
         if self.file is not None:
             self.file.close()
 

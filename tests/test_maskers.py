@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from jepa_core.collate import MaskingCollator, StepBatchSampler, StepDataset, mask_generator
+from jepa_core.data import batch_layout, mask_generator, train_loader
 from jepa_core.errors import ConfigError
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.testing import check_masker
@@ -173,47 +173,51 @@ def test_mask_generator_mixes_seed_and_step():
     assert float(torch.rand(1, generator=mask_generator(1, 2))) == draws[(1, 2)]
 
 
-# -- collation ---------------------------------------------------------------------------
-class _Images(torch.utils.data.Dataset):
+# -- collation (the trainer's data pipeline) --------------------------------------------
+class _Images:
+    """A data source whose image i is filled with i (so rows can be traced)."""
+
+    num_classes = 0
+
     def __len__(self):
         return 24
 
-    def __getitem__(self, index):
+    def get(self, index, generator):
         return torch.full((1, 4, 4), float(index)), index
 
 
-def _masks_by_step(num_workers):
-    collator = MaskingCollator(build_masker(CORRECTED, (14, 14)), seed=5)
-    batches = StepBatchSampler(torch.utils.data.BatchSampler(
-        torch.utils.data.SequentialSampler(range(24)), 4, drop_last=True), start_step=10)
-    loader = torch.utils.data.DataLoader(StepDataset(_Images()), batch_sampler=batches,
-                                         collate_fn=collator.collate_fn,
-                                         num_workers=num_workers)
-    out = {}
-    for batch in loader:
-        assert batch.images.shape == (4, 1, 4, 4) and batch.labels.dtype == torch.int64
-        out[batch.step] = (batch.masks.context, batch.masks.targets)
-    return collator, out
+def _batches(num_workers, world_size=1, rank=0, cap=None):
+    layout = batch_layout(8, world_size, rank, cap)
+    loader = train_loader(_Images(), build_masker(CORRECTED, (14, 14)), layout, seed=5,
+                          steps_per_epoch=3, start_step=2, stop_step=6, num_workers=num_workers)
+    return list(loader)
 
 
-def test_collator_masks_do_not_depend_on_the_number_of_workers():
-    collator, serial = _masks_by_step(0)
-    _, parallel = _masks_by_step(2)
-    assert sorted(serial) == list(range(10, 16)) == sorted(parallel)
-    for step, (context, targets) in serial.items():
-        assert torch.equal(context, parallel[step][0]) and torch.equal(targets, parallel[step][1])
-        direct = collator.masks_for(step, 4)
-        assert torch.equal(direct.context, context) and torch.equal(direct.targets, targets)
-
-
-def test_collator_slices_of_the_global_batch_match_one_process():
+def test_masks_and_images_do_not_depend_on_the_number_of_workers():
+    serial, parallel = _batches(0), _batches(2)
+    assert [b.step for b in serial] == [2, 3, 4, 5] == [b.step for b in parallel]
     masker = build_masker(CORRECTED, (14, 14))
-    whole = MaskingCollator(masker, seed=1).masks_for(3, 8)
-    for rank in range(4):
-        part = MaskingCollator(masker, seed=1, global_batch_size=8, offset=2 * rank)
-        masks = part.masks_for(3, 2)
-        assert torch.equal(masks.context, whole.context[2 * rank: 2 * rank + 2])
-        assert torch.equal(masks.targets, whole.targets[2 * rank: 2 * rank + 2])
+    for a, b in zip(serial, parallel):
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+        assert torch.equal(a.masks.context, b.masks.context)
+        assert torch.equal(a.masks.targets, b.masks.targets)
+        direct = masker(8, mask_generator(5, a.step))
+        assert torch.equal(direct.context, a.masks.context)
+
+
+def test_ranks_and_micro_batches_are_slices_of_the_one_process_batch():
+    whole = _batches(0)
+    for world_size, cap in ((2, None), (4, None), (2, 2)):
+        for rank in range(world_size):
+            parts = _batches(0, world_size, rank, cap)
+            per_step = len(parts) // len(whole)
+            for i, batch in enumerate(parts):
+                ref = whole[i // per_step]
+                lo = rank * (8 // world_size) + (i % per_step) * batch.images.shape[0]
+                rows = slice(lo, lo + batch.images.shape[0])
+                assert torch.equal(batch.images, ref.images[rows])
+                assert torch.equal(batch.masks.context, ref.masks.context[rows])
+                assert torch.equal(batch.masks.targets, ref.masks.targets[rows])
 
 
 # -- the benchmark's per-sample loop draws the same distribution -------------------------
