@@ -49,6 +49,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="processes on this machine: a number (CPU: gloo) or 'gpu' (one per GPU)")
     r.add_argument("--force", action="store_true",
                    help="resume even if the recipe differs from the checkpoint's")
+    s = r.add_argument_group("SLURM submission (pip install 'jepa-core[slurm]')")
+    s.add_argument("--slurm", action="store_true", help="submit the run through submitit")
+    s.add_argument("--slurm-cluster", choices=["slurm", "local"], default="slurm",
+                   help="'local' runs the job here through submitit's local executor")
+    s.add_argument("--nodes", type=int, default=1)
+    s.add_argument("--gpus-per-node", type=int, default=8, help="one task per GPU")
+    s.add_argument("--tasks-per-node", type=int, default=1, help="tasks for --slurm-cluster local")
+    s.add_argument("--cpus-per-task", type=int, default=10)
+    s.add_argument("--partition", default=None)
+    s.add_argument("--time-min", type=int, default=4320, help="time limit in minutes")
+    s.add_argument("--slurm-dir", default=None, help="submitit folder (default RUN_DIR/slurm)")
+    s.add_argument("--wait", action="store_true", help="wait for the job and show its result")
 
     m = recipe_command("masks", "draw the recipe's masks and print their statistics")
     m.add_argument("--out", default="masks.png", help="PNG to write (default masks.png)")
@@ -119,6 +131,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     registry = _registry(args)
     registry.raise_if_broken()
     recipe = _load(args, registry)
+    if args.slurm:
+        from jepa_core.slurm import submit
+
+        job = submit(args, recipe.run_dir)
+        if args.wait:
+            from jepa_core.slurm import wait
+
+            wait(job)
+        return 0
     from jepa_core.launch import launch  # torch: only once the recipe is known to be good
 
     return launch(recipe, registry, args)

@@ -94,3 +94,18 @@ def test_two_process_ddp_equals_one_process(tmp_path):
                 torch.testing.assert_close(other[part][k], v, rtol=1e-4, atol=1e-5)
         # the logged loss is the mean over ranks, i.e. the single-process loss
         assert other["metrics"]["loss"] == pytest.approx(a["metrics"]["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_runs_two_tasks_end_to_end(tmp_path):
+    pytest.importorskip("submitit")
+    one, one_dir = _write(tmp_path, "one")
+    job, job_dir = _write(tmp_path, "job")
+    _jepa("run", str(one))
+    out = _jepa("run", str(job), "--slurm", "--slurm-cluster", "local", "--tasks-per-node", "2",
+                "--wait")
+    assert "submitted job" in out.stdout and "completed" in out.stdout
+    a, b = _final(one_dir), _final(job_dir)
+    for k, v in a["encoder"].items():
+        torch.testing.assert_close(b["encoder"][k], v, rtol=1e-4, atol=1e-5)
+    assert list((job_dir / "slurm").glob("*_log.out"))
