@@ -139,9 +139,16 @@ def mask_generator(seed: int, step: int) -> torch.Generator:
 
 
 def _take_rows(masks: MaskBatch, rows: slice) -> MaskBatch:
-    valid = masks.context_valid
-    return MaskBatch(masks.context[rows], masks.targets[rows],
-                     None if valid is None else valid[rows])
+    """These rows of a mask batch; padding columns no row here needs are dropped, and a
+    `context_valid` that is all True becomes None (the encoders' fast path)."""
+    context, valid = masks.context[rows], masks.context_valid
+    if valid is not None:
+        valid = valid[rows]
+        width = int(valid.sum(1).max())
+        context, valid = context[:, :width], valid[:, :width]
+        if bool(valid.all()):
+            valid = None
+    return MaskBatch(context, masks.targets[rows], valid)
 
 
 class MaskingCollate:

@@ -258,3 +258,25 @@ def test_select_smallest_takes_exactly_length_and_breaks_ties_in_raster_order():
     keys = torch.tensor([[0.5, 0.1, 0.5, 0.5, 0.9], [0.2, 0.2, 0.2, 0.2, 0.2]])
     assert select_smallest(keys, 2).tolist() == [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0]]
     assert select_smallest(keys, 5).sum().item() == 10
+
+
+@pytest.mark.parametrize("style", ["reference", "corrected"])
+def test_equalize_group_cuts_each_group_to_its_own_shortest_context(style):
+    import attrs
+
+    from jepa_core.data import _take_rows
+
+    config = attrs.evolve(MultiBlockConfig(style=style), equalize_group=16)
+    masker = build_masker(config, (14, 14))
+    masks, stats = masker.sample_with_stats(64, _gen(3))
+    lengths = masks.context_valid.sum(1) if masks.context_valid is not None else None
+    assert lengths is not None  # groups almost surely differ in their shortest row
+    for g in range(4):
+        rows = slice(16 * g, 16 * g + 16)
+        assert (lengths[rows] == stats.context_sizes[rows].min()).all()
+        part = _take_rows(masks, rows)  # one group per micro-batch: no padding left
+        assert part.context_valid is None and part.context.shape[1] == int(lengths[rows][0])
+        valid_rows = masks.context[rows][:, : part.context.shape[1]]
+        assert torch.equal(part.context, valid_rows)
+    whole = build_masker(MultiBlockConfig(style=style), (14, 14))(64, _gen(3))
+    assert whole.context.shape[1] <= int(lengths.min())

@@ -33,6 +33,11 @@ class MultiBlockConfig:
     # "subset": keep a uniformly random subset of each row, of the batch-minimum length.
     # "pad": pad rows to the batch maximum and return `context_valid`.
     context_equalize: Literal["subset", "pad"] = "subset"
+    # Rows equalised together (subset/reference): consecutive groups of this many rows of the
+    # global batch, each cut to its own shortest context, then padded to the longest group
+    # (context_valid marks the padding). The official code cut per GPU batch (128 for
+    # ViT-H/14): set it to that to reproduce its context lengths. None: the whole batch.
+    equalize_group: int | None = attrs.field(default=None, validator=at_least(1))
 
 
 @attrs.frozen

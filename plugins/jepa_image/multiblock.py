@@ -242,6 +242,21 @@ class MultiBlockMasker:
     def equalize(self, keep: torch.Tensor, generator: torch.Generator):
         """Rows of a [B, N] float 0/1 mask -> (context [B, Nc] int64 in raster order,
         context_valid [B, Nc] bool | None, row counts [B] int64 before equalisation)."""
+        group = self.config.equalize_group
+        padded = not self.reference and self.config.context_equalize == "pad"
+        if group is None or group >= keep.shape[0] or padded:
+            return self.equalize_rows(keep, generator)
+        parts = [self.equalize_rows(keep[i:i + group], generator)
+                 for i in range(0, keep.shape[0], group)]
+        width = max(p[0].shape[1] for p in parts)
+        lengths = torch.cat([torch.full((p[0].shape[0],), p[0].shape[1]) for p in parts])
+        context = torch.cat([torch.cat([c, c[:, :1].expand(-1, width - c.shape[1])], dim=1)
+                             for c, _, _ in parts])  # padding repeats a real index
+        valid = torch.arange(width) < lengths[:, None]
+        return context, (None if bool(valid.all()) else valid), torch.cat([p[2] for p in parts])
+
+    def equalize_rows(self, keep: torch.Tensor, generator: torch.Generator):
+        """`equalize` for one group of rows: all cut (or padded) to one length."""
         if self.reference or self.config.context_equalize == "pad":
             positions, counts = ranked_positions(keep)  # [B, max count], padded with 0
             if self.reference:  # the first indices in raster order

@@ -28,6 +28,17 @@ from jepa_core.errors import ConfigError
 from jepa_vit.configs import ViTConfig
 from jepa_vit.pos_embed import sincos_2d
 
+
+def apply_blocks(blocks: nn.ModuleList, x: torch.Tensor, attn_mask: torch.Tensor | None,
+                 grad_checkpointing: bool) -> torch.Tensor:
+    """Run transformer blocks in order; with grad_checkpointing, recompute them in backward."""
+    for block in blocks:
+        if grad_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block, x, attn_mask, use_reentrant=False)
+        else:
+            x = block(x, attn_mask=attn_mask)
+    return x
+
 INIT_STD = 0.02
 
 
@@ -148,12 +159,7 @@ class ViTEncoder(nn.Module):
 
     def run_blocks(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         """x [B, K, D], attn_mask [B, 1, 1, K] bool | None -> [B, K, D] after all blocks."""
-        for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, attn_mask, use_reentrant=False)
-            else:
-                x = block(x, attn_mask=attn_mask)
-        return x
+        return apply_blocks(self.blocks, x, attn_mask, self.grad_checkpointing)
 
     def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None,
                 keep_valid: torch.Tensor | None = None) -> torch.Tensor:

@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from jepa_core.errors import ConfigError
 from jepa_vit.configs import PredictorConfig
 from jepa_vit.encoder import (
+    apply_blocks,
     gather_tokens,
     init_vit_weights,
     key_padding_mask,
@@ -130,12 +130,7 @@ class VisionTransformerPredictor(nn.Module):
 
     def run_blocks(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         """x [S, L, Dp] -> [S, L, Dp] after all predictor blocks."""
-        for block in self.predictor_blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, attn_mask, use_reentrant=False)
-            else:
-                x = block(x, attn_mask=attn_mask)
-        return x
+        return apply_blocks(self.predictor_blocks, x, attn_mask, self.grad_checkpointing)
 
     def forward(self, context_tokens: torch.Tensor, context_idx: torch.Tensor,
                 target_idx: torch.Tensor,
