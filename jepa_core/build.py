@@ -46,14 +46,20 @@ def make_target(encoder: torch.nn.Module) -> torch.nn.Module:
     return target
 
 
-def build_components(recipe: Recipe, registry: Any) -> Components:
-    # The data source and masker come first, so missing data or an impossible masker fail
-    # before minutes of model building; their sizes come from an encoder built on "meta".
+def build_data(recipe: Recipe, registry: Any) -> tuple[Any, Any]:
+    """(training data source, masker), sized by an encoder built on the meta device (free)."""
     with torch.device("meta"):
         shape_probe = build("encoder", recipe, registry, "encoder")
     source = build("data_source", recipe, registry, "data",
                    image_size=tuple(shape_probe.image_size), train=True)
     masker = build("masker", recipe, registry, "masker", grid=tuple(shape_probe.patch_grid))
+    return source, masker
+
+
+def build_components(recipe: Recipe, registry: Any) -> Components:
+    # The data source and masker come first, so missing data or an impossible masker fail
+    # before minutes of model building.
+    source, masker = build_data(recipe, registry)
     encoder, predictor = build_models(recipe, registry)
     spe = steps_per_epoch(recipe, len(source))
     total = total_steps(recipe, spe)

@@ -60,21 +60,22 @@ def detect(env: Mapping[str, str] | None = None) -> DistEnv:
     return DistEnv()
 
 
-def init_process_group(dist_env: DistEnv, backend: str, timeout_s: float = 1800.0) -> None:
+def init_process_group(dist_env: DistEnv, backend: str, timeout_s: float = 1800.0) -> list[str]:
     """Join the process group; a failure (or no rendezvous within `timeout_s`) is an error
-    saying what was tried."""
+    saying what was tried. Returns the environment variables it set (for `destroy`)."""
     if not dist_env.distributed:
-        return
+        return []
     import torch.distributed as dist
 
     if dist.is_initialized():
-        return
-    os.environ.setdefault("MASTER_ADDR", dist_env.master_addr or "127.0.0.1")
+        return []
+    wanted = {"MASTER_ADDR": dist_env.master_addr or "127.0.0.1", "RANK": str(dist_env.rank),
+              "WORLD_SIZE": str(dist_env.world_size), "LOCAL_RANK": str(dist_env.local_rank)}
     if dist_env.master_port is not None:
-        os.environ.setdefault("MASTER_PORT", str(dist_env.master_port))
-    os.environ.setdefault("RANK", str(dist_env.rank))
-    os.environ.setdefault("WORLD_SIZE", str(dist_env.world_size))
-    os.environ.setdefault("LOCAL_RANK", str(dist_env.local_rank))
+        wanted["MASTER_PORT"] = str(dist_env.master_port)
+    added = [k for k in wanted if k not in os.environ]
+    for k in added:
+        os.environ[k] = wanted[k]
     try:
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     except Exception as exc:  # report what was tried; never fall back to one process
@@ -84,10 +85,14 @@ def init_process_group(dist_env: DistEnv, backend: str, timeout_s: float = 1800.
             f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}): {exc}. Check "
             f"that every process sees the same MASTER_ADDR/MASTER_PORT and that the port is free."
         ) from exc
+    return added
 
 
-def destroy() -> None:
+def destroy(added_env: list[str] = ()) -> None:
+    """Leave the process group and remove the variables `init_process_group` added."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    for key in added_env:
+        os.environ.pop(key, None)

@@ -128,8 +128,7 @@ def evaluate_run(run: Any, console: Any = None) -> dict:
     from rich.console import Console
 
     console = console or Console(highlight=False)
-    results = evaluate(run.recipe, run.registry, run.parts.target_encoder.state_dict(),
-                       run.device)
+    results = evaluate(run.recipe, run.registry, run.target_state, run.device)
     (run.run_dir / "eval.json").write_text(json.dumps(results, indent=2))
     print_results(results, console, f"{run.recipe.name}: probes after {run.step} steps")
     return results

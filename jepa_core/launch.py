@@ -82,12 +82,12 @@ def run_worker(recipe: Recipe, registry: Any, resume: str | None, force: bool,
         import torch
 
         backend = "nccl" if torch.cuda.is_available() and recipe.train.device != "cpu" else "gloo"
-    init_process_group(dist, backend)
+    added = init_process_group(dist, backend)
     try:
         state = find_resume(recipe, resume, force)
         run = train(recipe, registry, dist, resume=state)
     finally:
-        destroy()
+        destroy(added)
     if dist.is_main and recipe.eval.after_train:
         from jepa_core.evaluate import evaluate_run
 
@@ -95,7 +95,7 @@ def run_worker(recipe: Recipe, registry: Any, resume: str | None, force: bool,
     return 0
 
 
-def _spawn(args: argparse.Namespace) -> int:
+def _spawn(recipe: Recipe, registry: Any, args: argparse.Namespace) -> int:
     """Re-run this command in N local processes through torch's elastic launcher."""
     from torch.distributed.run import main as torchrun_main
 
@@ -110,6 +110,9 @@ def _spawn(args: argparse.Namespace) -> int:
             n = int(args.nproc)
         except ValueError:
             raise ConfigError(f"--nproc must be a number or 'gpu' (got {args.nproc!r}).") from None
+    from jepa_core.build import build_data
+
+    build_data(recipe, registry)  # missing data: one clear error here, not one per process
     argv = [f"--nproc-per-node={n}", "--standalone", "-m", "jepa_core.worker"]
     for module in args.plugin:
         argv += ["-p", module]
@@ -130,5 +133,5 @@ def launch(recipe: Recipe, registry: Any, args: argparse.Namespace) -> int:
     if dist.distributed:
         return run_worker(recipe, registry, args.resume, args.force, dist)
     if getattr(args, "nproc", None):
-        return _spawn(args)
+        return _spawn(recipe, registry, args)
     return run_worker(recipe, registry, args.resume, args.force, dist)

@@ -14,6 +14,7 @@ device through torch's elastic launcher), `torchrun ... -m jepa_core.worker reci
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 import signal
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from jepa_core.errors import Preempted, RunError
 from jepa_core.runlog import RunLogger
 from jepa_core.recipe import Recipe, recipe_to_dict, recipe_to_yaml
 from jepa_core.seeding import derive_seed
+from jepa_core.sharding import (full_states, load_full_states, no_gradient_sync, unwrap,
+                                wrap_models)
 
 
 @attrs.define
@@ -53,6 +56,7 @@ class RunContext:
     skipped_samples: int = 0
     stop_signal: int = 0  # set by the SIGTERM / SIGUSR1 handler
     stop_agreed: bool = False  # every rank knows of a signal (all-reduced): checkpoint, stop
+    target_state: dict | None = None  # rank 0: the full target encoder of the last checkpoint
     metrics: dict = attrs.Factory(dict)
 
     @property
@@ -119,6 +123,8 @@ def forward_loss(run: RunContext, batch: Batch) -> tuple[torch.Tensor, torch.Ten
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
         with torch.no_grad():
             h = run.parts.target_encoder(images)
+            if hasattr(run.parts.target_encoder, "reshard"):  # FSDP2 root without backward
+                run.parts.target_encoder.reshard()  # back to shards (for the EMA, memory)
             h = F.layer_norm(h.float(), (h.shape[-1],))  # parameter-free, over features
             targets = gather_tokens(h, tgt)
         z = run.encoder(images, ctx, valid)
@@ -163,7 +169,7 @@ def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
     pooled = []
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        sync = _no_sync(run) if not last else _nullcontext()
+        sync = no_gradient_sync([run.encoder, run.predictor]) if not last else nullcontext()
         with sync:
             loss, feats = forward_loss(run, batch)
             (loss / len(micro_batches)).backward()
@@ -172,6 +178,8 @@ def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
     clip = run.recipe.optim.grad_clip
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"),
                                                foreach=True)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+        grad_norm = grad_norm.full_tensor()
     loss_value, finite = _reduce_step(run, loss_sum, grad_norm)
     if not finite:
         run.optimizer.zero_grad(set_to_none=True)
@@ -186,7 +194,7 @@ def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
         metrics.update(loss=float("nan"), skipped_step=1.0)
     else:
         run.optimizer.step()
-        run.parts.target_updater.update(_unwrap(run.encoder), run.parts.target_encoder, run.step)
+        run.parts.target_updater.update(unwrap(run.encoder), run.parts.target_encoder, run.step)
         run.nonfinite_in_row = 0
         metrics.update(loss=loss_value, grad_norm=float(grad_norm))
     run.step += 1
@@ -200,42 +208,17 @@ def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
     return metrics
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-class _no_sync:
-    """Skip DDP's gradient all-reduce on all but the last micro-batch."""
-
-    def __init__(self, run: RunContext):
-        self.ctxs = [m.no_sync() for m in (run.encoder, run.predictor) if hasattr(m, "no_sync")]
-
-    def __enter__(self) -> None:
-        for c in self.ctxs:
-            c.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        for c in reversed(self.ctxs):
-            c.__exit__(*exc)
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DDP
+def sharded(run: RunContext) -> bool:
+    return run.recipe.dist.strategy == "fsdp"
 
 
 def checkpoint_state(run: RunContext) -> dict:
+    """The checkpoint dict; collective under FSDP (every rank must call it)."""
+    models = full_states(run.encoder, run.predictor, run.parts.target_encoder, run.optimizer,
+                         sharded(run))
     return {
         "format": ckpt.FORMAT, "version": ckpt.FORMAT_VERSION, "step": run.step,
-        "epoch": run.step // run.parts.steps_per_epoch,
-        "encoder": _unwrap(run.encoder).state_dict(),
-        "predictor": _unwrap(run.predictor).state_dict(),
-        "target_encoder": run.parts.target_encoder.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
+        "epoch": run.step // run.parts.steps_per_epoch, **models,
         "recipe": recipe_to_dict(run.recipe),
         "plugins": {name: info.version or "" for name, info in run.registry.plugins.items()},
         "counters": {"nonfinite_total": run.nonfinite_total,
@@ -247,10 +230,12 @@ def checkpoint_state(run: RunContext) -> dict:
 def save_checkpoint(run: RunContext) -> Path | None:
     """Rank 0 writes; every rank waits so nobody runs ahead of a checkpoint."""
     path = None
+    state = checkpoint_state(run) if run.dist.is_main or sharded(run) else None
     if run.dist.is_main:
         directory = run.run_dir / "checkpoints"
         path = directory / ckpt.checkpoint_name(run.step)
-        ckpt.save_atomic(checkpoint_state(run), path)
+        ckpt.save_atomic(state, path)
+        run.target_state = state["target_encoder"]
         ckpt.prune(directory, run.recipe.train.keep_last, run.recipe.train.milestone_every)
         run.hook.on_checkpoint_saved(run=run, path=str(path), step=run.step)
     if run.dist.distributed and torch.distributed.is_initialized():
@@ -259,11 +244,8 @@ def save_checkpoint(run: RunContext) -> Path | None:
 
 
 def load_state(run: RunContext, state: dict) -> None:
-    _unwrap(run.encoder).load_state_dict(state["encoder"])
-    _unwrap(run.predictor).load_state_dict(state["predictor"])
-    run.parts.target_encoder.load_state_dict(state["target_encoder"])
-    if state.get("optimizer") is not None:  # None for imported checkpoints: fresh moments
-        run.optimizer.load_state_dict(state["optimizer"])
+    load_full_states(state, run.encoder, run.predictor, run.parts.target_encoder, run.optimizer,
+                     sharded(run))
     run.step = int(state["step"])
     counters = state.get("counters", {})
     run.nonfinite_total = int(counters.get("nonfinite_total", 0))
@@ -277,25 +259,11 @@ def setup(recipe: Recipe, registry: Any, dist: DistEnv) -> RunContext:
         model.to(device)
     layout = batch_layout(recipe.train.global_batch_size, dist.world_size, dist.rank,
                           recipe.dist.per_device_batch_cap)
-    optimizer = make_optimizer([parts.encoder, parts.predictor], recipe, device)
     encoder, predictor = wrap_models(parts, recipe, dist, device)
+    # after wrapping: FSDP2 replaces parameters by sharded DTensors
+    optimizer = make_optimizer([parts.encoder, parts.predictor], recipe, device)
     return RunContext(recipe, registry, dist, device, recipe.run_dir, parts, encoder, predictor,
                       optimizer, layout)
-
-
-def wrap_models(parts: Components, recipe: Recipe, dist: DistEnv,
-                device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
-    encoder, predictor = parts.encoder, parts.predictor
-    if dist.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [device.index] if device.type == "cuda" else None
-        encoder = DDP(encoder, device_ids=ids)
-        predictor = DDP(predictor, device_ids=ids)
-    if recipe.train.compile:
-        encoder, predictor = torch.compile(encoder), torch.compile(predictor)
-        parts.target_encoder = torch.compile(parts.target_encoder)
-    return encoder, predictor
 
 
 class StopOnSignal:
