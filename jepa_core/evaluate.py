@@ -18,23 +18,53 @@ from jepa_core import checkpoint as ckpt
 from jepa_core.build import build, build_models
 from jepa_core.errors import RunError
 from jepa_core.recipe import EvalConfig, Recipe, recipe_from_dict
+from jepa_core.seeding import generator
 
 
-def _images(source: Any, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    n = len(source) if limit is None else min(limit, len(source))
-    pairs = [source.get(i, None) for i in range(n)]
-    return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+class _Subset(torch.utils.data.Dataset):
+    """Evaluation view of a data source: the images at `indices`, evaluation transform."""
+
+    def __init__(self, source: Any, indices: list[int]):
+        self.source, self.indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.source.get(self.indices[i], None)
+
+
+def eval_indices(n: int, limit: int | None, seed: int) -> list[int]:
+    """All of 0..n-1, or a seeded random subset of `limit` (files are sorted by class, so the
+    first `limit` would cover a few classes only)."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(torch.randperm(n, generator=generator(seed, "eval"))[:limit].tolist())
 
 
 @torch.no_grad()
-def pooled_features(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int,
-                    device: torch.device) -> torch.Tensor:
-    """[n, C, H, W] → [n, D]: encoder tokens averaged over patches."""
-    encoder.eval()
-    out = []
-    for chunk in images.split(batch_size):
-        out.append(encoder(chunk.to(device)).float().mean(dim=1).cpu())
-    return torch.cat(out)
+def extract(encoders: dict[str, torch.nn.Module], source: Any, indices: list[int],
+            cfg: EvalConfig, device: torch.device, num_workers: int = 0,
+            pixels: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One streamed pass over the images: {name: [n, D] patch-averaged features}, labels [n].
+    With `pixels`, also "raw pixels": images pooled to at most 32x32, flattened."""
+    loader = torch.utils.data.DataLoader(_Subset(source, indices), batch_size=cfg.batch_size,
+                                         num_workers=num_workers)
+    feats: dict[str, list[torch.Tensor]] = {name: [] for name in encoders}
+    if pixels:
+        feats["raw pixels"] = []
+    labels = []
+    for model in encoders.values():
+        model.eval()
+    for images, y in loader:
+        x = images.to(device)
+        for name, model in encoders.items():
+            feats[name].append(model(x).float().mean(dim=1).cpu())
+        if pixels:
+            side = min(32, images.shape[-1])
+            feats["raw pixels"].append(F.adaptive_avg_pool2d(images, side).flatten(1))
+        labels.append(y)
+    return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels)
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
@@ -90,27 +120,27 @@ def probe_all(features: dict[str, tuple[torch.Tensor, torch.Tensor]], labels: tu
 def evaluate(recipe: Recipe, registry: Any, target_state: dict, device: torch.device,
              baseline: bool = True) -> dict[str, dict[str, float]]:
     """Probe the target encoder given by `target_state`; with baselines (random init, pixels)."""
-    encoder, _ = build_models(recipe, registry)
-    random_state = {k: v.clone() for k, v in encoder.state_dict().items()}
-    size = tuple(encoder.image_size)
+    trained, _ = build_models(recipe, registry)
+    encoders = {"trained target encoder": trained}
+    if baseline:  # same architecture and seed, never trained
+        encoders["random init"] = build_models(recipe, registry)[0]
+    trained.load_state_dict(target_state)
+    size = tuple(trained.image_size)
     train_src = build("data_source", recipe, registry, "data", image_size=size, train=True)
     test_src = build("data_source", recipe, registry, "data", image_size=size, train=False)
     if not train_src.num_classes:
         raise RunError(f"data source {recipe.data.name!r} has no labels; `jepa eval` needs a "
                        f"labelled source (set data=... to one with class folders or labels).")
+    for model in encoders.values():
+        model.to(device)
+    workers = recipe.train.num_workers
     limit = recipe.eval.max_images
-    xtr_img, ytr = _images(train_src, limit)
-    xte_img, yte = _images(test_src, limit)
-    encoder.to(device)
-    feats = {}
-    for name, state in [("trained target encoder", target_state),
-                        *([("random init", random_state)] if baseline else [])]:
-        encoder.load_state_dict(state)
-        feats[name] = tuple(pooled_features(encoder, x, recipe.eval.batch_size, device)
-                            for x in (xtr_img, xte_img))
-    if baseline:
-        feats["raw pixels"] = (xtr_img.flatten(1), xte_img.flatten(1))
-    return probe_all(feats, (ytr, yte), train_src.num_classes, recipe.eval)
+    ftr, ytr = extract(encoders, train_src, eval_indices(len(train_src), limit, recipe.seed),
+                       recipe.eval, device, workers, pixels=baseline)
+    fte, yte = extract(encoders, test_src, eval_indices(len(test_src), limit, recipe.seed + 1),
+                       recipe.eval, device, workers, pixels=baseline)
+    features = {name: (ftr[name], fte[name]) for name in ftr}
+    return probe_all(features, (ytr, yte), train_src.num_classes, recipe.eval)
 
 
 def print_results(results: dict, console: Any, title: str) -> None:
