@@ -8,6 +8,7 @@ and component sections validated by the config class their plugin registered.
 from __future__ import annotations
 
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, Union
@@ -86,6 +87,8 @@ class Structurer:
         if tp is bool:
             if isinstance(value, bool):
                 return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):  # ${VAR} results
+                return value.lower() == "true"
             return self.problem(path, f"must be true or false (got {value!r})")
         if tp is int:
             if isinstance(value, int) and not isinstance(value, bool):
@@ -99,14 +102,19 @@ class Structurer:
                     pass
             return self.problem(path, f"must be an integer (got {value!r})")
         if tp is float:
+            number = None
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-            if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+                number = float(value)
+            elif isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
                 try:
-                    return float(value)
+                    number = float(value)
                 except ValueError:
                     pass
-            return self.problem(path, f"must be a number (got {value!r})")
+            if number is None:
+                return self.problem(path, f"must be a number (got {value!r})")
+            if not math.isfinite(number):
+                return self.problem(path, f"must be a finite number (got {value!r})")
+            return number
         if tp is str:
             if isinstance(value, str):
                 return value

@@ -496,3 +496,17 @@ def test_missing_env_variable(registry, base, monkeypatch):
 
 def test_text_without_braces_is_left_alone(registry, base):
     assert recipe_from_dict(with_(base, "name", "$HOME-$1"), registry).name == "$HOME-$1"
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "inf", "nan"])
+def test_non_finite_numbers_are_refused(registry, value):
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict(read_yaml(QUICKSTART), registry, "r", [f"optim.lr={value}"])
+    assert any(p == "$.optim.lr" and "finite" in m for p, m in info.value.problems)
+
+
+def test_booleans_from_environment_strings(registry, monkeypatch):
+    monkeypatch.setenv("JEPA_TEST_COMPILE", "true")
+    recipe = recipe_from_dict(read_yaml(QUICKSTART), registry, "r",
+                              ["train.compile=${JEPA_TEST_COMPILE}"])
+    assert recipe.train.compile is True
