@@ -77,8 +77,9 @@ class RunLogger:
             if self.progress is not None:
                 self.progress.update(self.task, completed=self.run.step)
             return
+        rank = metrics.get("effective_rank", float("nan"))
         info = (f"loss {metrics['loss']:.4f}  {metrics['img_per_s']:.1f} img/s  "
-                f"lr {metrics['lr']:.2e}  rank {metrics['effective_rank']:.1f}")
+                f"lr {metrics['lr']:.2e}  rank {rank:.1f}")
         if self.progress is not None:
             self.progress.update(self.task, completed=self.run.step, info=info)
         else:

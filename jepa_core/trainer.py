@@ -199,9 +199,12 @@ def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
         metrics.update(loss=loss_value, grad_norm=float(grad_norm))
     run.step += 1
     metrics["step"] = run.step
-    metrics["context_tokens"] = float(micro_batches[0].masks.context.shape[1])
+    masks = micro_batches[0].masks
+    metrics["context_tokens"] = float(masks.context.shape[1] if masks.context_valid is None
+                                      else masks.context_valid.sum(1).float().mean())
     metrics["target_tokens"] = float(micro_batches[0].masks.targets[0].numel())
-    metrics.update(representation_health(torch.cat(pooled)))
+    if run.step % run.recipe.train.log_every == 0 or run.step == 1:  # an SVD: not every step
+        metrics.update(representation_health(torch.cat(pooled)))
     run.skipped_samples += sum(b.skipped for b in micro_batches)
     metrics["skipped_samples"] = float(run.skipped_samples)
     metrics["skipped_steps"] = float(run.nonfinite_total)
