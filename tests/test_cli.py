@@ -158,7 +158,8 @@ def test_check_with_overrides():
 
 def test_bad_recipe_exits_2_with_every_path_and_no_traceback(tmp_path):
     text = (REPO / QUICKSTART).read_text().replace("lr: 1.0e-3", "lr: 0")
-    text = text.replace("target_scale: [0.15, 0.2]", "target_scale: [0.15, 1.5]")
+    assert "target_scale: [0.1, 0.15]" in text
+    text = text.replace("target_scale: [0.1, 0.15]", "target_scale: [0.15, 1.5]")
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     result = jepa("check", str(path))

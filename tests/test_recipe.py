@@ -78,7 +78,7 @@ def test_every_shipped_recipe_loads(path, registry):
 def test_quickstart_values(registry):
     recipe = load_recipe(QUICKSTART, registry)
     assert recipe.masker.name == "multiblock"
-    assert recipe.masker.config.target_scale == (0.15, 0.2)
+    assert recipe.masker.config.target_scale == (0.1, 0.15)
     assert recipe.optim.lr == 1e-3 and isinstance(recipe.optim.warmup_epochs, float)
     assert recipe.train == TrainConfig(epochs=20.0, global_batch_size=64, num_workers=0,
                                        log_every=20)
