@@ -46,13 +46,19 @@ def make_target(encoder: torch.nn.Module) -> torch.nn.Module:
     return target
 
 
-def build_data(recipe: Recipe, registry: Any) -> tuple[Any, Any]:
-    """(training data source, masker), sized by an encoder built on the meta device (free)."""
+def encoder_geometry(recipe: Recipe, registry: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((H, W) image size, (gh, gw) patch grid) of the recipe's encoder, read off an encoder
+    built on the meta device (no memory, no init cost), so any encoder plugin answers."""
     with torch.device("meta"):
-        shape_probe = build("encoder", recipe, registry, "encoder")
-    source = build("data_source", recipe, registry, "data",
-                   image_size=tuple(shape_probe.image_size), train=True)
-    masker = build("masker", recipe, registry, "masker", grid=tuple(shape_probe.patch_grid))
+        probe = build("encoder", recipe, registry, "encoder")
+    return tuple(int(s) for s in probe.image_size), tuple(int(s) for s in probe.patch_grid)
+
+
+def build_data(recipe: Recipe, registry: Any) -> tuple[Any, Any]:
+    """(training data source, masker), sized by the encoder's geometry."""
+    image_size, grid = encoder_geometry(recipe, registry)
+    source = build("data_source", recipe, registry, "data", image_size=image_size, train=True)
+    masker = build("masker", recipe, registry, "masker", grid=grid)
     return source, masker
 
 

@@ -11,13 +11,13 @@ exactly as in training: batch i uses `mask_generator(seed, step + i)`.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image, ImageDraw
 
+from jepa_core.build import encoder_geometry
 from jepa_core.data import mask_generator
 from jepa_core.interfaces import MaskBatch
 
@@ -26,39 +26,6 @@ CONTEXT = (66, 110, 180)
 TARGETS = [(240, 140, 30), (60, 170, 90), (215, 60, 60), (150, 90, 200), (200, 170, 40),
            (40, 170, 190), (220, 110, 170), (120, 120, 120)]
 HEAT = [(20, 20, 60), (60, 60, 160), (40, 160, 160), (170, 210, 60), (250, 240, 90)]
-
-
-# -- the grid of a recipe ------------------------------------------------------------------
-def parse_timm_name(model: str) -> tuple[int | None, int | None]:
-    """(image size, patch size) from a timm model name, e.g. "vit_huge_patch14_gap_224" ->
-    (224, 14); None for what the name does not say."""
-    name = model.split(".")[0].split("/")[-1]
-    patch = re.search(r"patch(\d+)", name)
-    if patch is None:
-        return None, None
-    sizes = re.findall(r"(?:^|_)(\d+)(?=_|$)", name[patch.end():])
-    return (int(sizes[-1]) if sizes else None), int(patch.group(1))
-
-
-def _pair(value: Any) -> tuple[int, int]:
-    return (int(value[0]), int(value[1])) if isinstance(value, (tuple, list)) else (int(value),) * 2
-
-
-def grid_of(recipe: Any, registry: Any) -> tuple[int, int]:
-    """The (gh, gw) patch grid of the recipe's encoder: from its config's img_size and
-    patch_size (or those a timm `model` name implies), else by building the encoder."""
-    config = recipe.encoder.config
-    image, patch = getattr(config, "img_size", None), getattr(config, "patch_size", None)
-    model = getattr(config, "model", None)
-    if isinstance(model, str) and (image is None or patch is None):
-        parsed_image, parsed_patch = parse_timm_name(model)
-        image = parsed_image if image is None else image
-        patch = parsed_patch if patch is None else patch
-    if image is not None and patch is not None:
-        (ih, iw), (ph, pw) = _pair(image), _pair(patch)
-        return ih // ph, iw // pw
-    encoder = registry.get("encoder", recipe.encoder.name).build(config)
-    return tuple(int(s) for s in encoder.patch_grid)  # type: ignore[return-value]
 
 
 # -- statistics ----------------------------------------------------------------------------
@@ -236,7 +203,7 @@ def masks_command(recipe: Any, registry: Any, out: str | Path, samples: int = 4,
                   console: Any = None) -> dict[str, Any]:
     """`jepa masks RECIPE --out masks.png`: build the recipe's masker on its encoder's grid,
     write the picture, print the statistics. seed None: the recipe's seed."""
-    grid = grid_of(recipe, registry)
+    grid = encoder_geometry(recipe, registry)[1]
     spec = registry.get("masker", recipe.masker.name)
     masker = spec.build(recipe.masker.config, grid=grid)
     seed = recipe.seed if seed is None else seed

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import pytest
 from PIL import Image
 from rich.console import Console
 
-from jepa_core.mask_preview import (grid_of, mask_statistics, masks_command, parse_timm_name,
-                                    print_statistics, render_masks)
+from jepa_core.build import encoder_geometry
+from jepa_core.mask_preview import mask_statistics, masks_command, print_statistics, render_masks
+from jepa_core.recipe import load_recipe
 from jepa_image.configs import MultiBlockConfig, RandomPatchConfig
 from jepa_image.multiblock import build_masker
 from jepa_image.random_patches import build_masker as build_random
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_render_masks_writes_a_png(tmp_path):
@@ -63,35 +67,24 @@ def test_print_statistics_shows_the_context_before_and_after():
     assert "context before equalisation" in text and "8x8" in text
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("vit_huge_patch14_gap_224", (224, 14)),
-    ("vit_huge_patch14_gap_224.in1k_ijepa", (224, 14)),
-    ("vit_huge_patch16_gap_448", (448, 16)),
-    ("vit_base_patch16_clip_384", (384, 16)),
-    ("vit_small_patch16_18x2_224", (224, 16)),
-    ("vit_large_patch14_reg4_dinov2", (None, 14)),
-    ("resnet50", (None, None)),
+@pytest.mark.parametrize("recipe, image_size, grid", [
+    ("ijepa_vith14", (224, 224), (16, 16)),  # from the timm name: vit_huge_patch14_gap_224
+    ("ijepa_vith16", (224, 224), (14, 14)),  # patch_size: 16 overrides the name's 14
+    ("ijepa_vith16_448", (448, 448), (28, 28)),
+    ("quickstart", (32, 32), (8, 8)),  # img_size 32, patch_size 4
 ])
-def test_parse_timm_name(name, expected):
-    assert parse_timm_name(name) == expected
+def test_encoder_geometry_of_the_recipes(registry, recipe, image_size, grid):
+    loaded = load_recipe(REPO / "recipes" / f"{recipe}.yaml", registry)
+    assert encoder_geometry(loaded, registry) == (image_size, grid)
 
 
-def _recipe(**encoder):
-    config = types.SimpleNamespace(**encoder)
-    return types.SimpleNamespace(encoder=types.SimpleNamespace(name="fake", config=config))
-
-
-def test_grid_of_reads_the_encoder_config_then_builds_it():
-    assert grid_of(_recipe(model="vit_huge_patch14_gap_224", img_size=None, patch_size=None),
-                   None) == (16, 16)
-    assert grid_of(_recipe(model="vit_tiny_patch16_224", img_size=32, patch_size=4),
-                   None) == (8, 8)
-    assert grid_of(_recipe(img_size=(64, 96), patch_size=16), None) == (4, 6)
-
-    built = types.SimpleNamespace(patch_grid=(5, 7))
+def test_encoder_geometry_asks_any_encoder_plugin():
+    built = types.SimpleNamespace(image_size=(64, 96), patch_grid=(4, 6))
     spec = types.SimpleNamespace(build=lambda config: built)
     registry = types.SimpleNamespace(get=lambda kind, name: spec)
-    assert grid_of(_recipe(model="my_custom_net"), registry) == (5, 7)
+    recipe = types.SimpleNamespace(
+        encoder=types.SimpleNamespace(name="my_custom_net", config=None))
+    assert encoder_geometry(recipe, registry) == ((64, 96), (4, 6))
 
 
 def test_masks_command_on_a_recipe(tiny_recipe, registry, tmp_path):
