@@ -63,8 +63,7 @@ class EvalConfig:
     """Linear probe and kNN on frozen, average-pooled target-encoder features."""
 
     after_train: bool = True
-    probe_epochs: int = attrs.field(default=100, validator=at_least(1))
-    probe_lr: float = attrs.field(default=1e-2, validator=greater(0))
+    probe_epochs: int = attrs.field(default=100, validator=at_least(1))  # L-BFGS iterations
     batch_size: int = attrs.field(default=256, validator=at_least(1))
     knn_k: int = attrs.field(default=20, validator=at_least(1))
     max_images: int | None = attrs.field(default=None, validator=at_least(2))

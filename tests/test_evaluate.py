@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -48,3 +49,52 @@ def test_eval_command_on_a_run_directory(tiny_dict):
     missing = subprocess.run([sys.executable, "-m", "jepa_core", "eval", str(run.run_dir / "x")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1 and "neither a run directory nor a checkpoint" in missing.stderr
+
+
+def _bench_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "bench" / "probe_margin.py"
+    spec = importlib.util.spec_from_file_location("probe_margin", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_probe_margin_report_is_trained_minus_random():
+    bench = _bench_module()
+    runs = [{"trained target encoder": {"linear_probe": 0.95, "knn": 0.80},
+             "random init": {"linear_probe": 0.93, "knn": 0.60}},
+            {"trained target encoder": {"linear_probe": 0.94, "knn": 0.70},
+             "random init": {"linear_probe": 0.93, "knn": 0.65}}]
+    gaps = bench.margins(runs)
+    assert gaps["linear_probe"] == pytest.approx([2.0, 1.0])
+    assert gaps["knn"] == pytest.approx([20.0, 5.0])
+    text = bench.report([0, 1], runs)
+    assert "linear +1.5 ± 0.7, kNN +12.5 ± 10.6" in text
+    assert "+20.0" in text and "+2.0" in text
+
+
+def test_probe_margin_bench_trains_each_seed(tmp_path):
+    """The bench really runs `jepa run` once per seed, and different seeds differ."""
+    out = subprocess.run(
+        [sys.executable, "bench/probe_margin.py", "recipes/quickstart.yaml", "train.max_steps=2",
+         "eval.max_images=60", "eval.probe_epochs=5", "--seeds", "0", "1",
+         "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.strip().startswith(("0 |", "1 |"))]
+    assert len(rows) == 2, out.stdout
+    assert "margin over 2 seed(s)" in out.stdout
+    evals = [json.loads((tmp_path / f"margin-seed{s}" / "eval.json").read_text()) for s in (0, 1)]
+    assert evals[0]["random init"] != evals[1]["random init"]  # init follows the seed
+
+
+def test_probe_margin_bench_reports_a_failed_run(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "bench/probe_margin.py", "recipes/quickstart.yaml", "optim.lr=-1",
+         "--seeds", "0", "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "seed 0:" in out.stderr and "optim.lr" in out.stderr
