@@ -51,6 +51,10 @@ def test_failed_init_is_an_error_not_a_silent_single_process(monkeypatch):
     env = DistEnv(1, 2, 1, "torchrun", "127.0.0.1", 9)
     with pytest.raises(RunError, match=r"distributed init failed.*rank 1 of 2.*127.0.0.1:9"):
         init_process_group(env, "gloo", timeout_s=3)
+    # the variables it set for the attempt are gone: a later run in this process (or a child
+    # it starts) must not believe it is rank 1 of 2
+    for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        assert k not in os.environ
 
 
 def test_worker_argv_puts_plugins_first():
