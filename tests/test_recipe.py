@@ -79,6 +79,7 @@ def test_quickstart_values(registry):
     recipe = load_recipe(QUICKSTART, registry)
     assert recipe.masker.name == "multiblock"
     assert recipe.masker.config.target_scale == (0.1, 0.15)
+    assert (recipe.encoder.config.embed_dim, recipe.predictor.config.embed_dim) == (48, 32)
     assert recipe.optim.lr == 1e-3 and isinstance(recipe.optim.warmup_epochs, float)
     assert recipe.train == TrainConfig(epochs=20.0, global_batch_size=64, num_workers=0,
                                        log_every=20)
