@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -24,6 +27,15 @@ TINY = {
     "train": {"epochs": 2, "global_batch_size": 8, "log_every": 1},
     "eval": {"after_train": False},
 }
+
+
+def load_bench(name: str) -> ModuleType:
+    """The script bench/<name>.py imported as a module (bench/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

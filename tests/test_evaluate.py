@@ -13,6 +13,8 @@ from jepa_core.evaluate import eval_indices, knn_accuracy, linear_probe
 from jepa_core.recipe import EvalConfig
 from jepa_core.trainer import train
 
+from conftest import load_bench
+
 
 def test_eval_indices_are_a_seeded_subset():
     assert eval_indices(10, None, 0) == list(range(10))
@@ -51,19 +53,8 @@ def test_eval_command_on_a_run_directory(tiny_dict):
     assert missing.returncode == 1 and "neither a run directory nor a checkpoint" in missing.stderr
 
 
-def _bench_module():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parent.parent / "bench" / "probe_margin.py"
-    spec = importlib.util.spec_from_file_location("probe_margin", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_probe_margin_report_is_trained_minus_random():
-    bench = _bench_module()
+    bench = load_bench("probe_margin")
     runs = [{"trained target encoder": {"linear_probe": 0.95, "knn": 0.80},
              "random init": {"linear_probe": 0.93, "knn": 0.60}},
             {"trained target encoder": {"linear_probe": 0.94, "knn": 0.70},

@@ -3,9 +3,7 @@ promises (reference statistics and quirks, corrected reachability, no hang, coll
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +19,8 @@ from jepa_core.testing.contract import check_structure
 from jepa_image.configs import MultiBlockConfig, RandomPatchConfig
 from jepa_image.multiblock import MAX_REDRAWS, build_masker
 from jepa_image.random_patches import build_masker as build_random
+
+from conftest import load_bench
 
 REGISTRY = make_plugin_manager()
 MASKERS = sorted(REGISTRY.components["masker"])
@@ -221,17 +221,9 @@ def test_ranks_and_micro_batches_are_slices_of_the_one_process_batch():
 
 
 # -- the benchmark's per-sample loop draws the same distribution -------------------------
-def _bench_module():
-    path = Path(__file__).resolve().parents[1] / "bench" / "masks.py"
-    spec = importlib.util.spec_from_file_location("bench_masks", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("config", [REFERENCE, CORRECTED, MultiBlockConfig(context_equalize="pad")])
 def test_loop_baseline_draws_like_the_vectorised_sampler(config):
-    bench = _bench_module()
+    bench = load_bench("masks")
     masker = build_masker(config, (14, 14))
     loop_sizes, fast_sizes = [], []
     for step in range(6):
