@@ -80,8 +80,7 @@ def init_process_group(dist_env: DistEnv, backend: str, timeout_s: float = 1800.
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     except Exception as exc:  # report what was tried; never fall back to one process
         tried = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
-        for k in added:  # leave the environment as found: a later run must not inherit a rank
-            os.environ.pop(k, None)
+        destroy(added)  # leave the environment as found: a later run must not inherit a rank
         raise RunError(
             f"distributed init failed ({dist_env.mode} mode, backend {backend}, rank "
             f"{dist_env.rank} of {dist_env.world_size}, rendezvous "
