@@ -1,0 +1,62 @@
+"""Today's I-JEPA numbers, pinned: a fixed short run must end with exactly the weights (and
+optimizer moments) recorded in tests/fixtures/ijepa_v1_step4.pt, which was written by the
+trainer before I-JEPA became a method plugin. Any refactor that changes a bit fails here."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from jepa_core import checkpoint as ckpt
+from jepa_core.plugins import make_plugin_manager
+from jepa_core.recipe import recipe_from_dict
+from jepa_core.trainer import train
+
+FIXTURE = Path(__file__).parent / "fixtures" / "ijepa_v1_step4.pt"
+
+
+def pinned_recipe(tiny_dict: dict) -> dict:
+    """The recipe the fixture was trained with: the tiny recipe, padded contexts, 4 steps of a
+    global batch of 8 in two micro-batches of 4 (gradient accumulation)."""
+    d = copy.deepcopy(tiny_dict)
+    d["masker"]["context_equalize"] = "pad"
+    d["train"].update(max_steps=4, global_batch_size=8)
+    d["dist"] = {"per_device_batch_cap": 4}
+    return d
+
+
+def module_states(state: dict) -> dict[str, dict]:
+    if "modules" in state:
+        return state["modules"]
+    return {k: state[k] for k in ("encoder", "predictor", "target_encoder")}
+
+
+def assert_same_tensors(a, b, where: str) -> None:
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_ijepa_final_weights_are_bit_identical_to_the_pinned_run(tiny_dict):
+    registry = make_plugin_manager()
+    recipe = recipe_from_dict(pinned_recipe(tiny_dict), registry, "pinned")
+    run = train(recipe, registry)
+    ours = ckpt.load(ckpt.list_checkpoints(run.run_dir / "checkpoints")[-1])
+    pinned = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    assert ours["step"] == pinned["step"] == 4
+    theirs = module_states(pinned)
+    mine = module_states(ours)
+    for name in ("encoder", "predictor", "target_encoder"):
+        assert_same_tensors(mine[name], theirs[name], name)
+    assert_same_tensors(ours["optimizer"]["state"], pinned["optimizer"]["state"], "optimizer")
