@@ -40,7 +40,6 @@ sys.path.insert(0, str(ROOT))
 from jepa_core import costs  # noqa: E402
 from jepa_core.data import Batch, MaskingCollate  # noqa: E402
 from jepa_core.distributed import DistEnv  # noqa: E402
-from jepa_core.interfaces import MaskBatch  # noqa: E402
 from jepa_core.plan import patch_dim, transformer_shape  # noqa: E402
 from jepa_core.plugins import make_plugin_manager  # noqa: E402
 from jepa_core.recipe import read_yaml, recipe_from_dict  # noqa: E402
@@ -107,34 +106,32 @@ def make_batches(run: RunContext, steps: int) -> list[Batch]:
     """One batch per step: masks drawn as the training collator draws them, random images on
     the run's device (pixel values do not change the cost)."""
     b = run.layout.micro_batch
-    h, w = run.parts.encoder.image_size
+    h, w = run.method.modules["encoder"].image_size
     g = torch.Generator().manual_seed(0)
     images = torch.randn(b, 3, h, w, generator=g).to(run.device)
     labels = torch.zeros(b, dtype=torch.int64)
     collate = MaskingCollate(run.parts.masker, run.recipe.seed, b)
     batches = []
     for step in range(steps):
-        m = collate.step_masks(step)
-        valid = None if m.context_valid is None else m.context_valid.to(run.device)
-        masks = MaskBatch(m.context.to(run.device), m.targets.to(run.device), valid)
-        batches.append(Batch(images, labels, masks, step, 0))
+        batch = Batch({"image": images}, labels, collate.step_masks(step), step, 0)
+        batches.append(batch.to(run.device))
     return batches
 
 
 def step_flops(run: RunContext, batch: Batch) -> float:
     """FLOPs of this step per image (jepa_core.costs), from its own mask lengths."""
-    enc, pred = run.parts.encoder, run.parts.predictor
+    enc, pred = run.method.modules["encoder"], run.method.modules["predictor"]
     grid = enc.patch_grid
     return costs.ijepa_step_flops(
         transformer_shape(enc), transformer_shape(pred), num_patches=grid[0] * grid[1],
-        patch_dim=patch_dim(enc), context_tokens=batch.masks.context.shape[1],
-        target_tokens=batch.masks.targets.shape[2],
-        num_targets=batch.masks.targets.shape[1]).total
+        patch_dim=patch_dim(enc), context_tokens=batch.mask.context.shape[1],
+        target_tokens=batch.mask.targets.shape[2],
+        num_targets=batch.mask.targets.shape[1]).total
 
 
 def estimated_memory(run: RunContext, batch: Batch) -> float:
     """Bytes the cost model expects on one device for this run (no DDP: one process)."""
-    enc, pred = run.parts.encoder, run.parts.predictor
+    enc, pred = run.method.modules["encoder"], run.method.modules["predictor"]
     e_t = sum(p.numel() for p in enc.parameters() if p.requires_grad)
     e_all = sum(p.numel() for p in enc.parameters())
     p_t = sum(p.numel() for p in pred.parameters() if p.requires_grad)
@@ -143,8 +140,8 @@ def estimated_memory(run: RunContext, batch: Batch) -> float:
     state = costs.state_bytes(e_t + p_t, e_all + p_all - e_t - p_t, e_all, bf16=bf16)
     acts = costs.activation_bytes(
         transformer_shape(enc), transformer_shape(pred), batch=batch.images.shape[0],
-        num_patches=enc.num_patches, context_tokens=batch.masks.context.shape[1],
-        target_tokens=batch.masks.targets.shape[2], num_targets=batch.masks.targets.shape[1],
+        num_patches=enc.num_patches, context_tokens=batch.mask.context.shape[1],
+        target_tokens=batch.mask.targets.shape[2], num_targets=batch.mask.targets.shape[1],
         precision="bf16" if bf16 else "fp32")
     return sum(state.values()) + sum(acts.values())
 

@@ -1,25 +1,23 @@
-"""Build the components a recipe names, with seeded initialisation."""
+"""Build what a recipe names: the data source and masker, then the method, which builds the
+models it owns through `MethodParts` (seeded initialisation, never global RNG)."""
 
 from __future__ import annotations
 
-import copy
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import attrs
 import torch
 
+from jepa_core.errors import ConfigError
 from jepa_core.recipe import Recipe
 from jepa_core.seeding import derive_seed
 
 
 @attrs.define
 class Components:
-    encoder: torch.nn.Module  # the context (online) encoder
-    target_encoder: torch.nn.Module  # EMA of the encoder, no gradients
-    predictor: torch.nn.Module
-    masker: Any
-    loss: Any
-    target_updater: Any
+    method: Any  # a `jepa_core.interfaces.Method`: owns the models
+    masker: Any  # None when the recipe has no masker section
     source: Any  # training data source
     steps_per_epoch: int
     total_steps: int  # the whole run: schedules span it even when train.max_steps stops early
@@ -30,17 +28,67 @@ def build(kind: str, recipe: Recipe, registry: Any, section: str, **context: Any
     return registry.get(kind, comp.name).build(comp.config, **context)
 
 
-def build_models(recipe: Recipe, registry: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Encoder and predictor, initialised from (seed, "init") without touching global RNG."""
+@contextlib.contextmanager
+def seeded_init(recipe: Recipe) -> Iterator[None]:
+    """Initialise modules from (seed, "init") without touching the global RNG: everything
+    built inside draws, in order, from one stream seeded by the recipe."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(recipe.seed, "init"))
+        yield
+
+
+@attrs.define
+class MethodParts:
+    """What a method's factory receives: the recipe's other sections, built on request.
+
+    build(section, **context) builds the recipe section `section` ("encoder", "predictor",
+    "loss", "target_updater", ...) with its plugin's factory; the context each kind receives
+    is documented in `jepa_core.hookspecs` (the predictor gets `encoder=`; a target updater
+    gets `total_steps=` from here unless given). Build modules inside `seeded_init()`, the
+    encoder first: `jepa eval`'s random-init baseline is the encoder drawn first in that stream.
+    """
+
+    recipe: Recipe
+    registry: Any
+    total_steps: int
+    steps_per_epoch: int
+
+    def build(self, section: str, **context: Any) -> Any:
+        comp = getattr(self.recipe, section, None)
+        if comp is None:
+            raise ConfigError(f"method {self.recipe.method.name!r} asked for the recipe's "
+                              f"{section!r} section, which this recipe does not have; add "
+                              f"`{section}: {{name: ...}}` to the recipe.")
+        if comp.kind == "target_updater":
+            context.setdefault("total_steps", self.total_steps)
+        return self.registry.get(comp.kind, comp.name).build(comp.config, **context)
+
+    def seeded_init(self) -> contextlib.AbstractContextManager:
+        return seeded_init(self.recipe)
+
+
+def build_models(recipe: Recipe, registry: Any) -> tuple[torch.nn.Module, Any]:
+    """Encoder and predictor (None without a predictor section), initialised from
+    (seed, "init") in the order every method builds them."""
+    with seeded_init(recipe):
         encoder = build("encoder", recipe, registry, "encoder")
-        predictor = build("predictor", recipe, registry, "predictor", encoder=encoder)
+        predictor = (build("predictor", recipe, registry, "predictor", encoder=encoder)
+                     if recipe.predictor is not None else None)
     return encoder, predictor
 
 
-def make_target(encoder: torch.nn.Module) -> torch.nn.Module:
-    target = copy.deepcopy(encoder)
+def build_encoder(recipe: Recipe, registry: Any) -> torch.nn.Module:
+    """The recipe's encoder as every method initialises it (the first draw of the init
+    stream): `jepa eval`'s random-init baseline and the module a checkpoint loads into."""
+    with seeded_init(recipe):
+        return build("encoder", recipe, registry, "encoder")
+
+
+def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy with no gradients (a target encoder starts as the online one)."""
+    import copy
+
+    target = copy.deepcopy(module)
     for p in target.parameters():
         p.requires_grad_(False)
     return target
@@ -55,10 +103,11 @@ def encoder_geometry(recipe: Recipe, registry: Any) -> tuple[tuple[int, int], tu
 
 
 def build_data(recipe: Recipe, registry: Any) -> tuple[Any, Any]:
-    """(training data source, masker), sized by the encoder's geometry."""
+    """(training data source, masker or None), sized by the encoder's geometry."""
     image_size, grid = encoder_geometry(recipe, registry)
     source = build("data_source", recipe, registry, "data", image_size=image_size, train=True)
-    masker = build("masker", recipe, registry, "masker", grid=grid)
+    masker = (build("masker", recipe, registry, "masker", grid=grid)
+              if recipe.masker is not None else None)
     return source, masker
 
 
@@ -66,13 +115,11 @@ def build_components(recipe: Recipe, registry: Any) -> Components:
     # The data source and masker come first, so missing data or an impossible masker fail
     # before minutes of model building.
     source, masker = build_data(recipe, registry)
-    encoder, predictor = build_models(recipe, registry)
     spe = steps_per_epoch(recipe, len(source))
     total = total_steps(recipe, spe)
-    loss = build("loss", recipe, registry, "loss")
-    updater = build("target_updater", recipe, registry, "target_updater", total_steps=total)
-    return Components(encoder, make_target(encoder), predictor, masker, loss, updater, source,
-                      spe, total)
+    parts = MethodParts(recipe, registry, total, spe)
+    method = build("method", recipe, registry, "method", parts=parts)
+    return Components(method, masker, source, spe, total)
 
 
 def steps_per_epoch(recipe: Recipe, data_len: int) -> int:

@@ -1,10 +1,16 @@
 """Checkpoints: one explicit, versioned dict, written atomically, loaded with weights_only.
 
-Layout (FORMAT_VERSION 1):
-    format: "jepa-checkpoint", version: 1, step: int (completed steps), epoch: int,
-    encoder / predictor / target_encoder: state dicts (timm key names for encoders),
-    optimizer: optimizer state dict, rng: {"torch": ByteTensor}, recipe: resolved recipe dict,
-    plugins: {plugin: version}, metrics: last step's metrics.
+Layout (FORMAT_VERSION 2):
+    format: "jepa-checkpoint", version: 2, step: int (completed steps), epoch: int,
+    modules: {name: state dict} for every module of the method (e.g. encoder, predictor,
+        target_encoder; timm key names for encoders),
+    method: the method's name, eval_module: the module `jepa eval` / `jepa export` use,
+    optimizer: optimizer state dict, recipe: resolved recipe dict, plugins: {plugin: version},
+    counters: {nonfinite_total, skipped_samples}, metrics: last step's metrics.
+No RNG state is stored: every draw comes from generators derived from (seed, step, ...).
+
+Version 1 (before methods were plugins: I-JEPA only, the three state dicts at the top level)
+is read as version 2 by `upgrade`, so older runs still resume, evaluate and export.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from typing import Any
 from jepa_core.errors import RunError
 
 FORMAT = "jepa-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+V1_MODULES = ("encoder", "predictor", "target_encoder")
 _NAME = re.compile(r"^step_(\d{9})\.pt$")
 
 
@@ -81,6 +88,19 @@ def load(path: Path) -> dict:
     if state.get("version", 0) > FORMAT_VERSION:
         raise RunError(f"{path} has checkpoint format {state['version']}, newer than this "
                        f"jepa ({FORMAT_VERSION}); upgrade jepa-core.")
+    return upgrade(state)
+
+
+def upgrade(state: dict) -> dict:
+    """A checkpoint of any older format, in today's layout (in place; returned)."""
+    if state.get("version", 1) < 2:
+        state["modules"] = {name: state.pop(name) for name in V1_MODULES if name in state}
+        state["method"] = "ijepa"
+        state["eval_module"] = "target_encoder"
+        recipe = state.get("recipe")
+        if isinstance(recipe, dict):
+            recipe.setdefault("method", {"name": "ijepa"})
+        state["version"] = FORMAT_VERSION
     return state
 
 

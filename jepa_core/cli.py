@@ -85,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write a checkpoint's encoder as timm safetensors weights")
     x.add_argument("checkpoint", help="a jepa checkpoint file")
     x.add_argument("--out", required=True, metavar="FILE.safetensors")
-    x.add_argument("--which", choices=["target_encoder", "encoder"], default="target_encoder")
+    x.add_argument("--which", default=None, metavar="MODULE",
+                   help="which module of the checkpoint (default: the one `jepa eval` probes, "
+                        "e.g. target_encoder for I-JEPA)")
     return p
 
 

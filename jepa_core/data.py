@@ -100,37 +100,74 @@ class StepSampler:
 
 class TrainSamples:
     """Map-style dataset over `Key`s: the source's image at key.index, augmented from the
-    sample's own generator. An unreadable sample (`BadSample`) is replaced by the next index
-    and counted."""
+    sample's own generator, once per view (`num_views` draws in a row from that generator: the
+    first view is the same image whatever the number of views). An unreadable sample
+    (`BadSample`) is replaced by the next index and counted."""
 
-    def __init__(self, source: Any, seed: int):
-        self.source, self.seed = source, seed
+    def __init__(self, source: Any, seed: int, num_views: int = 1):
+        self.source, self.seed, self.num_views = source, seed, num_views
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: Key) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, key: Key) -> tuple[list[torch.Tensor], int, int]:
         index = key.index
         for skipped in range(MAX_SKIPS):
             try:
                 g = generator(self.seed, "augment", key.epoch, index)
-                image, label = self.source.get(index, g)
-                return image, label, skipped
+                views, label = [], -1
+                for _ in range(self.num_views):
+                    image, label = self.source.get(index, g)
+                    views.append(image)
+                return views, label, skipped
             except BadSample as exc:
                 last = exc
                 index = (index + 1) % len(self.source)
         raise BadSample(f"{MAX_SKIPS} unreadable samples in a row, last: {last}")
 
 
+DEFAULT_MASKS = "masks"  # the name of the mask set of a masker that returns one MaskBatch
+
+
 @attrs.frozen
 class Batch:
-    """images [b, C, H, W]; labels [b]; masks for these rows; step; samples skipped."""
+    """One micro-batch, as the method's `loss` receives it.
 
-    images: torch.Tensor
+    views: {name: [b, C, H, W] float32} the images of each view, in the method's view order.
+    labels: [b] int64 (-1 when unlabelled; never used in training).
+    masks: {name: MaskBatch} the mask sets of these rows (empty without a masker); a masker
+        returning one MaskBatch gives the set "masks".
+    step: the global step (0-based); skipped: unreadable samples replaced in this batch.
+    """
+
+    views: dict
     labels: torch.Tensor
-    masks: MaskBatch
+    masks: dict
     step: int
     skipped: int
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The first view, [b, C, H, W]."""
+        return next(iter(self.views.values()))
+
+    @property
+    def mask(self) -> MaskBatch:
+        """The only mask set, for methods that use one masker."""
+        if len(self.masks) != 1:
+            raise ValueError(f"this batch has {len(self.masks)} mask sets "
+                             f"({', '.join(self.masks) or 'none'}), not one")
+        return next(iter(self.masks.values()))
+
+    def to(self, device: Any) -> "Batch":
+        """The same batch with every tensor on `device` (non-blocking copies)."""
+        def move(t: Any) -> Any:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        masks = {name: MaskBatch(move(m.context), move(m.targets), move(m.context_valid))
+                 for name, m in self.masks.items()}
+        return Batch({k: move(v) for k, v in self.views.items()}, move(self.labels), masks,
+                     self.step, self.skipped)
 
 
 def mask_generator(seed: int, step: int) -> torch.Generator:
@@ -152,26 +189,36 @@ def _take_rows(masks: MaskBatch, rows: slice) -> MaskBatch:
 
 
 class MaskingCollate:
-    """collate_fn: stacks samples and attaches their rows of the step's global mask batch."""
+    """collate_fn: stacks samples (one tensor per view) and attaches their rows of the step's
+    global mask batch (no masks without a masker)."""
 
-    def __init__(self, masker: Any, seed: int, global_batch: int):
+    def __init__(self, masker: Any, seed: int, global_batch: int,
+                 view_names: tuple[str, ...] = ("image",)):
         self.masker, self.seed, self.global_batch = masker, seed, global_batch
-        self._cache: tuple[int, MaskBatch] | None = None
+        self.view_names = tuple(view_names)
+        self._cache: tuple[int, dict] | None = None
 
-    def step_masks(self, step: int) -> MaskBatch:
+    def step_masks(self, step: int) -> dict:
+        """{name: MaskBatch} of the whole global batch of `step`."""
+        if self.masker is None:
+            return {}
         if self._cache is None or self._cache[0] != step:
             masks = self.masker(self.global_batch, mask_generator(self.seed, step))
-            self._cache = (step, masks)
+            if isinstance(masks, MaskBatch):
+                masks = {DEFAULT_MASKS: masks}
+            self._cache = (step, dict(masks))
         return self._cache[1]
 
-    def __call__(self, items: list[tuple[Key, tuple[torch.Tensor, int, int]]]) -> Batch:
+    def __call__(self, items: list[tuple[Key, tuple[list[torch.Tensor], int, int]]]) -> Batch:
         keys = [k for k, _ in items]
         step = keys[0].step
         rows = slice(keys[0].row, keys[-1].row + 1)
-        images = torch.stack([s[0] for _, s in items])
+        views = {name: torch.stack([s[0][v] for _, s in items])
+                 for v, name in enumerate(self.view_names)}
         labels = torch.tensor([s[1] for _, s in items], dtype=torch.int64)
         skipped = sum(s[2] for _, s in items)
-        return Batch(images, labels, _take_rows(self.step_masks(step), rows), step, skipped)
+        masks = {name: _take_rows(m, rows) for name, m in self.step_masks(step).items()}
+        return Batch(views, labels, masks, step, skipped)
 
 
 class _Keyed:
@@ -189,11 +236,15 @@ class _Keyed:
 
 def train_loader(source: Any, masker: Any, layout: BatchLayout, *, seed: int,
                  steps_per_epoch: int, start_step: int, stop_step: int, num_workers: int = 0,
-                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """Yields `Batch`es: `layout.accum_steps` consecutive micro-batches per step."""
+                 pin_memory: bool = False,
+                 view_names: tuple[str, ...] = ("image",)) -> torch.utils.data.DataLoader:
+    """Yields `Batch`es: `layout.accum_steps` consecutive micro-batches per step, each sample
+    with one image per name in `view_names`; `masker` may be None (no mask sets)."""
     sampler = StepSampler(len(source), layout, steps_per_epoch, seed, start_step, stop_step)
+    samples = TrainSamples(source, seed, num_views=len(view_names))
     return torch.utils.data.DataLoader(
-        _Keyed(TrainSamples(source, seed)), batch_sampler=sampler,
-        collate_fn=MaskingCollate(masker, seed, layout.global_batch), num_workers=num_workers,
+        _Keyed(samples), batch_sampler=sampler,
+        collate_fn=MaskingCollate(masker, seed, layout.global_batch, view_names),
+        num_workers=num_workers,
         pin_memory=pin_memory, persistent_workers=False,
         prefetch_factor=4 if num_workers else None)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from jepa_core import checkpoint as ckpt
-from jepa_core.build import build, build_models
+from jepa_core.build import build, build_encoder
 from jepa_core.errors import RunError
 from jepa_core.recipe import EvalConfig, Recipe, recipe_from_dict
 from jepa_core.seeding import generator
@@ -138,12 +138,14 @@ def probe_all(features: dict[str, tuple[torch.Tensor, torch.Tensor]], labels: tu
 
 
 def evaluate(recipe: Recipe, registry: Any, target_state: dict, device: torch.device,
-             baseline: bool = True) -> dict[str, dict[str, float]]:
-    """Probe the target encoder given by `target_state`; with baselines (random init, pixels)."""
-    trained, _ = build_models(recipe, registry)
-    encoders = {"trained target encoder": trained}
+             baseline: bool = True,
+             module: str = "target_encoder") -> dict[str, dict[str, float]]:
+    """Probe the encoder given by `target_state` (the method's `module`, e.g. the target
+    encoder); with baselines (random init, pixels)."""
+    trained = build_encoder(recipe, registry)
+    encoders = {f"trained {module.replace('_', ' ')}": trained}
     if baseline:  # same architecture and seed, never trained
-        encoders["random init"] = build_models(recipe, registry)[0]
+        encoders["random init"] = build_encoder(recipe, registry)
     trained.load_state_dict(target_state)
     size = tuple(trained.image_size)
     train_src = build("data_source", recipe, registry, "data", image_size=size, train=True)
@@ -178,7 +180,8 @@ def evaluate_run(run: Any, console: Any = None) -> dict:
     from rich.console import Console
 
     console = console or Console(highlight=False)
-    results = evaluate(run.recipe, run.registry, run.target_state, run.device)
+    results = evaluate(run.recipe, run.registry, run.target_state, run.device,
+                       module=run.method.eval_module)
     (run.run_dir / "eval.json").write_text(json.dumps(results, indent=2))
     print_results(results, console, f"{run.recipe.name}: probes after {run.step} steps")
     return results
@@ -202,6 +205,7 @@ def eval_command(source: str, registry: Any, overrides: list[str], baseline: boo
     state = ckpt.load(path)
     recipe = recipe_from_dict(state["recipe"], registry, f"recipe saved in {path}", overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    results = evaluate(recipe, registry, state["target_encoder"], device, baseline)
+    module = state["eval_module"]
+    results = evaluate(recipe, registry, state["modules"][module], device, baseline, module)
     print_results(results, console, f"{path}: step {state['step']}")
     return 0

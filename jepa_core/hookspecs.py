@@ -30,6 +30,19 @@ Register = Callable[..., None]
 
 
 @hookspec
+def register_methods(register: Register) -> None:
+    """Register JEPA methods (I-JEPA, LeJEPA, ...). factory(config, parts=MethodParts) ->
+    `Method` (see `jepa_core.interfaces.Method`).
+
+    `parts` builds the recipe's other sections on request (`parts.build("encoder")`, inside
+    `parts.seeded_init()` for a reproducible initialisation) and knows the run's length
+    (`parts.total_steps`). A method's config class may define `needs(self) -> tuple[str, ...]`,
+    the recipe sections it uses; a recipe that lacks one, or has one it does not use, is refused
+    before anything is built. A recipe without a `method:` section runs `ijepa`.
+    """
+
+
+@hookspec
 def register_encoders(register: Register) -> None:
     """Register encoders. factory(config) -> `Encoder` (a torch.nn.Module).
 
@@ -95,6 +108,7 @@ def on_train_end(run: Any, metrics: dict[str, float]) -> None:
 
 
 REGISTRATION_HOOKS = {
+    "method": "register_methods",
     "encoder": "register_encoders",
     "predictor": "register_predictors",
     "masker": "register_maskers",

@@ -137,3 +137,54 @@ class DataSource(Protocol):
 
     def get(self, index: int,
             generator: "torch.Generator | None") -> tuple["torch.Tensor", int]: ...
+
+
+@attrs.frozen
+class MethodOutput:
+    """What a method's `loss` returns for one micro-batch.
+
+    loss: [] float tensor, the value to minimise (the trainer calls backward on it).
+    metrics: {name: [] tensor}, each term logged on its own (detached by the trainer), e.g.
+        {"prediction": ..., "sigreg": ...}; averaged over micro-batches and ranks.
+    features: optional [b, D] pooled features of this micro-batch, for the representation
+        health figures (std across the batch, effective rank) in metrics.jsonl.
+    """
+
+    loss: "torch.Tensor"
+    metrics: dict = attrs.Factory(dict)
+    features: "torch.Tensor | None" = None
+
+
+@runtime_checkable
+class Method(Protocol):
+    """A JEPA: which modules it has, the loss of one micro-batch, what follows a step.
+
+    modules: {name: torch.nn.Module}, every module the method owns, e.g. "encoder",
+        "predictor", "target_encoder", "projector". Checkpoints store them by these names.
+    trainable: names (a subset of `modules`) the optimizer trains, in a fixed order; the
+        trainer wraps them for DDP / FSDP2 by name. The others are never handed to the
+        optimizer (a target encoder, a frozen teacher).
+    eval_module: the name of the module `jepa eval` probes and `jepa export` writes (an encoder
+        of the recipe's encoder section, e.g. "target_encoder" for I-JEPA).
+    views: names of the image views each sample brings (`Batch.views`), e.g. ("image",) or
+        ("view0", "view1", ...); every view is drawn by the data source's training transform
+        from the sample's own generator, in this order.
+    loss(modules, batch) -> MethodOutput. `modules` maps the same names to what the loop calls
+        (DDP- or compile-wrapped where the trainer wrapped them): call those, not your own
+        references, in the forward pass. `batch` is a `jepa_core.data.Batch` on the device.
+    after_step(step): after each successful optimizer step (`step` counts completed steps
+        before this one, 0-based), e.g. the EMA update of a target encoder. May do nothing.
+    schedule_metrics(step) -> {name: float}: figures that are pure functions of the step,
+        logged with the step (e.g. the EMA momentum).
+    """
+
+    modules: dict
+    trainable: tuple[str, ...]
+    eval_module: str
+    views: tuple[str, ...]
+
+    def loss(self, modules: dict, batch: Any) -> MethodOutput: ...
+
+    def after_step(self, step: int) -> None: ...
+
+    def schedule_metrics(self, step: int) -> dict: ...

@@ -26,7 +26,7 @@ import attrs
 import torch
 
 from jepa_core import checkpoint as ckpt
-from jepa_core.build import build_models
+from jepa_core.build import build, build_models
 from jepa_core.errors import ConfigError, RunError
 from jepa_core.recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_dict
 
@@ -218,7 +218,8 @@ def _imported_state(models: dict, recipe: Recipe, registry: Any, data: dict,
         "format": ckpt.FORMAT, "version": ckpt.FORMAT_VERSION,
         # Steps per epoch of the original run are not in the file: the step count restarts.
         "step": 0, "epoch": report.epoch or 0,
-        **{name: model.state_dict() for name, model in models.items()},
+        "modules": {name: model.state_dict() for name, model in models.items()},
+        "method": "ijepa", "eval_module": "target_encoder",
         "optimizer": None,  # the official AdamW state is not carried over
         "recipe": recipe_to_dict(recipe),
         "plugins": {name: info.version or "" for name, info in registry.plugins.items()},
@@ -255,7 +256,8 @@ def to_official_layout(our_state: dict) -> dict:
     """Our checkpoint (or any dict holding encoder/predictor/target_encoder state dicts) laid
     out as the official I-JEPA training code saves it: DDP `module.` key prefixes and its
     top-level keys. The optimizer and scaler states are empty. Used to test the import."""
-    official = {m: {PREFIX + k: v for k, v in our_state[m].items()} for m in MODELS}
+    modules = our_state.get("modules", our_state)
+    official = {m: {PREFIX + k: v for k, v in modules[m].items()} for m in MODELS}
     official.update(opt={"state": {}, "param_groups": []}, scaler=None,
                     epoch=int(our_state.get("epoch", 0)), loss=0.0, batch_size=1, world_size=1,
                     lr=0.0)
@@ -263,26 +265,22 @@ def to_official_layout(our_state: dict) -> dict:
 
 
 # -- export -------------------------------------------------------------------------------
-def _vit_kwargs(recipe: Recipe, registry: Any) -> tuple[str, dict]:
-    """(timm model name, create_model kwargs) of the recipe's encoder; ConfigError unless it is
-    the ViT plugin's encoder (other encoders have no known timm equivalent)."""
+def timm_model_of(recipe: Recipe, registry: Any) -> tuple[str, dict]:
+    """(timm model name, create_model kwargs) of the recipe's encoder, from the optional
+    `timm_model` attribute an encoder plugin gives its modules (read off an encoder built on
+    the meta device); ConfigError for an encoder without one."""
     spec = registry.get("encoder", recipe.encoder.name)
-    try:
-        from jepa_vit.configs import ViTConfig
-        from jepa_vit.encoder import timm_kwargs
-    except ImportError as exc:
-        raise ConfigError(f"exporting to timm needs the jepa_vit plugin ({exc}).") from exc
-    if not isinstance(recipe.encoder.config, ViTConfig):
+    with torch.device("meta"):
+        encoder = build("encoder", recipe, registry, "encoder")
+    found = getattr(encoder, "timm_model", None)
+    if found is None:
         raise ConfigError(
-            f"encoder {recipe.encoder.name!r} (plugin {spec.plugin!r}) is not the ViT plugin's "
-            f"timm encoder, so there is no timm model to export it to. Only encoders built "
-            f"with `encoder: {{name: vit, ...}}` can be exported; save its state dict with "
-            f"torch instead.")
-    kwargs = timm_kwargs(recipe.encoder.config)
-    name = kwargs.pop("model_name")
-    kwargs.pop("pretrained")
-    kwargs.pop("drop_path_rate")  # a training regulariser, not architecture
-    return name, kwargs
+            f"encoder {recipe.encoder.name!r} (plugin {spec.plugin!r}) names no timm model "
+            f"(its modules have no `timm_model` attribute), so there is nothing to export it "
+            f"to. Save its state dict with torch instead, or give the encoder a `timm_model = "
+            f"(name, create_model kwargs)` attribute in its plugin.")
+    name, kwargs = found
+    return str(name), dict(kwargs)
 
 
 def _check_against_timm(name: str, kwargs: dict, state: dict) -> None:
@@ -313,7 +311,7 @@ def _write_atomic(path: Path, write: Any) -> None:
 
 
 def export_timm(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, *,
-                which: str = "target_encoder", registry: Any = None) -> dict:
+                which: str | None = None, registry: Any = None) -> dict:
     """Write one encoder of a jepa checkpoint as timm weights: `out_path` (.safetensors, timm
     key names) and `out_path` with suffix .json holding {model_name, kwargs, ...}, so that
 
@@ -324,8 +322,6 @@ def export_timm(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike,
     from safetensors.torch import save_file
 
     checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
-    if which not in ("target_encoder", "encoder"):
-        raise ConfigError(f"--which must be 'target_encoder' or 'encoder', not {which!r}.")
     if out_path.suffix != ".safetensors":
         raise ConfigError(f"--out {out_path}: the name must end in .safetensors (timm reads a "
                           f"weight file as safetensors only by that suffix).")
@@ -334,9 +330,15 @@ def export_timm(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike,
 
         registry = make_plugin_manager()
     state = ckpt.load(checkpoint_path)
+    which = which or state["eval_module"]
+    if which not in state["modules"]:
+        raise ConfigError(f"--which {which!r}: {checkpoint_path} holds the modules "
+                          f"{', '.join(sorted(state['modules']))}; choose one of them (the "
+                          f"default is the one `jepa eval` probes, {state['eval_module']!r}).")
     recipe = recipe_from_dict(state["recipe"], registry, f"recipe saved in {checkpoint_path}")
-    name, kwargs = _vit_kwargs(recipe, registry)
-    weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in state[which].items()}
+    name, kwargs = timm_model_of(recipe, registry)
+    weights = {k: v.detach().to("cpu").contiguous().clone()
+               for k, v in state["modules"][which].items()}
     _check_against_timm(name, kwargs, weights)
     info = {"model_name": name, "kwargs": kwargs, "weights": out_path.name, "which": which,
             "source": str(checkpoint_path), "step": int(state.get("step", 0)),

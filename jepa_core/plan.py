@@ -102,7 +102,7 @@ def measure_tokens(masker: Any, recipe: Recipe) -> tuple[float, float, int]:
     """Mean context length, tokens per target block and number of blocks over the first
     MASK_DRAWS steps, drawn as the training collator draws them (the whole global batch)."""
     collate = MaskingCollate(masker, recipe.seed, recipe.train.global_batch_size)
-    draws = [collate.step_masks(step) for step in range(MASK_DRAWS)]
+    draws = [next(iter(collate.step_masks(step).values())) for step in range(MASK_DRAWS)]
     context = sum(float(d.context_valid.sum(1).float().mean()) if d.context_valid is not None
                   else d.context.shape[1] for d in draws) / len(draws)  # padding not counted
     target = sum(d.targets.shape[2] for d in draws) / len(draws)

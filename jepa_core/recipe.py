@@ -77,15 +77,23 @@ class DistConfig:
     per_device_batch_cap: int | None = attrs.field(default=None, validator=at_least(1))
 
 
+# A recipe without a `method:` section is an I-JEPA recipe (every recipe written before
+# methods were plugins); the name is the one default the kernel knows.
+DEFAULT_METHOD = "ijepa"
+# The component sections a method may go without (every run needs `data` and `encoder`).
+METHOD_SECTIONS = ("predictor", "masker", "target_updater", "loss")
+
+
 @attrs.frozen
 class Recipe:
     name: str
     data: Component = component_field("data_source")
     encoder: Component = component_field("encoder")
-    predictor: Component = component_field("predictor")
-    masker: Component = component_field("masker")
-    target_updater: Component = component_field("target_updater")
-    loss: Component = component_field("loss")
+    method: Component | None = component_field("method", optional=True)
+    predictor: Component | None = component_field("predictor", optional=True)
+    masker: Component | None = component_field("masker", optional=True)
+    target_updater: Component | None = component_field("target_updater", optional=True)
+    loss: Component | None = component_field("loss", optional=True)
     seed: int = attrs.field(default=0, validator=at_least(0))
     out_dir: str = "runs"
     optim: OptimConfig = OptimConfig()
@@ -178,12 +186,39 @@ def recipe_from_dict(data: dict, registry: Any, source: str = "recipe",
         apply_override(data, override)
     problems: list[tuple[str, str]] = []
     data = interpolate(data, "$", problems)
+    if isinstance(data, dict) and data.get("method") is None:
+        data["method"] = {"name": DEFAULT_METHOD}
     structurer = Structurer(registry)
     recipe = structurer.structure_attrs(data, Recipe, "$")
     problems.extend(structurer.problems)
+    if isinstance(data, dict):
+        problems.extend(method_section_problems(data, registry))
     if problems or recipe is FAILED:
         raise RecipeError(source, problems)
     return recipe
+
+
+def method_section_problems(data: dict, registry: Any) -> list[tuple[str, str]]:
+    """A section the method needs but the recipe lacks, or one it has but the method never
+    uses, as (path, message); nothing when the method's config does not declare `needs()` or
+    the method section itself is wrong (that problem is reported on its own)."""
+    trial = Structurer(registry)
+    method = trial.structure_component(data.get("method"), "method", "$.method")
+    needs = getattr(getattr(method, "config", None), "needs", None)  # sections beyond data, encoder
+    if trial.problems or needs is None:
+        return []
+    wanted, name = tuple(needs()), method.name
+    problems = []
+    for section in METHOD_SECTIONS:
+        present = data.get(section) is not None
+        if section in wanted and not present:
+            problems.append((f"$.{section}", f"method {name!r} needs a {section} section "
+                             f"(`{section}: {{name: ...}}`); add one, see `jepa plugins` for "
+                             f"the registered ones"))
+        elif present and section not in wanted:
+            problems.append((f"$.{section}", f"method {name!r} does not use a {section}; "
+                             f"remove this section (or choose a method that uses it)"))
+    return problems
 
 
 def load_recipe(path: str | os.PathLike, registry: Any, overrides: list[str] = ()) -> Recipe:

@@ -31,25 +31,27 @@ def _shard(model: torch.nn.Module) -> None:
     fully_shard(model)
 
 
-def wrap_models(parts: Any, recipe: Any, dist: Any,
-                device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(encoder, predictor) as the loop calls them; FSDP2 changes `parts`' modules in place."""
-    encoder, predictor = parts.encoder, parts.predictor
+def wrap_models(method: Any, recipe: Any, dist: Any,
+                device: torch.device) -> dict[str, torch.nn.Module]:
+    """{name: what the loop calls} for every module of the method. DDP wraps the trainable
+    ones; FSDP2 shards every module in place (so an EMA pairs shard with shard); compile
+    wraps them all. The method's own references stay the plain (possibly sharded) modules."""
+    called = dict(method.modules)
     if recipe.dist.strategy == "fsdp":
         if not dist.distributed:
             raise ConfigError("dist.strategy=fsdp needs several processes (--nproc, torchrun "
                               "or SLURM); a single process has nothing to shard over.")
-        for model in (encoder, predictor, parts.target_encoder):
+        for model in called.values():
             _shard(model)
     elif dist.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None
-        encoder, predictor = DDP(encoder, device_ids=ids), DDP(predictor, device_ids=ids)
+        for name in method.trainable:
+            called[name] = DDP(called[name], device_ids=ids)
     if recipe.train.compile:
-        encoder, predictor = torch.compile(encoder), torch.compile(predictor)
-        parts.target_encoder = torch.compile(parts.target_encoder)
-    return encoder, predictor
+        called = {name: torch.compile(model) for name, model in called.items()}
+    return called
 
 
 class no_gradient_sync:
@@ -74,37 +76,31 @@ class no_gradient_sync:
             c.__exit__(*exc)
 
 
-def _pair(encoder: torch.nn.Module, predictor: torch.nn.Module) -> torch.nn.Module:
-    return torch.nn.ModuleDict({"encoder": unwrap(encoder), "predictor": unwrap(predictor)})
+def _trainables(method: Any) -> torch.nn.Module:
+    return torch.nn.ModuleDict({name: unwrap(method.modules[name]) for name in method.trainable})
 
 
-def full_states(encoder: torch.nn.Module, predictor: torch.nn.Module, target: torch.nn.Module,
-                optimizer: torch.optim.Optimizer, sharded: bool) -> dict[str, Any]:
-    """{"encoder", "predictor", "target_encoder", "optimizer"} as full state dicts."""
+def full_states(method: Any, optimizer: torch.optim.Optimizer, sharded: bool) -> dict[str, Any]:
+    """{"modules": {name: full state dict}, "optimizer": full optimizer state dict}."""
     if not sharded:
-        return {"encoder": unwrap(encoder).state_dict(),
-                "predictor": unwrap(predictor).state_dict(),
-                "target_encoder": unwrap(target).state_dict(),
+        return {"modules": {name: unwrap(m).state_dict() for name, m in method.modules.items()},
                 "optimizer": optimizer.state_dict()}
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                          get_optimizer_state_dict)
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return {"encoder": get_model_state_dict(unwrap(encoder), options=opts),
-            "predictor": get_model_state_dict(unwrap(predictor), options=opts),
-            "target_encoder": get_model_state_dict(unwrap(target), options=opts),
-            "optimizer": get_optimizer_state_dict(_pair(encoder, predictor), optimizer,
-                                                  options=opts)}
+    return {"modules": {name: get_model_state_dict(unwrap(m), options=opts)
+                        for name, m in method.modules.items()},
+            "optimizer": get_optimizer_state_dict(_trainables(method), optimizer, options=opts)}
 
 
-def load_full_states(state: dict, encoder: torch.nn.Module, predictor: torch.nn.Module,
-                     target: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def load_full_states(state: dict, method: Any, optimizer: torch.optim.Optimizer,
                      sharded: bool) -> None:
     """The inverse of `full_states`; an optimizer state of None keeps fresh moments."""
+    modules = state["modules"]
     if not sharded:
-        unwrap(encoder).load_state_dict(state["encoder"])
-        unwrap(predictor).load_state_dict(state["predictor"])
-        unwrap(target).load_state_dict(state["target_encoder"])
+        for name, m in method.modules.items():
+            unwrap(m).load_state_dict(modules[name])
         if state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])
         return
@@ -112,9 +108,7 @@ def load_full_states(state: dict, encoder: torch.nn.Module, predictor: torch.nn.
                                                          set_optimizer_state_dict)
 
     opts = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(unwrap(encoder), state["encoder"], options=opts)
-    set_model_state_dict(unwrap(predictor), state["predictor"], options=opts)
-    set_model_state_dict(unwrap(target), state["target_encoder"], options=opts)
+    for name, m in method.modules.items():
+        set_model_state_dict(unwrap(m), modules[name], options=opts)
     if state.get("optimizer") is not None:
-        set_optimizer_state_dict(_pair(encoder, predictor), optimizer, state["optimizer"],
-                                 options=opts)
+        set_optimizer_state_dict(_trainables(method), optimizer, state["optimizer"], options=opts)

@@ -30,7 +30,11 @@ class Component:
     config: Any
 
 
-def component_field(kind: str) -> Any:
+def component_field(kind: str, *, optional: bool = False) -> Any:
+    """A recipe section `{name: ..., ...}` of a registered `kind`; an optional one may be
+    absent (None), for a method that does not use that kind of component."""
+    if optional:
+        return attrs.field(default=None, metadata={COMPONENT_KIND: kind})
     return attrs.field(metadata={COMPONENT_KIND: kind})
 
 
@@ -171,7 +175,9 @@ class Structurer:
                     self.problem(fpath, "is required but missing")
                 continue
             kind = field.metadata.get(COMPONENT_KIND)
-            if kind is not None:
+            if kind is not None and value[name] is None and field.default is None:
+                kwargs[name] = None  # `predictor: null`: an optional section left out
+            elif kind is not None:
                 result = self.structure_component(value[name], kind, fpath)
             else:
                 result = self.structure(value[name], field.type, fpath)

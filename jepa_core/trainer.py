@@ -1,10 +1,10 @@
-"""The I-JEPA training loop, top to bottom.
+"""The training loop, top to bottom; the JEPA itself is the recipe's method plugin.
 
-    build components → (resume) → for each step:
-        target encoder(all patches) → layer norm → gather target blocks      (no grad)
-        context encoder(context patches) → predictor(context, indices) → loss → backward
-        AdamW step with scheduled lr / weight decay → target update (EMA) → hooks → log
-    → checkpoint
+    build data, masker and method (which builds its modules) → (resume) → for each step:
+        for each micro-batch: method.loss(modules, batch) → backward      (no sync but the last)
+        non-finite check (all ranks agree) → AdamW step with scheduled lr / weight decay
+        → method.after_step (e.g. the EMA of a target encoder) → hooks → log
+    → checkpoint (every module by name)
 
 Launch: `jepa run recipe.yaml` (one process), `jepa run recipe.yaml --nproc 8` (one process per
 device through torch's elastic launcher), `torchrun ... -m jepa_core.worker recipe.yaml`, or
@@ -21,19 +21,17 @@ from typing import Any
 
 import attrs
 import torch
-import torch.nn.functional as F
 
 from jepa_core import checkpoint as ckpt
 from jepa_core import schedules
 from jepa_core.build import Components, build_components
 from jepa_core.data import Batch, BatchLayout, batch_layout, train_loader
 from jepa_core.distributed import DistEnv
-from jepa_core.errors import Preempted, RunError
+from jepa_core.errors import ConfigError, Preempted, RunError
 from jepa_core.runlog import RunLogger
 from jepa_core.recipe import Recipe, recipe_to_dict, recipe_to_yaml
 from jepa_core.seeding import derive_seed
-from jepa_core.sharding import (full_states, load_full_states, no_gradient_sync, unwrap,
-                                wrap_models)
+from jepa_core.sharding import full_states, load_full_states, no_gradient_sync, wrap_models
 
 
 @attrs.define
@@ -46,8 +44,7 @@ class RunContext:
     device: torch.device
     run_dir: Path
     parts: Components
-    encoder: torch.nn.Module  # what the loop calls: maybe DDP- or compile-wrapped
-    predictor: torch.nn.Module
+    modules: dict  # {name: what the loop calls}: the method's modules, maybe DDP/compile-wrapped
     optimizer: torch.optim.Optimizer
     layout: BatchLayout
     step: int = 0
@@ -62,6 +59,14 @@ class RunContext:
     @property
     def hook(self) -> Any:
         return self.registry.pm.hook
+
+    @property
+    def method(self) -> Any:
+        return self.parts.method
+
+    def trainable(self) -> list[torch.nn.Module]:
+        """The trainable modules as the loop calls them, in the method's order."""
+        return [self.modules[name] for name in self.method.trainable]
 
 
 def select_device(recipe: Recipe, dist: DistEnv) -> torch.device:
@@ -100,37 +105,17 @@ def apply_schedules(run: RunContext) -> dict[str, float]:
         group["lr"] = lr
         if group["apply_wd"]:
             group["weight_decay"] = wd
-    return {"lr": lr, "wd": wd, "momentum": run.parts.target_updater.momentum(run.step)}
+    return {"lr": lr, "wd": wd, **run.method.schedule_metrics(run.step)}
 
 
-def gather_tokens(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """tokens [B, N, D], idx [B, M, Nt] → [B, M, Nt, D]."""
-    b, m, nt = idx.shape
-    flat = idx.reshape(b, m * nt, 1).expand(-1, -1, tokens.shape[-1])
-    return torch.gather(tokens, 1, flat).reshape(b, m, nt, tokens.shape[-1])
-
-
-def forward_loss(run: RunContext, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """One micro-batch: (loss, pooled target features [b, D] for representation health)."""
+def forward_loss(run: RunContext, batch: Batch) -> Any:
+    """One micro-batch through the method, under bf16 autocast where the recipe asks for it:
+    a `MethodOutput` (loss, named terms, pooled features)."""
     dev = run.device
-    images = batch.images.to(dev, non_blocking=True)
-    ctx = batch.masks.context.to(dev, non_blocking=True)
-    tgt = batch.masks.targets.to(dev, non_blocking=True)
-    valid = batch.masks.context_valid
-    valid = None if valid is None else valid.to(dev, non_blocking=True)
     use_bf16 = run.recipe.train.precision == "bf16" or (
         run.recipe.train.precision == "auto" and dev.type == "cuda")
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-        with torch.no_grad():
-            h = run.parts.target_encoder(images)
-            if hasattr(run.parts.target_encoder, "reshard"):  # FSDP2 root without backward
-                run.parts.target_encoder.reshard()  # back to shards (for the EMA, memory)
-            h = F.layer_norm(h.float(), (h.shape[-1],))  # parameter-free, over features
-            targets = gather_tokens(h, tgt)
-        z = run.encoder(images, ctx, valid)
-        pred = run.predictor(z, ctx, tgt, valid)
-    loss = run.parts.loss(pred.float(), targets)
-    return loss, h.mean(dim=1)
+        return run.method.loss(run.modules, batch.to(dev))
 
 
 def representation_health(pooled: torch.Tensor) -> dict[str, float]:
@@ -144,19 +129,23 @@ def representation_health(pooled: torch.Tensor) -> dict[str, float]:
     return {"target_std": float(pooled.std(dim=0).mean()), "effective_rank": float(erank)}
 
 
-def _reduce_step(run: RunContext, loss_sum: torch.Tensor,
-                 grad_norm: torch.Tensor) -> tuple[float, bool]:
-    """(loss averaged over ranks, whether every rank's loss and gradients are finite)."""
+def _reduce_step(run: RunContext, loss_sum: torch.Tensor, grad_norm: torch.Tensor,
+                 terms: dict[str, torch.Tensor]) -> tuple[float, bool, dict[str, float]]:
+    """(loss averaged over ranks, whether every rank's loss and gradients are finite, the
+    method's terms averaged over ranks). One all-reduce: a CPU-GPU sync point per step."""
     both = torch.stack([loss_sum.float(), (~torch.isfinite(grad_norm)).float(),
-                        torch.tensor(float(run.stop_signal), device=loss_sum.device)])
+                        torch.tensor(float(run.stop_signal), device=loss_sum.device),
+                        *[t.float() for t in terms.values()]])
     if run.dist.distributed and torch.distributed.is_initialized():
         torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.SUM)  # NaN spreads
         both[0] /= run.dist.world_size
+        both[3:] /= run.dist.world_size
     if both[2] > 0:  # decided on the reduced flag, so all ranks stop after the same step
         run.stop_agreed = True
         run.stop_signal = run.stop_signal or int(signal.SIGTERM)
-    loss = float(both[0])
-    return loss, math.isfinite(loss) and float(both[1]) == 0.0
+    values = both.tolist()
+    loss = values[0]
+    return loss, math.isfinite(loss) and values[1] == 0.0, dict(zip(terms, values[3:]))
 
 
 def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
@@ -166,21 +155,25 @@ def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
     params = [p for g in run.optimizer.param_groups for p in g["params"]]
     run.optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=run.device)
+    terms: dict[str, torch.Tensor] = {}
     pooled = []
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        sync = no_gradient_sync([run.encoder, run.predictor]) if not last else nullcontext()
+        sync = no_gradient_sync(run.trainable()) if not last else nullcontext()
         with sync:
-            loss, feats = forward_loss(run, batch)
-            (loss / len(micro_batches)).backward()
-        loss_sum += loss.detach() / len(micro_batches)
-        pooled.append(feats)
+            out = forward_loss(run, batch)
+            (out.loss / len(micro_batches)).backward()
+        loss_sum += out.loss.detach() / len(micro_batches)
+        for name, value in out.metrics.items():
+            terms[name] = terms.get(name, 0.0) + value.detach().float() / len(micro_batches)
+        if out.features is not None:
+            pooled.append(out.features.detach())
     clip = run.recipe.optim.grad_clip
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"),
                                                foreach=True)
     if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
         grad_norm = grad_norm.full_tensor()
-    loss_value, finite = _reduce_step(run, loss_sum, grad_norm)
+    loss_value, finite, term_values = _reduce_step(run, loss_sum, grad_norm, terms)
     if not finite:
         run.optimizer.zero_grad(set_to_none=True)
         run.nonfinite_in_row += 1
@@ -194,21 +187,32 @@ def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
         metrics.update(loss=float("nan"), skipped_step=1.0)
     else:
         run.optimizer.step()
-        run.parts.target_updater.update(unwrap(run.encoder), run.parts.target_encoder, run.step)
+        run.method.after_step(run.step)
         run.nonfinite_in_row = 0
-        metrics.update(loss=loss_value, grad_norm=float(grad_norm))
+        metrics.update(loss=loss_value, grad_norm=float(grad_norm), **term_values)
     run.step += 1
     metrics["step"] = run.step
-    masks = micro_batches[0].masks
-    metrics["context_tokens"] = float(masks.context.shape[1] if masks.context_valid is None
-                                      else masks.context_valid.sum(1).float().mean())
-    metrics["target_tokens"] = float(micro_batches[0].masks.targets[0].numel())
-    if run.step % run.recipe.train.log_every == 0 or run.step == 1:  # an SVD: not every step
+    metrics.update(mask_counts(micro_batches[0].masks))
+    health_step = run.step % run.recipe.train.log_every == 0 or run.step == 1
+    if pooled and health_step:  # an SVD: not every step
         metrics.update(representation_health(torch.cat(pooled)))
     run.skipped_samples += sum(b.skipped for b in micro_batches)
     metrics["skipped_samples"] = float(run.skipped_samples)
     metrics["skipped_steps"] = float(run.nonfinite_total)
     return metrics
+
+
+def mask_counts(masks: dict) -> dict[str, float]:
+    """Valid context tokens (mean per row) and target tokens per row of each mask set; the
+    set of a single masker gives plain `context_tokens` / `target_tokens`."""
+    out = {}
+    for name, m in masks.items():
+        prefix = "" if len(masks) == 1 else f"{name}_"
+        out[f"{prefix}context_tokens"] = float(
+            m.context.shape[1] if m.context_valid is None
+            else m.context_valid.sum(1).float().mean())
+        out[f"{prefix}target_tokens"] = float(m.targets[0].numel())
+    return out
 
 
 def sharded(run: RunContext) -> bool:
@@ -217,11 +221,11 @@ def sharded(run: RunContext) -> bool:
 
 def checkpoint_state(run: RunContext) -> dict:
     """The checkpoint dict; collective under FSDP (every rank must call it)."""
-    models = full_states(run.encoder, run.predictor, run.parts.target_encoder, run.optimizer,
-                         sharded(run))
+    models = full_states(run.method, run.optimizer, sharded(run))
     return {
         "format": ckpt.FORMAT, "version": ckpt.FORMAT_VERSION, "step": run.step,
         "epoch": run.step // run.parts.steps_per_epoch, **models,
+        "method": run.recipe.method.name, "eval_module": run.method.eval_module,
         "recipe": recipe_to_dict(run.recipe),
         "plugins": {name: info.version or "" for name, info in run.registry.plugins.items()},
         "counters": {"nonfinite_total": run.nonfinite_total,
@@ -238,7 +242,7 @@ def save_checkpoint(run: RunContext) -> Path | None:
         directory = run.run_dir / "checkpoints"
         path = directory / ckpt.checkpoint_name(run.step)
         ckpt.save_atomic(state, path)
-        run.target_state = state["target_encoder"]
+        run.target_state = state["modules"][run.method.eval_module]
         ckpt.prune(directory, run.recipe.train.keep_last, run.recipe.train.milestone_every)
         run.hook.on_checkpoint_saved(run=run, path=str(path), step=run.step)
     if run.dist.distributed and torch.distributed.is_initialized():
@@ -247,8 +251,13 @@ def save_checkpoint(run: RunContext) -> Path | None:
 
 
 def load_state(run: RunContext, state: dict) -> None:
-    load_full_states(state, run.encoder, run.predictor, run.parts.target_encoder, run.optimizer,
-                     sharded(run))
+    theirs, ours = sorted(state["modules"]), sorted(run.method.modules)
+    if theirs != ours:
+        raise ConfigError(
+            f"the checkpoint holds the modules {', '.join(theirs)}, but method "
+            f"{run.recipe.method.name!r} has {', '.join(ours)}: it was written by another "
+            f"method. Resume with the recipe it was trained with.")
+    load_full_states(state, run.method, run.optimizer, sharded(run))
     run.step = int(state["step"])
     counters = state.get("counters", {})
     run.nonfinite_total = int(counters.get("nonfinite_total", 0))
@@ -258,14 +267,15 @@ def load_state(run: RunContext, state: dict) -> None:
 def setup(recipe: Recipe, registry: Any, dist: DistEnv) -> RunContext:
     device = select_device(recipe, dist)
     parts = build_components(recipe, registry)
-    for model in (parts.encoder, parts.target_encoder, parts.predictor):
+    for model in parts.method.modules.values():
         model.to(device)
     layout = batch_layout(recipe.train.global_batch_size, dist.world_size, dist.rank,
                           recipe.dist.per_device_batch_cap)
-    encoder, predictor = wrap_models(parts, recipe, dist, device)
+    modules = wrap_models(parts.method, recipe, dist, device)
     # after wrapping: FSDP2 replaces parameters by sharded DTensors
-    optimizer = make_optimizer([parts.encoder, parts.predictor], recipe, device)
-    return RunContext(recipe, registry, dist, device, recipe.run_dir, parts, encoder, predictor,
+    optimizer = make_optimizer([parts.method.modules[n] for n in parts.method.trainable],
+                               recipe, device)
+    return RunContext(recipe, registry, dist, device, recipe.run_dir, parts, modules,
                       optimizer, layout)
 
 
@@ -326,7 +336,8 @@ def train(recipe: Recipe, registry: Any, dist: DistEnv | None = None,
     loader = train_loader(run.parts.source, run.parts.masker, run.layout, seed=recipe.seed,
                           steps_per_epoch=run.parts.steps_per_epoch, start_step=run.step,
                           stop_step=stop, num_workers=recipe.train.num_workers,
-                          pin_memory=run.device.type == "cuda")
+                          pin_memory=run.device.type == "cuda",
+                          view_names=tuple(run.method.views))
     run.hook.on_train_start(run=run)
     every = recipe.train.checkpoint_every
     with RunLogger(run, stop, console) as logger, StopOnSignal(run):

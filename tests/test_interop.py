@@ -80,10 +80,10 @@ def test_official_round_trip(tmp_path, source, tiny_recipe, registry):
     assert not torch.equal(fresh_encoder.eval()(images), source["encoder"](images))
     target = copy.deepcopy(fresh_encoder)
     for name, model in [("encoder", fresh_encoder), ("target_encoder", target)]:
-        model.load_state_dict(state[name])
+        model.load_state_dict(state["modules"][name])
         assert torch.equal(model.eval()(images), source[name](images)), name
-    fresh_predictor.load_state_dict(state["predictor"])
-    fresh_encoder.load_state_dict(state["encoder"])
+    fresh_predictor.load_state_dict(state["modules"]["predictor"])
+    fresh_encoder.load_state_dict(state["modules"]["encoder"])
     assert torch.equal(_predict(fresh_predictor.eval(), fresh_encoder, images),
                        _predict(source["predictor"], source["encoder"], images))
 
@@ -113,7 +113,7 @@ def test_partial_load_refused_unless_allowed(tmp_path, source, tiny_recipe, regi
     assert not state["imported_from"]["complete"]
     not_imported = state["imported_from"]["not_imported"]
     assert "predictor_blocks.0.mlp.fc1.weight" in not_imported["predictor"]
-    torch.testing.assert_close(state["predictor"]["predictor_embed.weight"],
+    torch.testing.assert_close(state["modules"]["predictor"]["predictor_embed.weight"],
                                source["predictor"].state_dict()["predictor_embed.weight"])
 
 
@@ -181,7 +181,10 @@ def test_export_loads_in_timm_with_identical_features(tmp_path, imported, source
 def test_export_refuses_what_timm_cannot_load(tmp_path, imported, registry):
     with pytest.raises(ConfigError, match="must end in .safetensors"):
         export_timm(imported, tmp_path / "tiny.pt", registry=registry)
-    with pytest.raises(ConfigError, match="'target_encoder' or 'encoder'"):
+    with pytest.raises(ConfigError, match="holds the modules encoder, predictor, "
+                                          "target_encoder; choose one"):
+        export_timm(imported, tmp_path / "tiny.safetensors", which="projector", registry=registry)
+    with pytest.raises(ConfigError, match="does not fit timm model"):
         export_timm(imported, tmp_path / "tiny.safetensors", which="predictor", registry=registry)
 
     @attrs.frozen
@@ -197,7 +200,7 @@ def test_export_refuses_what_timm_cannot_load(tmp_path, imported, registry):
     state = ckpt.load(imported)
     state["recipe"]["encoder"] = {"name": "other_encoder", "width": 8}
     ckpt.save_atomic(state, tmp_path / "other.pt")
-    with pytest.raises(ConfigError, match=r"'other_encoder' \(plugin 'other'\) is not the ViT"):
+    with pytest.raises(ConfigError, match=r"'other_encoder' \(plugin 'other'\) names no timm model"):
         export_timm(tmp_path / "other.pt", tmp_path / "x.safetensors", registry=other)
     assert not (tmp_path / "x.safetensors").exists()
 

@@ -199,10 +199,10 @@ def test_masks_and_images_do_not_depend_on_the_number_of_workers():
     masker = build_masker(CORRECTED, (14, 14))
     for a, b in zip(serial, parallel):
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
-        assert torch.equal(a.masks.context, b.masks.context)
-        assert torch.equal(a.masks.targets, b.masks.targets)
+        assert torch.equal(a.mask.context, b.mask.context)
+        assert torch.equal(a.mask.targets, b.mask.targets)
         direct = masker(8, mask_generator(5, a.step))
-        assert torch.equal(direct.context, a.masks.context)
+        assert torch.equal(direct.context, a.mask.context)
 
 
 def test_ranks_and_micro_batches_are_slices_of_the_one_process_batch():
@@ -216,8 +216,8 @@ def test_ranks_and_micro_batches_are_slices_of_the_one_process_batch():
                 lo = rank * (8 // world_size) + (i % per_step) * batch.images.shape[0]
                 rows = slice(lo, lo + batch.images.shape[0])
                 assert torch.equal(batch.images, ref.images[rows])
-                assert torch.equal(batch.masks.context, ref.masks.context[rows])
-                assert torch.equal(batch.masks.targets, ref.masks.targets[rows])
+                assert torch.equal(batch.mask.context, ref.mask.context[rows])
+                assert torch.equal(batch.mask.targets, ref.mask.targets[rows])
 
 
 # -- the benchmark's per-sample loop draws the same distribution -------------------------

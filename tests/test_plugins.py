@@ -150,6 +150,10 @@ def test_every_registration_hook_reaches_its_kind():
 
     class AllKinds:
         @hookimpl
+        def register_methods(self, register):
+            register("t_method", Cfg, lambda cfg, parts: ("method", parts))
+
+        @hookimpl
         def register_encoders(self, register):
             register("t_encoder", Cfg, lambda cfg: "encoder")
 
@@ -180,6 +184,7 @@ def test_every_registration_hook_reaches_its_kind():
         spec = registry.get(kind, f"t_{kind}")
         assert (spec.kind, spec.plugin, spec.distribution) == (kind, "all_kinds", None)
     assert registry.get("masker", "t_masker").build(Cfg(), grid=(4, 4)) == ("masker", (4, 4))
+    assert registry.get("method", "t_method").build(Cfg(), parts=1) == ("method", 1)
     assert registry.get("data_source", "t_data_source").description == "explicit description"
 
 

@@ -162,9 +162,12 @@ def test_top_level_must_be_a_mapping(registry, tmp_path, text, kind):
 def test_empty_file_reports_every_required_key(registry, tmp_path):
     with pytest.raises(RecipeError) as info:
         load_recipe(write(tmp_path, ""), registry)
+    # the structure's own keys, then the sections the default method (ijepa) needs
     assert info.value.problems == [
-        (f"$.{key}", "is required but missing")
-        for key in ("name", "data", "encoder", "predictor", "masker", "target_updater", "loss")]
+        (f"$.{key}", "is required but missing") for key in ("name", "data", "encoder")] + [
+        (f"$.{key}", f"method 'ijepa' needs a {key} section (`{key}: {{name: ...}}`); add one, "
+                     f"see `jepa plugins` for the registered ones")
+        for key in ("predictor", "masker", "target_updater", "loss")]
     assert "has 7 problems" in str(info.value)
 
 
@@ -215,8 +218,10 @@ def test_random_unknown_keys_are_reported_with_their_path(registry, base, key, s
 def test_missing_required_key(registry, base):
     data = copy.deepcopy(base)
     del data["loss"], data["name"]
-    assert problems_of(data, registry) == [("$.name", "is required but missing"),
-                                           ("$.loss", "is required but missing")]
+    assert problems_of(data, registry) == [
+        ("$.name", "is required but missing"),
+        ("$.loss", "method 'ijepa' needs a loss section (`loss: {name: ...}`); add one, see "
+                   "`jepa plugins` for the registered ones")]
 
 
 def test_missing_required_key_inside_a_component(registry, base):
@@ -351,10 +356,16 @@ def test_component_name_that_is_not_a_string(registry, base, value):
     assert message.startswith(f"no data_source named {value!r} is registered.")
 
 
-@pytest.mark.parametrize("section", [{"num_targets": 4}, "multiblock", None, []])
+@pytest.mark.parametrize("section", [{"num_targets": 4}, "multiblock", []])
 def test_component_section_without_a_name(registry, base, section):
     assert problems_of(with_(base, "masker", section), registry) == [
         ("$.masker", "must be a mapping with a `name:` of a registered masker")]
+
+
+def test_a_null_section_is_an_absent_one(registry, base):
+    assert problems_of(with_(base, "masker", None), registry) == [
+        ("$.masker", "method 'ijepa' needs a masker section (`masker: {name: ...}`); add one, "
+                     "see `jepa plugins` for the registered ones")]
 
 
 def test_several_problems_are_reported_at_once(registry, tmp_path):

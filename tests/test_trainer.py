@@ -31,7 +31,7 @@ def _losses(run_dir):
 
 
 def _weights(run):
-    return {k: v.clone() for k, v in run.parts.encoder.state_dict().items()}
+    return {k: v.clone() for k, v in run.method.modules["encoder"].state_dict().items()}
 
 
 def test_tiny_run_writes_outputs_and_learns_shapes(tiny_dict):

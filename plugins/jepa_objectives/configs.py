@@ -30,3 +30,12 @@ class L2Config:
     """Mean squared error between predictions and targets (the paper's text)."""
 
     reduction: Literal["mean"] = "mean"
+
+
+# -- methods ------------------------------------------------------------------------------
+@attrs.frozen
+class IJEPAConfig:
+    """I-JEPA: predict an EMA target encoder's block tokens from a context block."""
+
+    def needs(self) -> tuple[str, ...]:
+        return ("predictor", "masker", "target_updater", "loss")

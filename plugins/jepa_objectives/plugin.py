@@ -5,6 +5,11 @@ from jepa_objectives import configs
 
 
 @hookimpl
+def register_methods(register):
+    register("ijepa", configs.IJEPAConfig, "jepa_objectives.methods.ijepa:build_ijepa")
+
+
+@hookimpl
 def register_target_updaters(register):
     register("ema", configs.EMAConfig, "jepa_objectives.ema:build_ema")
 

@@ -241,5 +241,16 @@ def build_encoder(config: ViTConfig) -> ViTEncoder:
     """The registered factory: ViTConfig -> ViTEncoder (an `Encoder`). Honours the ambient
     device (e.g. `with torch.device("meta"):` to count parameters without allocating)."""
     vit = _create_timm(config)
-    return wrap_timm_vit(vit, pos_embed=config.pos_embed, attention=config.attention,
-                         name=config.model)
+    encoder = wrap_timm_vit(vit, pos_embed=config.pos_embed, attention=config.attention,
+                            name=config.model)
+    encoder.timm_model = _export_spec(config)
+    return encoder
+
+
+def _export_spec(config: ViTConfig) -> tuple[str, dict[str, Any]]:
+    """(timm model name, create_model kwargs) for `jepa export`: the architecture only."""
+    kwargs = timm_kwargs(config)
+    name = kwargs.pop("model_name")
+    for training_only in ("pretrained", "drop_path_rate"):  # not architecture
+        kwargs.pop(training_only)
+    return name, kwargs

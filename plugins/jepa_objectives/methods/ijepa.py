@@ -1,0 +1,82 @@
+"""I-JEPA (Assran et al., 2023): predict, from one context block, the target encoder's
+layer-normed tokens of several target blocks; the target encoder is an EMA of the encoder.
+
+    target_encoder(all patches) → layer norm → gather target blocks          (no grad)
+    encoder(context patches) → predictor(context, indices) → loss(pred, targets)
+    after the optimizer step: target_encoder ← EMA(encoder)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from jepa_core.build import MethodParts, frozen_copy
+from jepa_core.interfaces import MaskBatch, MethodOutput
+from jepa_objectives.tokens import gather_tokens, normalised_targets
+
+
+class MaskedPrediction:
+    """The part of I-JEPA that its variants share: an encoder and a predictor built from the
+    recipe, and the prediction of target-block tokens from a context block."""
+
+    views = ("image",)
+
+    def __init__(self, parts: MethodParts):
+        with parts.seeded_init():  # the encoder first: eval's random-init baseline is this draw
+            encoder = parts.build("encoder")
+            predictor = parts.build("predictor", encoder=encoder)
+        self.modules: dict[str, torch.nn.Module] = {"encoder": encoder, "predictor": predictor}
+        self.prediction_loss = parts.build("loss")
+
+    def predict(self, modules: dict, images: torch.Tensor,
+                masks: MaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predictions [B, M, Nt, D] fp32, context tokens [B, Nc, D])."""
+        z = modules["encoder"](images, masks.context, masks.context_valid)
+        pred = modules["predictor"](z, masks.context, masks.targets, masks.context_valid)
+        return pred.float(), z
+
+    def after_step(self, step: int) -> None:
+        """No teacher to update."""
+
+    def schedule_metrics(self, step: int) -> dict[str, float]:
+        return {}
+
+
+@torch.no_grad()
+def teacher_targets(teacher: torch.nn.Module, images: torch.Tensor,
+                    masks: MaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets [B, M, Nt, D] fp32, all layer-normed teacher tokens [B, N, D])."""
+    h = teacher(images)
+    if hasattr(teacher, "reshard"):  # an FSDP2 root that runs no backward: back to shards now
+        teacher.reshard()
+    h = normalised_targets(h)
+    return gather_tokens(h, masks.targets), h
+
+
+class IJEPA(MaskedPrediction):
+    trainable = ("encoder", "predictor")
+    eval_module = "target_encoder"  # the paper evaluates the EMA encoder
+
+    def __init__(self, config: Any, parts: MethodParts):
+        super().__init__(parts)
+        self.config = config
+        self.modules["target_encoder"] = frozen_copy(self.modules["encoder"])
+        self.target_updater = parts.build("target_updater")
+
+    def loss(self, modules: dict, batch: Any) -> MethodOutput:
+        masks = batch.mask
+        targets, h = teacher_targets(modules["target_encoder"], batch.images, masks)
+        pred, _ = self.predict(modules, batch.images, masks)
+        return MethodOutput(self.prediction_loss(pred, targets), {}, features=h.mean(dim=1))
+
+    def after_step(self, step: int) -> None:
+        self.target_updater.update(self.modules["encoder"], self.modules["target_encoder"], step)
+
+    def schedule_metrics(self, step: int) -> dict[str, float]:
+        return {"momentum": self.target_updater.momentum(step)}
+
+
+def build_ijepa(config: Any, parts: MethodParts) -> IJEPA:
+    return IJEPA(config, parts)
