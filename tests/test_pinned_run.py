@@ -60,3 +60,39 @@ def test_ijepa_final_weights_are_bit_identical_to_the_pinned_run(tiny_dict):
     for name in ("encoder", "predictor", "target_encoder"):
         assert_same_tensors(mine[name], theirs[name], name)
     assert_same_tensors(ours["optimizer"]["state"], pinned["optimizer"]["state"], "optimizer")
+
+
+def test_a_format_1_checkpoint_resumes_evaluates_and_exports(tiny_dict, tmp_path):
+    import io
+    import json
+    import shutil
+
+    from rich.console import Console
+
+    from jepa_core.evaluate import eval_command
+    from jepa_core.interop import export_timm
+    from jepa_core.launch import find_resume
+
+    registry = make_plugin_manager()
+    d = pinned_recipe(tiny_dict)
+    d["train"]["max_steps"] = 6
+    recipe = recipe_from_dict(d, registry, "pinned")
+    directory = recipe.run_dir / "checkpoints"
+    directory.mkdir(parents=True)
+    shutil.copy(FIXTURE, directory / ckpt.checkpoint_name(4))
+    state = find_resume(recipe, "auto", force=False)  # the old recipe has no method: ijepa
+    assert state["version"] == ckpt.FORMAT_VERSION and state["eval_module"] == "target_encoder"
+    run = train(recipe, registry, resume=state)
+    assert run.step == 6
+
+    out = io.StringIO()
+    assert eval_command(str(FIXTURE), registry, ["eval.max_images=16", "eval.probe_epochs=3"],
+                        baseline=False, console=Console(file=out, width=300)) == 0
+    import re
+
+    assert "trained target encoder" in out.getvalue()
+    assert re.search(r"step\s+4", out.getvalue())
+
+    info = export_timm(FIXTURE, tmp_path / "old.safetensors", registry=registry)
+    assert info["which"] == "target_encoder"
+    assert json.loads((tmp_path / "old.json").read_text())["step"] == 4
