@@ -6,7 +6,7 @@ from typing import Literal
 
 import attrs
 
-from jepa_core.validate import between, greater, range_pair
+from jepa_core.validate import Invalid, at_least, between, greater, range_pair
 
 
 @attrs.frozen
@@ -32,6 +32,14 @@ class L2Config:
     reduction: Literal["mean"] = "mean"
 
 
+def _widths(_inst: object, _attr: object, value: tuple[int, ...]) -> None:
+    if not value:
+        raise Invalid("must list at least one width (the output width)")
+    for i, width in enumerate(value):
+        if width < 1:
+            raise Invalid(f"must be >= 1 (got {width})", f"[{i}]")
+
+
 # -- methods ------------------------------------------------------------------------------
 @attrs.frozen
 class IJEPAConfig:
@@ -39,3 +47,52 @@ class IJEPAConfig:
 
     def needs(self) -> tuple[str, ...]:
         return ("predictor", "masker", "target_updater", "loss")
+
+
+@attrs.frozen
+class CJEPAConfig:
+    """C-JEPA: I-JEPA plus VICReg variance and covariance terms on pooled context features."""
+
+    variance_weight: float = attrs.field(default=1.0, validator=at_least(0))
+    covariance_weight: float = attrs.field(default=0.04, validator=at_least(0))
+    target_std: float = attrs.field(default=1.0, validator=greater(0))  # the variance hinge
+
+    def needs(self) -> tuple[str, ...]:
+        return ("predictor", "masker", "target_updater", "loss")
+
+
+@attrs.frozen
+class SIGRegConfig:
+    """SIGReg: Epps-Pulley statistic of random 1-D projections against N(0, 1)."""
+
+    num_directions: int = attrs.field(default=256, validator=at_least(1))  # new every step
+    knots: int = attrs.field(default=17, validator=at_least(3))  # trapezoid on [0, t_max]
+    t_max: float = attrs.field(default=3.0, validator=greater(0))
+
+
+@attrs.frozen
+class LeJEPAConfig:
+    """LeJEPA: views of an image agree (invariance) and embeddings are Gaussian (SIGReg);
+    no teacher, no stop-gradient, no masks."""
+
+    num_views: int = attrs.field(default=4, validator=at_least(2))
+    lam: float = attrs.field(default=0.05, validator=between(0, 1))  # SIGReg's share
+    # Hidden and output widths of the MLP projector after the pooled encoder (LayerNorm, not
+    # BatchNorm, between layers: per-sample, so N processes train exactly like one).
+    projector: tuple[int, ...] = attrs.field(default=(256, 256, 32), validator=_widths)
+    sigreg: SIGRegConfig = SIGRegConfig()
+
+    def needs(self) -> tuple[str, ...]:
+        return ()
+
+
+@attrs.frozen
+class IJEPASIGRegConfig:
+    """I-JEPA's masks and predictor, with SIGReg on the encoder's pooled embeddings instead
+    of an EMA teacher: the targets come from the same encoder, with gradients."""
+
+    lam: float = attrs.field(default=0.05, validator=between(0, 1))  # SIGReg's share
+    sigreg: SIGRegConfig = SIGRegConfig()
+
+    def needs(self) -> tuple[str, ...]:
+        return ("predictor", "masker", "loss")

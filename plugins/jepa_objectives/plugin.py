@@ -7,6 +7,10 @@ from jepa_objectives import configs
 @hookimpl
 def register_methods(register):
     register("ijepa", configs.IJEPAConfig, "jepa_objectives.methods.ijepa:build_ijepa")
+    register("cjepa", configs.CJEPAConfig, "jepa_objectives.methods.cjepa:build_cjepa")
+    register("lejepa", configs.LeJEPAConfig, "jepa_objectives.methods.lejepa:build_lejepa")
+    register("ijepa_sigreg", configs.IJEPASIGRegConfig,
+             "jepa_objectives.methods.ijepa_sigreg:build_ijepa_sigreg")
 
 
 @hookimpl
