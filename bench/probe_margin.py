@@ -21,13 +21,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-TRAINED, RANDOM = "trained target encoder", "random init"
+RANDOM, PIXELS = "random init", "raw pixels"
 METRICS = ("linear_probe", "knn")
 
 
-def run_seed(recipe: str, overrides: list[str], seed: int, out_dir: Path) -> dict:
+def trained_key(result: dict) -> str:
+    """The evaluated module's row ("trained target encoder", "trained encoder", ...)."""
+    return next(k for k in result if k.startswith("trained"))
+
+
+def run_seed(recipe: str, overrides: list[str], seed: int, out_dir: Path,
+             prefix: str = "margin") -> dict:
     """Train and probe one seed; {features: {metric: accuracy}} from the run's eval.json."""
-    name = f"margin-seed{seed}"
+    name = f"{prefix}-seed{seed}"
     cmd = [sys.executable, "-m", "jepa_core", "run", recipe, *overrides, f"seed={seed}",
            f"name={name}", f"out_dir={out_dir}", "eval.after_train=true"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -39,7 +45,7 @@ def run_seed(recipe: str, overrides: list[str], seed: int, out_dir: Path) -> dic
 
 def margins(results: list[dict]) -> dict[str, list[float]]:
     """Per metric, trained minus random-init accuracy of each seed (in points)."""
-    return {m: [100 * (r[TRAINED][m] - r[RANDOM][m]) for r in results] for m in METRICS}
+    return {m: [100 * (r[trained_key(r)][m] - r[RANDOM][m]) for r in results] for m in METRICS}
 
 
 def summary(values: list[float]) -> str:
@@ -53,7 +59,7 @@ def report(seeds: list[int], results: list[dict]) -> str:
     for seed, r in zip(seeds, results):
         cells = []
         for m in METRICS:
-            t, b = 100 * r[TRAINED][m], 100 * r[RANDOM][m]
+            t, b = 100 * r[trained_key(r)][m], 100 * r[RANDOM][m]
             cells.append(f"{t:>{14 if m == 'linear_probe' else 11}.1f} {b:>7.1f} {t - b:>+7.1f}")
         lines.append(f"{seed:>6} | {cells[0]} | {cells[1]}")
     gaps = margins(results)

@@ -201,11 +201,15 @@ def recipe_from_dict(data: dict, registry: Any, source: str = "recipe",
 def method_section_problems(data: dict, registry: Any) -> list[tuple[str, str]]:
     """A section the method needs but the recipe lacks, or one it has but the method never
     uses, as (path, message); nothing when the method's config does not declare `needs()` or
-    the method section itself is wrong (that problem is reported on its own)."""
+    the method is unknown (that problem is reported on its own)."""
     trial = Structurer(registry)
-    method = trial.structure_component(data.get("method"), "method", "$.method")
-    needs = getattr(getattr(method, "config", None), "needs", None)  # sections beyond data, encoder
-    if trial.problems or needs is None:
+    raw = data.get("method")
+    method = trial.structure_component(raw, "method", "$.method")
+    if trial.problems:  # a wrong value in the method's own config: judge by its defaults
+        name = raw.get("name") if isinstance(raw, dict) else None
+        method = Structurer(registry).structure_component({"name": name}, "method", "$.method")
+    needs = getattr(getattr(method, "config", None), "needs", None)
+    if needs is None:
         return []
     wanted, name = tuple(needs()), method.name
     problems = []

@@ -29,6 +29,23 @@ TINY = {
 }
 
 
+# What each first-party method does without (see each method config's `needs()`).
+UNUSED_SECTIONS = {"ijepa": (), "cjepa": (), "ijepa_sigreg": ("target_updater",),
+                   "lejepa": ("predictor", "masker", "target_updater", "loss")}
+METHODS = tuple(UNUSED_SECTIONS)
+
+
+def tiny_method(d: dict, method: str, **config) -> dict:
+    """The tiny recipe dict `d` (in place) turned into one of `method`, with its config."""
+    d["method"] = {"name": method, **config}
+    for section in UNUSED_SECTIONS[method]:
+        d.pop(section, None)
+    if method == "lejepa":
+        d["method"].setdefault("num_views", 2)
+        d["method"].setdefault("projector", [32, 16])
+    return d
+
+
 def load_bench(name: str) -> ModuleType:
     """The script bench/<name>.py imported as a module (bench/ is not a package)."""
     path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"

@@ -16,7 +16,7 @@ from jepa_core.distributed import DistEnv, detect, init_process_group
 from jepa_core.errors import RunError
 from jepa_core.worker import worker_argv
 
-from conftest import TINY
+from conftest import TINY, tiny_method
 
 
 def test_detect_plain():
@@ -61,8 +61,8 @@ def test_worker_argv_puts_plugins_first():
     assert worker_argv(["-p", "a.b", "r.yaml", "x=1"]) == ["-p", "a.b", "run", "r.yaml", "x=1"]
 
 
-def _write(tmp_path, name, dist=None, **train):
-    d = copy.deepcopy(TINY)
+def _write(tmp_path, name, dist=None, method="ijepa", **train):
+    d = tiny_method(copy.deepcopy(TINY), method)
     d["out_dir"] = str(tmp_path / name)
     d["train"].update(device="cpu", max_steps=3, **train)
     d["dist"] = dist or {}
@@ -95,10 +95,28 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     for other in (_final(two_dir), _final(acc_dir)):
         assert other["step"] == a["step"] == 3
         for part in ("encoder", "predictor", "target_encoder"):
-            for k, v in a[part].items():
-                torch.testing.assert_close(other[part][k], v, rtol=1e-4, atol=1e-5)
+            for k, v in a["modules"][part].items():
+                torch.testing.assert_close(other["modules"][part][k], v, rtol=1e-4, atol=1e-5)
         # the logged loss is the mean over ranks, i.e. the single-process loss
         assert other["metrics"]["loss"] == pytest.approx(a["metrics"]["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lejepa", "ijepa_sigreg"])
+def test_two_process_ddp_equals_one_process_for_regularised_methods(tmp_path, method):
+    """SIGReg's statistics are averaged over ranks before the square, with the same random
+    directions on every rank, so 2 processes x B/2 train like 1 process x B."""
+    one, one_dir = _write(tmp_path, "one", method=method)
+    two, two_dir = _write(tmp_path, "two", method=method)
+    _jepa("run", str(one))
+    _jepa("run", str(two), "--nproc", "2")
+    a, b = _final(one_dir), _final(two_dir)
+    assert a["step"] == b["step"] == 3 and sorted(a["modules"]) == sorted(b["modules"])
+    for part in a["modules"]:
+        for k, v in a["modules"][part].items():
+            torch.testing.assert_close(b["modules"][part][k], v, rtol=1e-4, atol=1e-5)
+    assert b["metrics"]["sigreg"] == pytest.approx(a["metrics"]["sigreg"], rel=1e-4)
+    assert b["metrics"]["loss"] == pytest.approx(a["metrics"]["loss"], rel=1e-4)
 
 
 @pytest.mark.slow
@@ -111,8 +129,8 @@ def test_submitit_local_executor_runs_two_tasks_end_to_end(tmp_path):
                 "--wait")
     assert "submitted job" in out.stdout and "completed" in out.stdout
     a, b = _final(one_dir), _final(job_dir)
-    for k, v in a["encoder"].items():
-        torch.testing.assert_close(b["encoder"][k], v, rtol=1e-4, atol=1e-5)
+    for k, v in a["modules"]["encoder"].items():
+        torch.testing.assert_close(b["modules"]["encoder"][k], v, rtol=1e-4, atol=1e-5)
     assert list((job_dir / "slurm").glob("*_log.out"))
 
 
@@ -126,9 +144,9 @@ def test_fsdp2_equals_ddp_and_resumes(tmp_path):
     a, b = _final(ddp_dir), _final(fsdp_dir)
     assert b["step"] == 3
     for part in ("encoder", "predictor", "target_encoder"):  # the EMA ran on shards
-        assert a[part].keys() == b[part].keys()
-        for k, v in a[part].items():
-            torch.testing.assert_close(b[part][k], v, rtol=1e-4, atol=1e-5)
+        assert a["modules"][part].keys() == b["modules"][part].keys()
+        for k, v in a["modules"][part].items():
+            torch.testing.assert_close(b["modules"][part][k], v, rtol=1e-4, atol=1e-5)
     assert b["metrics"]["loss"] == pytest.approx(a["metrics"]["loss"], rel=1e-4)
 
 

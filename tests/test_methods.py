@@ -1,0 +1,144 @@
+"""Methods as plugins: every registered method trains through the one generic loop, owns its
+modules by name, logs its terms, resumes exactly; recipes with a wrong method are refused."""
+
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from jepa_core import checkpoint as ckpt
+from jepa_core.errors import RecipeError
+from jepa_core.launch import find_resume
+from jepa_core.plugins import make_plugin_manager
+from jepa_core.recipe import recipe_from_dict
+from jepa_core.trainer import train
+
+from conftest import METHODS, tiny_method
+
+TERMS = {"ijepa": (), "cjepa": ("prediction", "variance", "covariance"),
+         "ijepa_sigreg": ("prediction", "sigreg"), "lejepa": ("sigreg", "invariance")}
+
+
+def _run(d, resume=None):
+    registry = make_plugin_manager()
+    return train(recipe_from_dict(d, registry, "tiny"), registry, resume=resume)
+
+
+def test_every_registered_method_is_covered(registry):
+    assert sorted(registry.components["method"]) == sorted(METHODS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_trains_logs_its_terms_and_checkpoints_its_modules(tiny_dict, method):
+    tiny_dict["train"]["max_steps"] = 2
+    run = _run(tiny_method(tiny_dict, method))
+    m = run.method
+    assert set(m.trainable) <= set(m.modules) and m.eval_module in m.modules
+    for term in ("loss", *TERMS[method]):
+        assert math.isfinite(run.metrics[term]) and run.metrics[term] >= 0, term
+    assert "effective_rank" in run.metrics
+    state = ckpt.load(ckpt.list_checkpoints(run.run_dir / "checkpoints")[-1])
+    assert sorted(state["modules"]) == sorted(m.modules)
+    assert state["method"] == method and state["eval_module"] == m.eval_module
+    frozen = set(m.modules) - set(m.trainable)  # never handed to the optimizer
+    trained = {id(p) for g in run.optimizer.param_groups for p in g["params"]}
+    for name in frozen:
+        assert not any(id(p) in trained for p in m.modules[name].parameters()), name
+
+
+def test_lejepa_views_are_distinct_crops_of_one_image_and_the_first_is_the_plain_one(tiny_dict):
+    from jepa_core.data import batch_layout, train_loader
+
+    registry = make_plugin_manager()
+    recipe = recipe_from_dict(tiny_dict, registry, "tiny")
+    from jepa_core.build import build_data
+
+    source, masker = build_data(recipe, registry)
+    layout = batch_layout(8, 1)
+
+    def first(views):
+        loader = train_loader(source, masker, layout, seed=0, steps_per_epoch=8, start_step=0,
+                              stop_step=1, view_names=views)
+        return next(iter(loader))
+
+    one, three = first(("image",)), first(("view0", "view1", "view2"))
+    assert torch.equal(one.images, three.views["view0"])
+    assert not torch.equal(three.views["view0"], three.views["view1"])
+    assert not torch.equal(three.views["view1"], three.views["view2"])
+
+
+def test_lejepa_kill_and_resume_is_bit_identical(tiny_dict, tmp_path):
+    d = tiny_method(tiny_dict, "lejepa")
+    d["train"]["max_steps"] = 4
+    straight = _run(copy.deepcopy(d))
+    part = copy.deepcopy(d)
+    part["out_dir"] = str(tmp_path / "part")
+    part["train"]["max_steps"] = 2
+    _run(copy.deepcopy(part))
+    part["train"]["max_steps"] = 4
+    registry = make_plugin_manager()
+    state = find_resume(recipe_from_dict(part, registry, "tiny"), "auto", force=False)
+    resumed = _run(part, resume=state)
+    assert resumed.step == 4
+    for name, module in straight.method.modules.items():
+        for k, v in module.state_dict().items():
+            assert torch.equal(v, resumed.method.modules[name].state_dict()[k]), (name, k)
+
+
+def test_a_checkpoint_of_another_method_is_refused_on_resume(tiny_dict):
+    tiny_dict["train"]["max_steps"] = 1
+    run = _run(copy.deepcopy(tiny_dict))
+    state = ckpt.load(ckpt.list_checkpoints(run.run_dir / "checkpoints")[-1])
+    other = tiny_method(copy.deepcopy(tiny_dict), "lejepa")
+    other["train"]["max_steps"] = 2
+    with pytest.raises(Exception, match="written by another method"):
+        _run(other, resume=state)
+
+
+# -- recipes with a wrong method -------------------------------------------------------------
+def _problems(d, registry):
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict(d, registry, "r")
+    return info.value.problems
+
+
+def test_unknown_method_is_named_with_the_nearest(tiny_dict, registry):
+    tiny_dict["method"] = {"name": "lejepaa"}
+    [(path, message)] = _problems(tiny_dict, registry)
+    assert path == "$.method.name" and "Did you mean 'lejepa'?" in message
+
+
+def test_misspelt_method_key(tiny_dict, registry):
+    tiny_method(tiny_dict, "lejepa", lamm=0.1)
+    [(path, message)] = _problems(tiny_dict, registry)
+    assert path == "$.method.lamm" and "did you mean 'lam'?" in message
+
+
+def test_method_without_the_component_it_needs_and_with_one_it_never_uses(tiny_dict, registry):
+    tiny_method(tiny_dict, "ijepa_sigreg")
+    del tiny_dict["predictor"]
+    tiny_dict["target_updater"] = {"name": "ema"}
+    assert _problems(tiny_dict, registry) == [
+        ("$.predictor", "method 'ijepa_sigreg' needs a predictor section (`predictor: "
+                        "{name: ...}`); add one, see `jepa plugins` for the registered ones"),
+        ("$.target_updater", "method 'ijepa_sigreg' does not use a target_updater; remove "
+                             "this section (or choose a method that uses it)")]
+
+
+def test_cli_refuses_a_broken_method_recipe_with_exit_2(tiny_dict, tmp_path):
+    tiny_method(tiny_dict, "lejepa", num_views=1)
+    tiny_dict["masker"] = {"name": "multiblock"}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(tiny_dict))
+    out = subprocess.run([sys.executable, "-m", "jepa_core", "check", str(path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    assert "$.method.num_views: must be >= 2 (got 1)" in out.stderr
+    assert "$.masker: method 'lejepa' does not use a masker" in out.stderr
