@@ -17,7 +17,8 @@ import attrs
 import torch
 
 from jepa_core import costs
-from jepa_core.build import build, build_models, steps_per_epoch, total_steps
+from jepa_core.build import (MethodParts, build, encoder_geometry, steps_per_epoch,
+                             total_steps)
 from jepa_core.data import BatchLayout, MaskingCollate, batch_layout
 from jepa_core.errors import ConfigError, PluginError, RunError
 from jepa_core.recipe import Recipe, recipe_to_yaml
@@ -77,14 +78,33 @@ def patch_dim(encoder: torch.nn.Module) -> int:
     return 3 * (encoder.image_size[0] // encoder.patch_grid[0]) ** 2
 
 
-def models_on_meta(recipe: Recipe, registry: Any) -> tuple[torch.nn.Module, torch.nn.Module, str]:
-    """Encoder and predictor without memory (meta device); on the CPU for a plugin that cannot
-    build on meta."""
+def method_on_meta(recipe: Recipe, registry: Any, total: int, spe: int) -> tuple[Any, str]:
+    """The recipe's method with its modules built without memory (meta device); on the CPU
+    for a plugin that cannot build on meta."""
+    parts = MethodParts(recipe, registry, total, spe)
     try:
         with torch.device("meta"):
-            return (*build_models(recipe, registry), "meta")
+            return build("method", recipe, registry, "method", parts=parts), "meta"
     except (NotImplementedError, RuntimeError):
-        return (*build_models(recipe, registry), "cpu")
+        return build("method", recipe, registry, "method", parts=parts), "cpu"
+
+
+def parameter_rows(method: Any) -> list[tuple[str, int, int]]:
+    """(module, trainable, frozen) for each module of the method; a module the optimizer
+    never sees (a target encoder) counts as frozen."""
+    rows = []
+    for name, module in method.modules.items():
+        trainable, frozen = count_parameters(module)
+        if name not in method.trainable:
+            trainable, frozen = 0, trainable + frozen
+        rows.append((name.replace("_", " "), trainable, frozen))
+    return rows
+
+
+def ijepa_shaped(method: Any) -> bool:
+    """Whether the I-JEPA cost model describes the method: a target encoder forward on all
+    patches, the encoder on the context, a predictor (ijepa, cjepa)."""
+    return {"encoder", "predictor", "target_encoder"} <= set(method.modules)
 
 
 def world_size(gpus: int | None) -> tuple[int, str]:
@@ -157,30 +177,35 @@ def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None) -> Plan:
     world, world_source = world_size(gpus)
     layout = batch_layout(recipe.train.global_batch_size, world, 0,
                           recipe.dist.per_device_batch_cap)
-    encoder, predictor, where = models_on_meta(recipe, registry)
-    if where == "cpu":
-        notes.append("the models could not be built on the meta device; counted on the CPU")
-    (enc_t, enc_f), (pred_t, pred_f) = count_parameters(encoder), count_parameters(predictor)
-    params = [("context encoder", enc_t, enc_f), ("target encoder (EMA)", 0, enc_t + enc_f),
-              ("predictor", pred_t, pred_f)]
-    grid = tuple(int(g) for g in encoder.patch_grid)
-    try:  # a broken masker plugin leaves the rest of the plan standing
-        tokens = measure_tokens(build("masker", recipe, registry, "masker", grid=grid), recipe)
-    except PluginError as exc:
-        tokens = None
-        notes.append(f"no tokens, FLOPs or memory: {exc}")
-    n_data, data_note = data_size(recipe, registry, tuple(encoder.image_size))
+    image_size, grid = encoder_geometry(recipe, registry)
+    n_data, data_note = data_size(recipe, registry, image_size)
     spe = steps_per_epoch(recipe, n_data)
+    total = total_steps(recipe, spe)
     if recipe.train.steps_per_epoch is not None:
         data_note = "train.steps_per_epoch is set: " + data_note
+    method, where = method_on_meta(recipe, registry, total, spe)
+    if where == "cpu":
+        notes.append("the models could not be built on the meta device; counted on the CPU")
+    tokens = None
+    if recipe.masker is not None:
+        try:  # a broken masker plugin leaves the rest of the plan standing
+            masker = build("masker", recipe, registry, "masker", grid=grid)
+            tokens = measure_tokens(masker, recipe)
+        except PluginError as exc:
+            notes.append(f"no tokens, FLOPs or memory: {exc}")
     flops = memory = None
-    if tokens is not None:
-        flops, memory = cost_model(recipe, encoder, predictor, tokens, layout, world)
+    if tokens is not None and ijepa_shaped(method):
+        flops, memory = cost_model(recipe, method.modules["encoder"],
+                                   method.modules["predictor"], tokens, layout, world)
         if flops is None:
             notes.append("no FLOPs or memory: the cost model knows transformer blocks with "
                          "attn.qkv and mlp.fc1 (timm's layout); these models have none")
-    return Plan(world, world_source, layout, params, grid, tokens, n_data, data_note, spe,
-                total_steps(recipe, spe), int(round(recipe.optim.warmup_epochs * spe)), flops,
+    elif not ijepa_shaped(method):
+        notes.append(f"no FLOPs or memory: the cost model describes I-JEPA-shaped methods "
+                     f"(encoder, predictor, target_encoder); method {recipe.method.name!r} "
+                     f"has {', '.join(method.modules)}")
+    return Plan(world, world_source, layout, parameter_rows(method), grid, tokens, n_data,
+                data_note, spe, total, int(round(recipe.optim.warmup_epochs * spe)), flops,
                 memory, notes)
 
 
@@ -224,7 +249,8 @@ def _table(title: str, *columns: str, note: str = "") -> Any:
 
 def parameter_table(plan: Plan) -> Any:
     table = _table("Parameters", "component", "trainable", "frozen", "total",
-                   note="frozen: fixed sin-cos positions; the target encoder is an EMA copy")
+                   note="frozen: fixed sin-cos positions, and modules the optimizer never "
+                        "sees (a target encoder is an EMA copy)")
     for name, trainable, frozen in plan.params:
         table.add_row(name, _si(trainable, top=1e6), _si(frozen, top=1e6),
                       _si(trainable + frozen, top=1e6))
@@ -330,8 +356,10 @@ def print_check(recipe: Recipe, registry: Any, console: Any, gpus: int | None = 
 
     console.print(f"[green]recipe {recipe.name!r} is valid[/green]")
     console.print(Syntax(recipe_to_yaml(recipe), "yaml", theme="ansi_dark", background_color="default"))
-    for kind in ("data", "encoder", "predictor", "masker", "target_updater", "loss"):
+    for kind in ("data", "encoder", "method", "predictor", "masker", "target_updater", "loss"):
         comp = getattr(recipe, kind)
+        if comp is None:  # a section the method does without
+            continue
         spec = registry.get(comp.kind, comp.name)
         console.print(f"{kind}: {comp.name} from plugin {spec.plugin} "
                       f"({spec.distribution or 'no distribution'} {spec.version or ''})".rstrip())
