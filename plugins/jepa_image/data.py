@@ -208,17 +208,17 @@ def build_image_folder(config: configs.ImageFolderConfig, image_size: tuple[int,
         return ImageFolder(files, classes, image_size, config.crop_scale, config.on_error,
                            config.max_image_pixels, f"{split}: {len(files)} images")
 
-    root = _folder("root", config.root)
     if config.val_root is not None and not train:
         val = _folder("val_root", config.val_root)
         return make(*_scan("val_root", val, config.max_images), f"val_root {val}")
+    root = _folder("root", config.root)
     classes, files = _scan("root", root, config.max_images)
     if config.val_root is not None or config.val_fraction == 0:
         if not train:
-            raise RunError("data.val_root is not set and data.val_fraction is 0, so no images "
-                           "are held out for evaluation. Set data.val_root=/path/to/val "
-                           "(a held-out slice, data.val_fraction > 0, must be set for training "
-                           "too, or the probe is tested on training images).")
+            raise RunError("no images are held out for evaluation: data.val_root is not set "
+                           "and data.val_fraction is 0. Set data.val_root=/path/to/val (a "
+                           "data.val_fraction set only now would test the probes on images "
+                           "the encoder was trained on).")
         return make(classes, files, f"root {root}")
     held = held_out(files, root, config.val_fraction, config.split_seed)
     share = f"{100 * config.val_fraction:.3g}%"
