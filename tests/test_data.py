@@ -156,7 +156,8 @@ def test_digits_and_synthetic_say_which_split_they_are():
     from jepa_image.data import build_synthetic
 
     cfg = SyntheticConfig(num_images=8)
-    train_set, eval_set = build_synthetic(cfg, (16, 16), True), build_synthetic(cfg, (16, 16), False)
+    train_set = build_synthetic(cfg, (16, 16), train=True)
+    eval_set = build_synthetic(cfg, (16, 16), train=False)
     assert "evaluation (unseen)" in eval_set.split
     for i in range(8):  # same classes, other images
         assert train_set.get(i, None)[1] == eval_set.get(i, None)[1]

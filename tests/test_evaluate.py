@@ -155,11 +155,12 @@ def test_unreadable_images_are_skipped_and_counted_in_evaluation(tmp_path, tiny_
     assert data["train"]["skipped"] + data["test"]["skipped"] == 2
     assert data["train"]["images"] + data["test"]["images"] == 12
     assert "2 unreadable image(s) skipped" in console.file.getvalue()
-    out = subprocess.run([sys.executable, "-m", "jepa_core", "eval", str(run.run_dir)],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "2 unreadable image(s) skipped" in out.stdout
-    assert f"held-out 50% of root {root}" in out.stdout
+    from jepa_core.evaluate import eval_command  # what `jepa eval RUN_DIR` runs
+
+    console = _console()
+    assert eval_command(str(run.run_dir), run.registry, [], True, console) == 0
+    assert "2 unreadable image(s) skipped" in console.file.getvalue()
+    assert f"held-out 50% of root {root}" in console.file.getvalue()
 
 
 def test_digits_results_say_which_split(tiny_dict):
