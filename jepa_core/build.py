@@ -4,6 +4,7 @@ models it owns through `MethodParts` (seeded initialisation, never global RNG)."
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any, Iterator
 
 import attrs
@@ -123,6 +124,11 @@ def build_components(recipe: Recipe, registry: Any) -> Components:
 
 
 def steps_per_epoch(recipe: Recipe, data_len: int) -> int:
+    batch = recipe.train.global_batch_size
+    if data_len < batch:  # each step's batch wraps around the data set: repeats in one batch
+        print(f"warning: train.global_batch_size={batch} is larger than the data set "
+              f"({data_len} training images): every batch holds some images more than once. "
+              f"Use a global batch of at most {data_len} or more data.", file=sys.stderr)
     if recipe.train.steps_per_epoch is not None:
         return recipe.train.steps_per_epoch
     return max(1, data_len // recipe.train.global_batch_size)

@@ -3,6 +3,10 @@
 The I-JEPA paper evaluates the target encoder, average-pooled over all patch tokens (no cls
 token). For context, the same probes run on a randomly initialised encoder of the same
 architecture and on raw pixels, so "it learned something" is a measured statement.
+
+The probes are fit on the data source's training images and tested on its evaluation images
+(`build(..., train=False)`: a validation folder, a held-out split); which ones, and how many
+unreadable images were skipped, go into the results under "data".
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch.nn.functional as F
 
 from jepa_core import checkpoint as ckpt
 from jepa_core.build import build, build_encoder
-from jepa_core.errors import RunError
+from jepa_core.errors import BadSample, RunError
 from jepa_core.recipe import EvalConfig, Recipe, recipe_from_dict
 from jepa_core.seeding import generator
 
@@ -30,8 +34,20 @@ class _Subset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.source.get(self.indices[i], None)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+        try:
+            return self.source.get(self.indices[i], None)
+        except BadSample:  # unreadable: left out and counted, as in training
+            return None
+
+
+def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+    """(images [b, C, H, W], labels [b], unreadable images left out); None, None if all were."""
+    kept = [item for item in items if item is not None]
+    if not kept:
+        return None, None, len(items)
+    return (torch.stack([x for x, _ in kept]), torch.tensor([y for _, y in kept]),
+            len(items) - len(kept))
 
 
 def eval_indices(n: int, limit: int | None, seed: int) -> list[int]:
@@ -45,18 +61,22 @@ def eval_indices(n: int, limit: int | None, seed: int) -> list[int]:
 @torch.no_grad()
 def extract(encoders: dict[str, torch.nn.Module], source: Any, indices: list[int],
             cfg: EvalConfig, device: torch.device, num_workers: int = 0,
-            pixels: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One streamed pass over the images: {name: [n, D] patch-averaged features}, labels [n].
+            pixels: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+    """One streamed pass over the images: {name: [n, D] patch-averaged features}, labels [n],
+    and the number of unreadable images skipped (n = len(indices) minus that).
     With `pixels`, also "raw pixels": images pooled to at most 16x16, flattened."""
     loader = torch.utils.data.DataLoader(_Subset(source, indices), batch_size=cfg.batch_size,
-                                         num_workers=num_workers)
+                                         num_workers=num_workers, collate_fn=_collate)
     feats: dict[str, list[torch.Tensor]] = {name: [] for name in encoders}
     if pixels:
         feats["raw pixels"] = []
-    labels = []
+    labels, skipped = [], 0
     for model in encoders.values():
         model.eval()
-    for images, y in loader:
+    for images, y, bad in loader:
+        skipped += bad
+        if images is None:
+            continue
         x = images.to(device)
         for name, model in encoders.items():
             feats[name].append(model(x).float().mean(dim=1).cpu())
@@ -64,7 +84,11 @@ def extract(encoders: dict[str, torch.nn.Module], source: Any, indices: list[int
             side = min(16, images.shape[-1])
             feats["raw pixels"].append(F.adaptive_avg_pool2d(images, side).flatten(1))
         labels.append(y)
-    return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels)
+    if not labels:
+        raise RunError(f"none of the {len(indices)} evaluation images of "
+                       f"{getattr(source, 'split', 'the data source')} could be read; "
+                       f"check the files.")
+    return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels), skipped
 
 
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # weight penalties tried, chosen on held-out data
@@ -137,11 +161,19 @@ def probe_all(features: dict[str, tuple[torch.Tensor, torch.Tensor]], labels: tu
     return results
 
 
+def _side(source: Any, images: int, skipped: int) -> dict[str, Any]:
+    return {"split": getattr(source, "split", "") or type(source).__name__, "images": images,
+            "skipped": skipped}
+
+
 def evaluate(recipe: Recipe, registry: Any, target_state: dict, device: torch.device,
              baseline: bool = True,
-             module: str = "target_encoder") -> dict[str, dict[str, float]]:
+             module: str = "target_encoder") -> dict[str, dict[str, Any]]:
     """Probe the encoder given by `target_state` (the method's `module`, e.g. the target
-    encoder); with baselines (random init, pixels)."""
+    encoder); with baselines (random init, pixels).
+
+    {features: {"linear_probe": acc, "knn": acc}, "data": {"train"/"test": {"split": which
+    images, "images": used, "skipped": unreadable}, "skipped_images": total}}."""
     trained = build_encoder(recipe, registry)
     encoders = {f"trained {module.replace('_', ' ')}": trained}
     if baseline:  # same architecture and seed, never trained
@@ -157,12 +189,19 @@ def evaluate(recipe: Recipe, registry: Any, target_state: dict, device: torch.de
         model.to(device)
     workers = recipe.train.num_workers
     limit = recipe.eval.max_images
-    ftr, ytr = extract(encoders, train_src, eval_indices(len(train_src), limit, recipe.seed),
-                       recipe.eval, device, workers, pixels=baseline)
-    fte, yte = extract(encoders, test_src, eval_indices(len(test_src), limit, recipe.seed + 1),
-                       recipe.eval, device, workers, pixels=baseline)
+    ftr, ytr, bad_tr = extract(encoders, train_src,
+                               eval_indices(len(train_src), limit, recipe.seed), recipe.eval,
+                               device, workers, pixels=baseline)
+    fte, yte, bad_te = extract(encoders, test_src,
+                               eval_indices(len(test_src), limit, recipe.seed + 1), recipe.eval,
+                               device, workers, pixels=baseline)
     features = {name: (ftr[name], fte[name]) for name in ftr}
-    return probe_all(features, (ytr, yte), train_src.num_classes, recipe.eval)
+    results: dict[str, dict[str, Any]] = probe_all(features, (ytr, yte), train_src.num_classes,
+                                                   recipe.eval)
+    results["data"] = {"train": _side(train_src, len(ytr), bad_tr),
+                       "test": _side(test_src, len(yte), bad_te),
+                       "skipped_images": bad_tr + bad_te}
+    return results
 
 
 def print_results(results: dict, console: Any, title: str) -> None:
@@ -172,8 +211,19 @@ def print_results(results: dict, console: Any, title: str) -> None:
     for col in ("features", "linear probe acc", "kNN acc"):
         table.add_column(col)
     for name, r in results.items():
-        table.add_row(name, f"{100 * r['linear_probe']:.1f}%", f"{100 * r['knn']:.1f}%")
+        if name != "data":
+            table.add_row(name, f"{100 * r['linear_probe']:.1f}%", f"{100 * r['knn']:.1f}%")
     console.print(table)
+    data = results.get("data")
+    if data:  # soft_wrap: paths stay whole, to copy
+        train, test = data["train"], data["test"]
+        console.print(f"probes fit on {train['images']} images of {train['split']}",
+                      soft_wrap=True)
+        console.print(f"tested on {test['images']} images of {test['split']}", soft_wrap=True)
+        if data["skipped_images"]:
+            console.print(f"[yellow]note:[/yellow] {data['skipped_images']} unreadable image(s) "
+                          f"skipped ({train['skipped']} probe-training, {test['skipped']} "
+                          f"test)", soft_wrap=True)
 
 
 def evaluate_run(run: Any, console: Any = None) -> dict:

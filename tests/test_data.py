@@ -52,7 +52,7 @@ def test_digits_are_embedded_split_and_normalised():
 
 def test_image_folder_reads_classes_and_transforms(tmp_path):
     root = _folder(tmp_path, corrupt=0)
-    source = build_image_folder(ImageFolderConfig(root=str(root)), (32, 32))
+    source = build_image_folder(ImageFolderConfig(root=str(root), val_fraction=0), (32, 32))
     assert len(source) == 8 and source.num_classes == 2
     img, label = source.get(5, None)
     assert img.shape == (3, 32, 32) and label == 1
@@ -75,7 +75,7 @@ def test_unreadable_image_raise_policy_names_the_file(tmp_path):
 def test_unreadable_images_are_skipped_counted_and_reported(tmp_path):
     root = _folder(tmp_path, per_class=4, corrupt=1)
     d = copy.deepcopy(TINY)
-    d["data"] = {"name": "image_folder", "root": str(root)}
+    d["data"] = {"name": "image_folder", "root": str(root), "val_fraction": 0}
     d["out_dir"] = str(tmp_path / "runs")
     d["train"].update(global_batch_size=9, max_steps=2, epochs=2)  # every file, every epoch
     registry = make_plugin_manager()
@@ -83,3 +83,82 @@ def test_unreadable_images_are_skipped_counted_and_reported(tmp_path):
     assert run.skipped_samples == 2
     rows = [json.loads(x) for x in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_samples"] for r in rows] == [1.0, 2.0]
+
+
+def _noise_folder(root, classes=3, per_class=10, size=(20, 20)):
+    """root/class<c>/<i>.png: random-noise images (no class structure at all)."""
+    g = torch.Generator().manual_seed(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = torch.randint(0, 256, (*size, 3), generator=g, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / f"class{c}" / f"{i:02d}.png")
+    return root
+
+
+def _names(source):
+    return {str(p) for p, _ in source.files}
+
+
+def test_image_folder_holds_out_a_seeded_stratified_slice(tmp_path):
+    root = _noise_folder(tmp_path / "images", classes=3, per_class=10)
+    cfg = ImageFolderConfig(root=str(root))  # val_fraction 0.1 by default
+    train_set = build_image_folder(cfg, (32, 32), train=True)
+    test_set = build_image_folder(cfg, (32, 32), train=False)
+    assert not _names(train_set) & _names(test_set)  # training never sees the held-out images
+    assert len(_names(train_set) | _names(test_set)) == 30
+    assert sorted(label for _, label in test_set.files) == [0, 1, 2]  # one per class
+    assert test_set.num_classes == train_set.num_classes == 3
+    assert test_set.split == f"held-out 10% of root {root} (split_seed 0): 3 images"
+    assert train_set.split == f"root {root} minus the held-out 10% (split_seed 0): 27 images"
+    # the same split on every build (training, `jepa eval`), another for another seed
+    assert _names(build_image_folder(cfg, (32, 32), train=False)) == _names(test_set)
+    other = build_image_folder(ImageFolderConfig(root=str(root), split_seed=1), (32, 32), False)
+    assert _names(other) != _names(test_set)
+    wide = build_image_folder(ImageFolderConfig(root=str(root), val_fraction=0.3), (32, 32),
+                              train=False)
+    assert sorted(label for _, label in wide.files) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_image_folder_split_follows_the_files_not_the_folder(tmp_path):
+    """Moving the data folder keeps the split; a class of one image stays in training."""
+    root = _noise_folder(tmp_path / "a", classes=2, per_class=10)
+    _noise_folder(root / "lonely", classes=1, per_class=1)  # class "lonely": 1 nested image
+
+    def held(folder):
+        source = build_image_folder(ImageFolderConfig(root=str(folder)), (32, 32), False)
+        return sorted((str(p.relative_to(folder)), y) for p, y in source.files)
+
+    before = held(root)
+    assert len(before) == 2 and {y for _, y in before} == {0, 1}  # classes 0, 1; not lonely
+    assert held(root.rename(tmp_path / "b")) == before
+    train_set = build_image_folder(ImageFolderConfig(root=str(tmp_path / "b")), (32, 32))
+    assert [y for _, y in train_set.files].count(2) == 1
+
+
+def test_val_root_is_used_whole_and_training_keeps_all_of_root(tmp_path):
+    root = _noise_folder(tmp_path / "train", classes=2, per_class=5)
+    val = _noise_folder(tmp_path / "val", classes=2, per_class=2)
+    cfg = ImageFolderConfig(root=str(root), val_root=str(val))
+    assert len(build_image_folder(cfg, (32, 32), train=True)) == 10
+    test_set = build_image_folder(cfg, (32, 32), train=False)
+    assert test_set.split == f"val_root {val}: 4 images"
+    none_held = ImageFolderConfig(root=str(root), val_fraction=0)
+    assert len(build_image_folder(none_held, (32, 32), train=True)) == 10
+    with pytest.raises(RunError, match="no images are held out.*val_fraction is 0.*val_root="):
+        build_image_folder(none_held, (32, 32), train=False)
+
+
+def test_digits_and_synthetic_say_which_split_they_are():
+    test_set = build_digits(DigitsConfig(), (32, 32), train=False)
+    assert test_set.split == "digits test split (20% of 1797, split_seed 0): 359 images"
+    from jepa_image.configs import SyntheticConfig
+    from jepa_image.data import build_synthetic
+
+    cfg = SyntheticConfig(num_images=8)
+    train_set = build_synthetic(cfg, (16, 16), train=True)
+    eval_set = build_synthetic(cfg, (16, 16), train=False)
+    assert "evaluation (unseen)" in eval_set.split
+    for i in range(8):  # same classes, other images
+        assert train_set.get(i, None)[1] == eval_set.get(i, None)[1]
+        assert not torch.equal(train_set.get(i, None)[0], eval_set.get(i, None)[0])

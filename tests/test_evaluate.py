@@ -89,3 +89,90 @@ def test_probe_margin_bench_reports_a_failed_run(tmp_path):
         capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "seed 0:" in out.stderr and "optim.lr" in out.stderr
+
+
+def _noise_run(tmp_path, tiny_dict, classes=4, per_class=12, corrupt=0, **data):
+    """A tiny run trained for one step on random-noise images in class folders: nothing in
+    them tells the classes apart."""
+    from PIL import Image
+
+    from jepa_core.plugins import make_plugin_manager
+    from jepa_core.recipe import recipe_from_dict
+
+    root = tmp_path / "noise"
+    g = torch.Generator().manual_seed(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(root / f"c{c}" / f"{i:02d}.png")
+        for i in range(corrupt):
+            (root / f"c{c}" / f"broken{i}.jpg").write_bytes(b"not a jpeg")
+    tiny_dict["data"] = {"name": "image_folder", "root": str(root), **data}
+    tiny_dict["train"]["max_steps"] = 1
+    tiny_dict["eval"] = {"after_train": False, "probe_epochs": 5}
+    registry = make_plugin_manager()
+    return train(recipe_from_dict(tiny_dict, registry, "t"), registry), root
+
+
+def _console():
+    import io
+
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), width=200, highlight=False)
+
+
+def test_image_folder_probes_are_tested_on_held_out_images(tmp_path, tiny_dict):
+    """48 noise images: tested on the training images, kNN is 100% for every encoder."""
+    from jepa_core.evaluate import evaluate_run
+
+    run, root = _noise_run(tmp_path, tiny_dict, val_fraction=0.5)
+    console = _console()
+    results = evaluate_run(run, console)
+    saved = json.loads((run.run_dir / "eval.json").read_text())
+    assert saved == results
+    for name in ("trained target encoder", "random init", "raw pixels"):
+        assert saved[name]["knn"] < 0.8, saved  # chance is 25%
+    data = saved["data"]
+    assert data["test"] == {"split": f"held-out 50% of root {root} (split_seed 0): 24 images",
+                            "images": 24, "skipped": 0}
+    assert data["train"]["split"].startswith(f"root {root} minus the held-out 50%")
+    assert data["skipped_images"] == 0
+    printed = console.file.getvalue()
+    assert f"tested on 24 images of held-out 50% of root {root} (split_seed 0)" in printed
+
+
+def test_unreadable_images_are_skipped_and_counted_in_evaluation(tmp_path, tiny_dict):
+    from jepa_core.evaluate import evaluate_run
+
+    run, root = _noise_run(tmp_path, tiny_dict, classes=2, per_class=6, corrupt=1,
+                           val_fraction=0.5)
+    assert run.skipped_samples >= 1  # training skipped what it drew of them
+    console = _console()
+    data = evaluate_run(run, console)["data"]
+    assert data["skipped_images"] == 2  # each in one of the two splits, never in both
+    assert data["train"]["skipped"] + data["test"]["skipped"] == 2
+    assert data["train"]["images"] + data["test"]["images"] == 12
+    assert "2 unreadable image(s) skipped" in console.file.getvalue()
+    from jepa_core.evaluate import eval_command  # what `jepa eval RUN_DIR` runs
+
+    console = _console()
+    assert eval_command(str(run.run_dir), run.registry, [], True, console) == 0
+    assert "2 unreadable image(s) skipped" in console.file.getvalue()
+    assert f"held-out 50% of root {root}" in console.file.getvalue()
+
+
+def test_digits_results_say_which_split(tiny_dict):
+    from jepa_core.plugins import make_plugin_manager
+    from jepa_core.recipe import recipe_from_dict
+    from jepa_core.evaluate import evaluate_run
+
+    tiny_dict["data"] = {"name": "digits"}
+    tiny_dict["train"]["max_steps"] = 1
+    tiny_dict["eval"] = {"after_train": False, "max_images": 40, "probe_epochs": 5}
+    registry = make_plugin_manager()
+    run = train(recipe_from_dict(tiny_dict, registry, "t"), registry)
+    data = evaluate_run(run, _console())["data"]
+    assert data["test"]["split"] == "digits test split (20% of 1797, split_seed 0): 359 images"
+    assert data["test"]["images"] == 40

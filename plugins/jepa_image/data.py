@@ -2,12 +2,18 @@
 
 Each implements `jepa_core.interfaces.DataSource`: `get(index, generator)` returns a normalised
 [C, H, W] float32 image and an int label; with a generator it applies the training transform
-(RandomResizedCrop, drawn from that generator), with None the evaluation transform.
+(RandomResizedCrop, drawn from that generator), with None the evaluation transform. Each also
+has `split`: one line saying which images it holds (printed with the probes and in eval.json).
+Built with train=False, a source holds the evaluation images, which training never sees.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +21,8 @@ import torch.nn.functional as F
 from jepa_core.errors import BadSample, ConfigError, RunError
 from jepa_core.seeding import derive_seed
 from jepa_image import configs
-from jepa_image.transforms import (IMAGENET_MEAN, IMAGENET_STD, normalize, random_resized_crop,
-                                   resize_center_crop)
+from jepa_image.transforms import (IMAGENET_MEAN, IMAGENET_STD, decode_side, normalize,
+                                   pil_to_float, random_resized_crop, resize_center_crop)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif"}
 
@@ -31,8 +37,8 @@ class TensorImages:
     """Images held in memory as one [N, C, S, S] tensor in [0, 1], with labels."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                 image_size: tuple[int, int], crop_scale: tuple[float, float]):
-        self.images, self.labels = images, labels
+                 image_size: tuple[int, int], crop_scale: tuple[float, float], split: str = ""):
+        self.images, self.labels, self.split = images, labels, split
         self.num_classes = num_classes
         self.image_size = tuple(image_size)
         self.crop_scale = crop_scale
@@ -63,41 +69,108 @@ def build_digits(config: configs.DigitsConfig, image_size: tuple[int, int], trai
     keep = _split(len(labels), config.train_fraction, config.split_seed, train)
     images = F.interpolate(images[keep], size=tuple(image_size), mode="bilinear",
                            align_corners=False).clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
-    return TensorImages(images, labels[keep], 10, image_size, config.crop_scale)
+    share = config.train_fraction if train else 1 - config.train_fraction
+    split = (f"digits {'train' if train else 'test'} split ({100 * share:.3g}% of "
+             f"{len(labels)}, split_seed {config.split_seed}): {len(keep)} images")
+    return TensorImages(images, labels[keep], 10, image_size, config.crop_scale, split)
+
+
+def _unreadable_dir(exc: OSError) -> None:
+    raise RunError(f"cannot read the directory {exc.filename} in the data folder "
+                   f"({exc.strerror}): its images would be left out without a word (a class "
+                   f"folder: the run would train on fewer classes). Make it readable (e.g. "
+                   f"chmod -R a+rX {exc.filename}) or move it out of the data folder.") from exc
+
+
+def scan_folder(root: Path, key: str = "data.root") -> tuple[list[str], list[tuple[Path, int]]]:
+    """(class names, sorted; [(file, label)] sorted by class, then path) of root/<class>/...
+    A directory that cannot be listed is an error naming it, not an empty class."""
+    try:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    except OSError as exc:
+        raise RunError(f"cannot read the directory {root} ({exc.strerror}), which {key} names. "
+                       f"Make it readable (e.g. chmod -R a+rX {root}) or set {key} to "
+                       f"another folder.") from exc
+    files = []
+    for label, cls in enumerate(classes):
+        found = [Path(top) / name
+                 for top, _, names in os.walk(root / cls, onerror=_unreadable_dir)
+                 for name in names if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+        files += [(path, label) for path in sorted(found)]
+    return classes, files
+
+
+def holdout_count(n: int, fraction: float) -> int:
+    """Images held out of a class of n: fraction·n rounded, at least 1 and at most n - 1
+    (training keeps one) when n >= 2 and fraction > 0."""
+    if n < 2 or fraction <= 0:
+        return 0
+    return min(n - 1, max(1, int(fraction * n + 0.5)))
+
+
+def held_out(files: list[tuple[Path, int]], root: Path, fraction: float, seed: int) -> list[bool]:
+    """Which files are held out for evaluation: in each class, the holdout_count(n, fraction)
+    files with the smallest hash of (seed, path under root). A pure function of the file list
+    and the seed (not of where root is); adding a file changes the split by a file or two."""
+    prefix = len(str(root)) + 1
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for i, (_, label) in enumerate(files):
+        by_class[label].append(i)
+    out = [False] * len(files)
+    for members in by_class.values():
+        members.sort(key=lambda i: derive_seed(seed, "holdout", str(files[i][0])[prefix:]))
+        for i in members[:holdout_count(len(members), fraction)]:
+            out[i] = True
+    return out
 
 
 class ImageFolder:
-    """root/<class>/<image files>, classes in sorted order; images read with Pillow."""
+    """(file, label) pairs of root/<class>/<image files>, images read with Pillow.
 
-    def __init__(self, root: Path, image_size: tuple[int, int], crop_scale: tuple[float, float],
-                 on_error: str, max_images: int | None = None):
-        self.root = root
-        self.classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-        files = [(path, label) for label, cls in enumerate(self.classes)
-                 for path in sorted((root / cls).rglob("*"))
-                 if path.suffix.lower() in IMAGE_EXTENSIONS]
-        if not files:
-            raise RunError(f"data root {root} holds no images in class folders "
-                           f"(expected {root}/<class>/<image>.jpg); check data.root.")
-        self.files = files[:max_images] if max_images else files
-        self.num_classes = len(self.classes)
+    An image of more than `max_pixels` pixels (counted before decoding; JPEGs at the reduced
+    size they are decoded at) or one Pillow cannot read is a `BadSample` (or a RunError with
+    on_error "raise")."""
+
+    def __init__(self, files: list[tuple[Path, int]], classes: list[str],
+                 image_size: tuple[int, int], crop_scale: tuple[float, float], on_error: str,
+                 max_pixels: int | None = None, split: str = ""):
+        self.files, self.classes, self.split = files, classes, split
+        self.num_classes = len(classes)
         self.image_size, self.crop_scale, self.on_error = tuple(image_size), crop_scale, on_error
+        self.max_pixels = max_pixels
+        self.decode_side = decode_side(self.image_size, crop_scale)
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def _bad(self, message: str, hint: str) -> Exception:
+        if self.on_error == "raise":
+            return RunError(f"{message} ({hint}, or set data.on_error: skip to skip such files)")
+        return BadSample(message)
+
     def _read(self, path: Path) -> torch.Tensor:
+        """The file as [3, H, W] float32 in [0, 1]."""
         from PIL import Image
-        import torchvision.transforms.v2.functional as TF
 
         try:
-            with Image.open(path) as img:
-                return TF.to_dtype(TF.pil_to_tensor(img.convert("RGB")), torch.float32, scale=True)
-        except (OSError, ValueError, SyntaxError) as exc:
-            message = f"cannot read image {path}: {exc}"
-            if self.on_error == "raise":
-                raise RunError(message + " (set data.on_error: skip to skip such files)") from exc
-            raise BadSample(message) from exc
+            with warnings.catch_warnings():
+                # Pillow warns above 89 MP; max_image_pixels is the limit that counts here
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as img:  # reads the header only
+                    return self._decode(img, path)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise self._bad(f"cannot read image {path}: {exc}", "fix or remove the file") from exc
+
+    def _decode(self, img: Any, path: Path) -> torch.Tensor:
+        """An opened (not yet decoded) image, refused if too large, as [3, H, W] float32."""
+        if img.format == "JPEG":  # decode at 1/2..1/8 size where that is still enough
+            img.draft(None, (self.decode_side, self.decode_side))
+        w, h = img.size
+        if self.max_pixels is not None and w * h > self.max_pixels:
+            raise self._bad(f"image {path} is {w}x{h} = {w * h / 1e6:.0f} megapixels, more "
+                            f"than data.max_image_pixels ({self.max_pixels:,}); not decoded",
+                            "raise data.max_image_pixels to read it")
+        return pil_to_float(img)
 
     def get(self, index: int, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
         path, label = self.files[index]
@@ -109,32 +182,78 @@ class ImageFolder:
         return normalize(image, IMAGENET_MEAN, IMAGENET_STD), label
 
 
-def build_image_folder(config: configs.ImageFolderConfig, image_size: tuple[int, int],
-                       train: bool = True) -> ImageFolder:
-    root = config.root if train or config.val_root is None else config.val_root
+def _folder(name: str, root: str) -> Path:
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise RunError(f"data.root {str(path)!r} is not a directory. Set it in the recipe, "
-                       f"on the command line (data.root=/path/to/imagenet/train) or through the "
-                       f"environment variable the recipe names (e.g. ${{IMAGENET_ROOT}}).")
-    return ImageFolder(path, image_size, config.crop_scale, config.on_error, config.max_images)
+        raise RunError(f"data.{name} {str(path)!r} is not a directory. Set it in the recipe, "
+                       f"on the command line (data.{name}=/path/to/imagenet/"
+                       f"{'train' if name == 'root' else 'val'}) or through the environment "
+                       f"variable the recipe names (e.g. ${{IMAGENET_ROOT}}).")
+    return path
+
+
+def _scan(name: str, path: Path, max_images: int | None) -> tuple[list[str], list]:
+    classes, files = scan_folder(path, f"data.{name}")
+    if not files:
+        raise RunError(f"data.{name} {path} holds no images in class folders "
+                       f"(expected {path}/<class>/<image>.jpg); check data.{name}.")
+    return classes, files[:max_images] if max_images else files
+
+
+def build_image_folder(config: configs.ImageFolderConfig, image_size: tuple[int, int],
+                       train: bool = True) -> ImageFolder:
+    """Training images (train=True) or evaluation images: data.val_root if set, else the
+    held-out slice of data.root, which the training images then leave out."""
+    def make(classes: list[str], files: list, split: str) -> ImageFolder:
+        return ImageFolder(files, classes, image_size, config.crop_scale, config.on_error,
+                           config.max_image_pixels, f"{split}: {len(files)} images")
+
+    if config.val_root is not None and not train:
+        val = _folder("val_root", config.val_root)
+        return make(*_scan("val_root", val, config.max_images), f"val_root {val}")
+    root = _folder("root", config.root)
+    classes, files = _scan("root", root, config.max_images)
+    if config.val_root is not None or config.val_fraction == 0:
+        if not train:
+            raise RunError("no images are held out for evaluation: data.val_root is not set "
+                           "and data.val_fraction is 0. Set data.val_root=/path/to/val (a "
+                           "data.val_fraction set only now would test the probes on images "
+                           "the encoder was trained on).")
+        return make(classes, files, f"root {root}")
+    held = held_out(files, root, config.val_fraction, config.split_seed)
+    share = f"{100 * config.val_fraction:.3g}%"
+    if train:
+        return make(classes, [f for f, h in zip(files, held) if not h],
+                    f"root {root} minus the held-out {share} (split_seed {config.split_seed})")
+    test = [f for f, h in zip(files, held) if h]
+    if not test:
+        raise RunError(f"data.root {root} has no class with 2 or more images, so none can be "
+                       f"held out for evaluation; set data.val_root.")
+    return make(classes, test, f"held-out {share} of root {root} (split_seed "
+                               f"{config.split_seed})")
 
 
 class SyntheticImages:
     """Oriented gratings whose orientation and frequency depend on the class, plus noise."""
 
-    def __init__(self, config: configs.SyntheticConfig, image_size: tuple[int, int]):
+    def __init__(self, config: configs.SyntheticConfig, image_size: tuple[int, int],
+                 train: bool = True):
         if config.channels < 1:
             raise ConfigError("data.channels must be >= 1")
         self.config, self.image_size = config, tuple(image_size)
         self.num_classes = config.num_classes
+        # Evaluation images are other draws of the same classes (noise and phase of indices
+        # num_images..2*num_images-1), so probes are not tested on training images.
+        self.offset = 0 if train else config.num_images
+        self.split = (f"synthetic, {'training' if train else 'evaluation (unseen)'} draws: "
+                      f"{config.num_images} images")
 
     def __len__(self) -> int:
         return self.config.num_images
 
     def get(self, index: int, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
         label = index % self.num_classes
-        g = torch.Generator().manual_seed(derive_seed("synthetic", index))
+        g = torch.Generator().manual_seed(derive_seed("synthetic", index + self.offset))
         h, w = self.image_size
         angle = torch.tensor(torch.pi * label / self.num_classes)
         freq = 2.0 + 3.0 * (label % 3)
@@ -150,4 +269,4 @@ class SyntheticImages:
 
 def build_synthetic(config: configs.SyntheticConfig, image_size: tuple[int, int],
                     train: bool = True) -> SyntheticImages:
-    return SyntheticImages(config, image_size)
+    return SyntheticImages(config, image_size, train)

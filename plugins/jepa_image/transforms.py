@@ -9,7 +9,9 @@ torchvision's functional ops.
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
@@ -62,6 +64,29 @@ def resize_center_crop(image: torch.Tensor, size: tuple[int, int],
     short = int(round(min(size) / crop_fraction))
     image = TF.resize(image, [short], antialias=True)
     return TF.center_crop(image, list(size))
+
+
+# Pillow modes whose pixel values are not 0..255: grayscale at 16 bits ("I;16*"; "I" is how
+# Pillow < 10 opened 16-bit PNGs and how it opens 32-bit integer TIFFs, read here as 16-bit
+# too) and float ("F", taken as 0..1). convert("RGB") would clip them at 255 (white) or 0.
+WIDE_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0,
+              "I": 65535.0, "F": 1.0}
+
+
+def pil_to_float(img: Any) -> torch.Tensor:
+    """A Pillow image → [3, H, W] float32 in [0, 1]; 16-bit and float grayscale scaled by their
+    own range, everything else through Pillow's RGB conversion."""
+    if img.mode in WIDE_MODES:
+        gray = np.asarray(img, dtype=np.float32) / WIDE_MODES[img.mode]
+        return torch.from_numpy(np.clip(gray, 0.0, 1.0))[None].repeat(3, 1, 1)
+    return TF.to_dtype(TF.pil_to_tensor(img.convert("RGB")), torch.float32, scale=True)
+
+
+def decode_side(size: tuple[int, int], crop_scale: tuple[float, float]) -> int:
+    """The short side (px) an image needs so that even the smallest training crop (area
+    crop_scale[0], aspect 3/4) is at least the output `size`: decoding JPEGs smaller than the
+    file (Image.draft, 1/2 to 1/8) down to this keeps all the resolution the output has."""
+    return math.ceil(max(size) / math.sqrt(crop_scale[0] * 3 / 4))
 
 
 def normalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
