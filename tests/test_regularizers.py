@@ -68,7 +68,8 @@ def test_reference_values(kind, low, high):
 
 def test_gaussian_mean_is_the_null_expectation_whatever_n():
     expected = null_expectation()
-    assert expected == pytest.approx(1.06, abs=0.01)
+    # the exact integral is sqrt(2π) − sqrt(2π/3) ≈ 1.059; the 17-knot rule gives 1.0525
+    assert expected == pytest.approx(math.sqrt(2 * math.pi) - math.sqrt(2 * math.pi / 3), abs=0.01)
     for n in (32, 1024):
         values = [sigreg(reference("gaussian", seed, views=4, n=n, dim=16), generator=gen(seed),
                          num_directions=128).item() for seed in range(4)]
@@ -167,8 +168,7 @@ def test_gradients_are_finite_and_non_zero():
 def test_a_few_steps_of_sigreg_undo_a_collapse():
     g = gen(0)
     u = torch.randn(8, generator=g)
-    z = torch.randn(128, 1, generator=g) * (u / u.norm()) + 0.01 * torch.randn(128, 8,
-                                                                               generator=g)
+    z = torch.randn(64, 1, generator=g) * (u / u.norm()) + 0.01 * torch.randn(64, 8, generator=g)
     z.requires_grad_()
 
     def top_share():  # the largest eigenvalue's share of the covariance: 1/8 when isotropic
@@ -176,12 +176,11 @@ def test_a_few_steps_of_sigreg_undo_a_collapse():
         return (eig.max() / eig.sum()).item()
 
     before_share, before = top_share(), sigreg(z, generator=gen(99)).item()
-    opt = torch.optim.Adam([z], lr=0.1)
-    for step in range(40):  # new directions every step, as in training
-        loss = sigreg(z, generator=gen(step), num_directions=64)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    # Plain gradient descent: torch.optim's first use imports torch._dynamo (seconds).
+    for step in range(20):  # new directions every step, as in training
+        grad, = torch.autograd.grad(sigreg(z, generator=gen(step), num_directions=32), z)
+        with torch.no_grad():
+            z -= 5.0 * grad
     assert before_share > 0.99 and top_share() < 0.6
     assert sigreg(z, generator=gen(99)).item() < before / 5
 

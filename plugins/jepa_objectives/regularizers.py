@@ -105,7 +105,8 @@ def sigreg(z: torch.Tensor, *, generator: torch.Generator | None = None,
 
     by the trapezoid rule on `knots` points of [0, t_max], doubled. The result is the mean
     over directions and views. Its expectation on standard Gaussian embeddings is
-    ∫ (1 − exp(−t²)) exp(−t²/2) dt ≈ 1.06 whatever N; collapse makes it grow like N.
+    ∫ (1 − exp(−t²)) exp(−t²/2) dt, whatever N: 1.06 exactly, 1.05 by the default rule;
+    collapse makes it grow like N.
     Distributed: the cos/sin means are over the global batch (N = global batch per view).
     """
     z = _as_views(z)
