@@ -142,7 +142,7 @@ class StopsTheRun:
 
 
 def test_training_with_a_raising_hook_keeps_the_checkpoints(tiny_dict):
-    tiny_dict["train"].update(checkpoint_every=1, keep_last=5, max_steps=6)
+    tiny_dict["train"].update(checkpoint_every=1, keep_last=5, max_steps=3)
     registry = make_plugin_manager(FIRST_PARTY, autoload=False, objects=[("stops", StopsTheRun())])
     recipe = recipe_from_dict(tiny_dict, registry)
     with pytest.raises(PluginFailed, match=r"^plugin 'stops' raised in its on_step_end hook: "
