@@ -19,7 +19,7 @@ import torch
 from jepa_core import costs
 from jepa_core.build import build, build_models, steps_per_epoch, total_steps
 from jepa_core.data import BatchLayout, MaskingCollate, batch_layout
-from jepa_core.errors import ConfigError, PluginError, RunError
+from jepa_core.errors import ConfigError, PluginFailed, RunError
 from jepa_core.recipe import Recipe, recipe_to_yaml
 
 # Training images of the data sets the paper recipes name, used when their folder is absent.
@@ -28,6 +28,7 @@ IMAGENET_22K = ("ImageNet-22K", 14_197_122)
 # Dense bf16 peak FLOP/s (without sparsity) of SXM parts, and the fractions of it we plan at:
 # 40% is a good run of a large ViT; the official I-JEPA code reached about 20% on A100s.
 PLAN_GPUS = (("A100", 312e12, 0.40), ("H100", 989e12, 0.40), ("A100", 312e12, 0.20))
+COMPONENT_SECTIONS = ("data", "encoder", "predictor", "masker", "target_updater", "loss")
 MASK_DRAWS = 4  # steps whose masks are drawn to measure the token counts
 GIB = 2**30
 
@@ -83,8 +84,10 @@ def models_on_meta(recipe: Recipe, registry: Any) -> tuple[torch.nn.Module, torc
     try:
         with torch.device("meta"):
             return (*build_models(recipe, registry), "meta")
-    except (NotImplementedError, RuntimeError):
-        return (*build_models(recipe, registry), "cpu")
+    except PluginFailed as exc:  # the factory raised: maybe only because of the meta device
+        if not isinstance(exc.__cause__, (NotImplementedError, RuntimeError)):
+            raise
+    return (*build_models(recipe, registry), "cpu")
 
 
 def world_size(gpus: int | None) -> tuple[int, str]:
@@ -109,22 +112,27 @@ def measure_tokens(masker: Any, recipe: Recipe) -> tuple[float, float, int]:
     return context, target, int(draws[0].targets.shape[1])
 
 
-def data_size(recipe: Recipe, registry: Any, image_size: tuple[int, int]) -> tuple[int, str]:
-    """Training images: the real length of the data source, or for a data set that is not
-    there, the size of the data set the recipe is for (stated as an assumption)."""
-    try:
-        source = build("data_source", recipe, registry, "data", image_size=image_size, train=True)
+def data_size(recipe: Recipe, registry: Any, image_size: tuple[int, int],
+              read: bool = True) -> tuple[int, str]:
+    """Training images: the real length of the data source (built as `jepa run` builds it, so
+    missing data fails here as it would there), or with read=False (`--no-data`) the size of
+    the data set the recipe is for, stated as an assumption."""
+    if read:
+        try:
+            source = build("data_source", recipe, registry, "data", image_size=image_size,
+                           train=True)
+        except RunError as exc:
+            raise RunError(f"{exc} (`jepa check --no-data` plans the run without reading the "
+                           f"data.)") from exc
         return len(source), "counted"
-    except RunError as exc:
-        missing = str(exc).split(". ")[0]  # the first sentence says what is missing
     cfg = recipe.data.config
     limit = getattr(cfg, "max_images", None)
     if limit:
-        return limit, f"data.max_images ({missing})"
+        return limit, "data.max_images (--no-data: the data was not read)"
     where = f"{recipe.name} {getattr(cfg, 'root', '')}".lower()  # the paper recipes' names
     name, size = IMAGENET_22K if "22k" in where else IMAGENET_1K
-    return size, (f"assumed: {name}'s {size:,} ({missing}; set data.max_images or "
-                  f"train.steps_per_epoch to plan for another size)")
+    return size, (f"assumed: {name}'s {size:,} (--no-data: the data was not read; set "
+                  f"data.max_images or train.steps_per_epoch to plan for another size)")
 
 
 def cost_model(recipe: Recipe, encoder: torch.nn.Module, predictor: torch.nn.Module,
@@ -152,7 +160,8 @@ def cost_model(recipe: Recipe, encoder: torch.nn.Module, predictor: torch.nn.Mod
     return flops, memory
 
 
-def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None) -> Plan:
+def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None, *,
+              read_data: bool = True) -> Plan:
     notes: list[str] = []
     world, world_source = world_size(gpus)
     layout = batch_layout(recipe.train.global_batch_size, world, 0,
@@ -164,12 +173,8 @@ def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None) -> Plan:
     params = [("context encoder", enc_t, enc_f), ("target encoder (EMA)", 0, enc_t + enc_f),
               ("predictor", pred_t, pred_f)]
     grid = tuple(int(g) for g in encoder.patch_grid)
-    try:  # a broken masker plugin leaves the rest of the plan standing
-        tokens = measure_tokens(build("masker", recipe, registry, "masker", grid=grid), recipe)
-    except PluginError as exc:
-        tokens = None
-        notes.append(f"no tokens, FLOPs or memory: {exc}")
-    n_data, data_note = data_size(recipe, registry, tuple(encoder.image_size))
+    tokens = measure_tokens(build("masker", recipe, registry, "masker", grid=grid), recipe)
+    n_data, data_note = data_size(recipe, registry, tuple(encoder.image_size), read_data)
     spe = steps_per_epoch(recipe, n_data)
     if recipe.train.steps_per_epoch is not None:
         data_note = "train.steps_per_epoch is set: " + data_note
@@ -325,15 +330,39 @@ def print_plan(plan: Plan, recipe: Recipe, console: Any) -> None:
         console.print(f"[yellow]note:[/yellow] {note}")
 
 
-def print_check(recipe: Recipe, registry: Any, console: Any, gpus: int | None = None) -> None:
+def import_factories(recipe: Recipe, registry: Any) -> None:
+    """Import the factory of every component the recipe names (PluginError if one cannot be),
+    as building the run would."""
+    for section in COMPONENT_SECTIONS:
+        comp = getattr(recipe, section)
+        registry.get(comp.kind, comp.name).resolve_factory()
+
+
+def check(recipe: Recipe, registry: Any, gpus: int | None = None, *,
+          read_data: bool = True) -> Plan:
+    """What `jepa check` verifies before it calls a recipe valid: the plugins loaded, every
+    factory imports, the data source builds (unless read_data is False), the models build on
+    the meta device, the masker draws, and the loss and target updater build. Refuses with
+    the error `jepa run` would give."""
+    registry.raise_if_broken()
+    import_factories(recipe, registry)
+    plan = make_plan(recipe, registry, gpus, read_data=read_data)
+    build("loss", recipe, registry, "loss")
+    build("target_updater", recipe, registry, "target_updater", total_steps=plan.total_steps)
+    return plan
+
+
+def print_check(recipe: Recipe, registry: Any, console: Any, gpus: int | None = None, *,
+                read_data: bool = True) -> None:
     from rich.syntax import Syntax
 
+    plan = check(recipe, registry, gpus, read_data=read_data)  # nothing printed before it passes
     console.print(f"[green]recipe {recipe.name!r} is valid[/green]")
     console.print(Syntax(recipe_to_yaml(recipe), "yaml", theme="ansi_dark", background_color="default"))
-    for kind in ("data", "encoder", "predictor", "masker", "target_updater", "loss"):
+    for kind in COMPONENT_SECTIONS:
         comp = getattr(recipe, kind)
         spec = registry.get(comp.kind, comp.name)
         console.print(f"{kind}: {comp.name} from plugin {spec.plugin} "
                       f"({spec.distribution or 'no distribution'} {spec.version or ''})".rstrip())
     console.print()
-    print_plan(make_plan(recipe, registry, gpus), recipe, console)
+    print_plan(plan, recipe, console)
