@@ -1,7 +1,8 @@
 """The `jepa` command line. Thin: each command parses its arguments and delegates.
 
     jepa plugins [--json]                 what is installed, from which plugin and distribution
-    jepa check RECIPE [key=value ...]     validate a recipe, print it resolved and the run plan
+    jepa check RECIPE [key=value ...]     validate a recipe as `jepa run` would (plugins, factories,
+                                          data; --no-data skips the data), print it and the plan
     jepa run RECIPE [key=value ...]       train (CPU, one GPU, all local GPUs, torchrun, SLURM)
     jepa masks RECIPE --out masks.png     picture and statistics of the recipe's masker
     jepa eval RUN_OR_CHECKPOINT           linear probe + kNN on frozen target-encoder features
@@ -41,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
 
     c = recipe_command("check", "validate a recipe and print it resolved, with the run plan")
     c.add_argument("--gpus", type=int, default=None, help="plan for this many GPUs")
+    c.add_argument("--no-data", action="store_true",
+                   help="plan without reading the data (its size is assumed, and stated)")
 
     r = recipe_command("run", "train from a recipe")
     r.add_argument("--resume", default=None, metavar="auto|PATH",
@@ -121,15 +124,33 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from jepa_core.plan import print_check
-
     registry = _registry(args)
+    registry.raise_if_broken()  # as `jepa run` does: check passes only what run accepts
     recipe = _load(args, registry)
-    print_check(recipe, registry, _console(), gpus=args.gpus)
+    from jepa_core.plan import print_check  # torch: only for a recipe that loads
+
+    print_check(recipe, registry, _console(), gpus=args.gpus, read_data=not args.no_data)
     return 0
 
 
+def check_nproc(value: str | None) -> None:
+    """`--nproc`: a whole number of processes >= 1, or 'gpu'; refused before anything starts."""
+    if value is None or value == "gpu":
+        return
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        from jepa_core.errors import ConfigError
+
+        raise ConfigError(f"--nproc must be a number of processes of at least 1, or 'gpu' for "
+                          f"one process per visible GPU (got {value!r}). Leave it out to train "
+                          f"in this one process.")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    check_nproc(args.nproc)
     registry = _registry(args)
     registry.raise_if_broken()
     recipe = _load(args, registry)

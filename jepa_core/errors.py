@@ -34,6 +34,17 @@ class PluginError(JepaError):
     title = "plugin error"
 
 
+class PluginFailed(PluginError):
+    """A plugin's own code raised while a command used it: a component factory or a lifecycle
+    hook. Exit code 1, like RunError: the user's input was accepted, and the fault is in the
+    plugin (or in what it ran into at run time), so retrying the same input is not "fixing a
+    typo". It stays a PluginError so that `except PluginError` sees every plugin fault, and it
+    is not a RunError, which callers read as "the data or the cluster failed"."""
+
+    exit_code = 1
+    title = "plugin failed"
+
+
 class UnknownComponentError(JepaError):
     title = "unknown component"
 

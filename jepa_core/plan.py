@@ -20,7 +20,7 @@ from jepa_core import costs
 from jepa_core.build import (MethodParts, build, encoder_geometry, steps_per_epoch,
                              total_steps)
 from jepa_core.data import BatchLayout, MaskingCollate, batch_layout
-from jepa_core.errors import ConfigError, PluginError, RunError
+from jepa_core.errors import ConfigError, PluginFailed, RunError
 from jepa_core.recipe import Recipe, recipe_to_yaml
 
 # Training images of the data sets the paper recipes name, used when their folder is absent.
@@ -29,6 +29,8 @@ IMAGENET_22K = ("ImageNet-22K", 14_197_122)
 # Dense bf16 peak FLOP/s (without sparsity) of SXM parts, and the fractions of it we plan at:
 # 40% is a good run of a large ViT; the official I-JEPA code reached about 20% on A100s.
 PLAN_GPUS = (("A100", 312e12, 0.40), ("H100", 989e12, 0.40), ("A100", 312e12, 0.20))
+COMPONENT_SECTIONS = ("data", "encoder", "method", "predictor", "masker", "target_updater",
+                      "loss")
 MASK_DRAWS = 4  # steps whose masks are drawn to measure the token counts
 GIB = 2**30
 
@@ -85,8 +87,10 @@ def method_on_meta(recipe: Recipe, registry: Any, total: int, spe: int) -> tuple
     try:
         with torch.device("meta"):
             return build("method", recipe, registry, "method", parts=parts), "meta"
-    except (NotImplementedError, RuntimeError):
-        return build("method", recipe, registry, "method", parts=parts), "cpu"
+    except PluginFailed as exc:  # a factory raised: maybe only because of the meta device
+        if not isinstance(exc.__cause__, (NotImplementedError, RuntimeError)):
+            raise
+    return build("method", recipe, registry, "method", parts=parts), "cpu"
 
 
 def parameter_rows(method: Any) -> list[tuple[str, int, int]]:
@@ -129,22 +133,27 @@ def measure_tokens(masker: Any, recipe: Recipe) -> tuple[float, float, int]:
     return context, target, int(draws[0].targets.shape[1])
 
 
-def data_size(recipe: Recipe, registry: Any, image_size: tuple[int, int]) -> tuple[int, str]:
-    """Training images: the real length of the data source, or for a data set that is not
-    there, the size of the data set the recipe is for (stated as an assumption)."""
-    try:
-        source = build("data_source", recipe, registry, "data", image_size=image_size, train=True)
+def data_size(recipe: Recipe, registry: Any, image_size: tuple[int, int],
+              read: bool = True) -> tuple[int, str]:
+    """Training images: the real length of the data source (built as `jepa run` builds it, so
+    missing data fails here as it would there), or with read=False (`--no-data`) the size of
+    the data set the recipe is for, stated as an assumption."""
+    if read:
+        try:
+            source = build("data_source", recipe, registry, "data", image_size=image_size,
+                           train=True)
+        except RunError as exc:
+            raise RunError(f"{exc} (`jepa check --no-data` plans the run without reading the "
+                           f"data.)") from exc
         return len(source), "counted"
-    except RunError as exc:
-        missing = str(exc).split(". ")[0]  # the first sentence says what is missing
     cfg = recipe.data.config
     limit = getattr(cfg, "max_images", None)
     if limit:
-        return limit, f"data.max_images ({missing})"
+        return limit, "data.max_images (--no-data: the data was not read)"
     where = f"{recipe.name} {getattr(cfg, 'root', '')}".lower()  # the paper recipes' names
     name, size = IMAGENET_22K if "22k" in where else IMAGENET_1K
-    return size, (f"assumed: {name}'s {size:,} ({missing}; set data.max_images or "
-                  f"train.steps_per_epoch to plan for another size)")
+    return size, (f"assumed: {name}'s {size:,} (--no-data: the data was not read; set "
+                  f"data.max_images or train.steps_per_epoch to plan for another size)")
 
 
 def cost_model(recipe: Recipe, encoder: torch.nn.Module, predictor: torch.nn.Module,
@@ -172,13 +181,14 @@ def cost_model(recipe: Recipe, encoder: torch.nn.Module, predictor: torch.nn.Mod
     return flops, memory
 
 
-def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None) -> Plan:
+def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None, *,
+              read_data: bool = True) -> Plan:
     notes: list[str] = []
     world, world_source = world_size(gpus)
     layout = batch_layout(recipe.train.global_batch_size, world, 0,
                           recipe.dist.per_device_batch_cap)
     image_size, grid = encoder_geometry(recipe, registry)
-    n_data, data_note = data_size(recipe, registry, image_size)
+    n_data, data_note = data_size(recipe, registry, image_size, read_data)
     spe = steps_per_epoch(recipe, n_data)
     total = total_steps(recipe, spe)
     if recipe.train.steps_per_epoch is not None:
@@ -186,13 +196,9 @@ def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None) -> Plan:
     method, where = method_on_meta(recipe, registry, total, spe)
     if where == "cpu":
         notes.append("the models could not be built on the meta device; counted on the CPU")
-    tokens = None
+    tokens = None  # a masker that cannot build refuses the check, as it would refuse the run
     if recipe.masker is not None:
-        try:  # a broken masker plugin leaves the rest of the plan standing
-            masker = build("masker", recipe, registry, "masker", grid=grid)
-            tokens = measure_tokens(masker, recipe)
-        except PluginError as exc:
-            notes.append(f"no tokens, FLOPs or memory: {exc}")
+        tokens = measure_tokens(build("masker", recipe, registry, "masker", grid=grid), recipe)
     flops = memory = None
     if tokens is not None and ijepa_shaped(method):
         flops, memory = cost_model(recipe, method.modules["encoder"],
@@ -351,12 +357,34 @@ def print_plan(plan: Plan, recipe: Recipe, console: Any) -> None:
         console.print(f"[yellow]note:[/yellow] {note}")
 
 
-def print_check(recipe: Recipe, registry: Any, console: Any, gpus: int | None = None) -> None:
+def import_factories(recipe: Recipe, registry: Any) -> None:
+    """Import the factory of every component the recipe names (PluginError if one cannot be),
+    as building the run would."""
+    for section in COMPONENT_SECTIONS:
+        comp = getattr(recipe, section)
+        if comp is not None:  # absent: a section the method does without
+            registry.get(comp.kind, comp.name).resolve_factory()
+
+
+def check(recipe: Recipe, registry: Any, gpus: int | None = None, *,
+          read_data: bool = True) -> Plan:
+    """What `jepa check` verifies before it calls a recipe valid: the plugins loaded, every
+    factory imports, the data source builds (unless read_data is False), the method builds
+    (its models on the meta device, with the loss and target updater it uses), the masker
+    draws. Refuses with the error `jepa run` would give."""
+    registry.raise_if_broken()
+    import_factories(recipe, registry)
+    return make_plan(recipe, registry, gpus, read_data=read_data)
+
+
+def print_check(recipe: Recipe, registry: Any, console: Any, gpus: int | None = None, *,
+                read_data: bool = True) -> None:
     from rich.syntax import Syntax
 
+    plan = check(recipe, registry, gpus, read_data=read_data)  # nothing printed before it passes
     console.print(f"[green]recipe {recipe.name!r} is valid[/green]")
     console.print(Syntax(recipe_to_yaml(recipe), "yaml", theme="ansi_dark", background_color="default"))
-    for kind in ("data", "encoder", "method", "predictor", "masker", "target_updater", "loss"):
+    for kind in COMPONENT_SECTIONS:
         comp = getattr(recipe, kind)
         if comp is None:  # a section the method does without
             continue
@@ -364,4 +392,4 @@ def print_check(recipe: Recipe, registry: Any, console: Any, gpus: int | None = 
         console.print(f"{kind}: {comp.name} from plugin {spec.plugin} "
                       f"({spec.distribution or 'no distribution'} {spec.version or ''})".rstrip())
     console.print()
-    print_plan(make_plan(recipe, registry, gpus), recipe, console)
+    print_plan(plan, recipe, console)

@@ -3,7 +3,7 @@
 Discovery order (later plugins cannot shadow earlier components: a clash is an error):
   1. built-ins (`BUILTIN_PLUGINS`, the core's own hook implementations);
   2. entry points in group "jepa" of every installed distribution, unless the environment
-     variable JEPA_DISABLE_PLUGIN_AUTOLOAD is set to a non-empty value;
+     variable JEPA_DISABLE_PLUGIN_AUTOLOAD is on (1/true/yes/on; 0/false/no/off keep them);
   3. modules named on the command line (`jepa -p my_pkg.plugin ...`), or in JEPA_PLUGINS
      (comma separated).
 
@@ -16,14 +16,19 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata as md
+import inspect
 import os
+import sys
+import traceback
+import types
 from typing import Any, Callable, Iterable
 
 import attrs
 import pluggy
 
 from jepa_core import KINDS, hookspecs
-from jepa_core.errors import PluginError, UnknownComponentError
+from jepa_core.errors import (ConfigError, JepaError, PluginError, PluginFailed,
+                              UnknownComponentError)
 
 AUTOLOAD_OFF_ENV = "JEPA_DISABLE_PLUGIN_AUTOLOAD"
 EXTRA_PLUGINS_ENV = "JEPA_PLUGINS"
@@ -62,19 +67,142 @@ class ComponentSpec:
     version: str | None
     description: str = ""
 
-    def build(self, config: Any, **context: Any) -> Any:
+    def resolve_factory(self) -> Callable[..., Any]:
+        """The factory callable, importing a "module:attribute" string; PluginError if that
+        cannot be imported (`jepa check` calls this for every component a recipe names)."""
         factory = self.factory
-        if isinstance(factory, str):
-            module_name, _, attr = factory.partition(":")
+        if not isinstance(factory, str):
+            return factory
+        module_name, _, attr = factory.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except Exception as exc:  # ImportError, AttributeError, or the module itself raising
+            raise PluginError(
+                f"plugin {self.plugin!r} registered {self.kind} {self.name!r} with factory "
+                f"{self.factory!r}, which cannot be imported: {exc}. Reinstall the "
+                f"distribution {self.distribution or '(unknown)'} or fix the factory path."
+            ) from exc
+
+    def build(self, config: Any, **context: Any) -> Any:
+        """factory(config, **context). A JepaError from the factory (ConfigError, a RunError
+        for missing data) passes as it is; any other exception is the plugin's fault and
+        becomes PluginFailed naming the plugin, the component and where it was raised."""
+        factory = self.resolve_factory()
+        try:
+            return factory(config, **context)
+        except JepaError:
+            raise
+        except Exception as exc:
+            where = raised_at(exc, code_roots(factory, self.factory))
+            dist = (f"{self.distribution} {self.version or ''}".strip() if self.distribution
+                    else "no distribution")
+            raise PluginFailed(
+                f"plugin {self.plugin!r} ({dist}) failed to build {self.kind} {self.name!r}: "
+                f"{_describe(exc)} (raised at {where}). Check the settings of that section "
+                f"against the plugin's documentation; if they are right, the fault is in the "
+                f"plugin: report it to its authors."
+            ) from exc
+
+
+def code_roots(*objects: Any) -> list[str]:
+    """Files and package folders that hold the code of `objects` (functions, plugin modules
+    or objects, "module:attribute" strings): where a plugin's own frames live."""
+    roots = []
+    for obj in objects:
+        code = getattr(inspect.unwrap(obj), "__code__", None) if callable(obj) else None
+        if code is not None:
+            roots.append(os.path.realpath(code.co_filename))
+        if isinstance(obj, str):
+            module_name = obj.partition(":")[0]
+        elif isinstance(obj, types.ModuleType):
+            module_name = obj.__name__
+        else:
+            module_name = getattr(obj, "__module__", None) or type(obj).__module__
+        top = sys.modules.get(module_name.split(".")[0])
+        file = getattr(top, "__file__", None)
+        if file:
+            path = os.path.realpath(file)
+            roots.append(os.path.dirname(path) if os.path.basename(path) == "__init__.py"
+                         else path)
+    return roots
+
+
+def raised_at(exc: BaseException, roots: list[str]) -> str:
+    """"file:line" of the innermost frame of the traceback inside `roots` (the plugin's
+    code), or of the innermost frame at all when none is."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+
+    def inside(filename: str) -> bool:
+        path = os.path.realpath(filename)
+        return any(path == r or path.startswith(r + os.sep) for r in roots)
+
+    frame = ([f for f in frames if inside(f.filename)] or frames)[-1]
+    return f"{frame.filename}:{frame.lineno}"
+
+
+class SafeHooks:
+    """The hook relay for lifecycle hooks: `hooks.on_step_end(run=..., step=..., metrics=...)`
+    calls pluggy's hook (tracing, ordering and wrappers unchanged); an exception from one
+    plugin's implementation comes out as PluginFailed naming that plugin, the hook and the
+    file:line it was raised at. A JepaError (Preempted, a plugin's own RunError) passes."""
+
+    def __init__(self, pm: pluggy.PluginManager):
+        self._pm = pm
+
+    def __getattr__(self, hook_name: str) -> Callable[..., Any]:
+        if hook_name.startswith("_"):  # copy / pickle probing, not a hook
+            raise AttributeError(hook_name)
+        caller = getattr(self._pm.hook, hook_name)
+
+        def call(**kwargs: Any) -> Any:
             try:
-                factory = getattr(importlib.import_module(module_name), attr)
-            except (ImportError, AttributeError) as exc:
-                raise PluginError(
-                    f"plugin {self.plugin!r} registered {self.kind} {self.name!r} with factory "
-                    f"{self.factory!r}, which cannot be imported: {exc}. Reinstall the "
-                    f"distribution {self.distribution or '(unknown)'} or fix the factory path."
-                ) from exc
-        return factory(config, **context)
+                return caller(**kwargs)
+            except JepaError:
+                raise
+            except Exception as exc:
+                raise self._failure(caller, hook_name, exc, kwargs.get("run")) from exc
+
+        return call
+
+    @staticmethod
+    def _failure(caller: Any, hook_name: str, exc: Exception, run: Any) -> PluginFailed:
+        # Which implementation raised: the innermost frame of the traceback that runs one.
+        impls = {impl.function.__code__: impl for impl in caller.get_hookimpls()
+                 if hasattr(impl.function, "__code__")}
+        frames = [frame.f_code for frame, _ in traceback.walk_tb(exc.__traceback__)]
+        impl = next((impls[c] for c in reversed(frames) if c in impls), None)
+        if impl is None:
+            who = "a plugin (" + ", ".join(sorted({i.plugin_name for i in impls.values()})) + ")"
+            where = raised_at(exc, [])
+        else:
+            who = f"plugin {impl.plugin_name!r}"
+            where = raised_at(exc, code_roots(impl.function, impl.plugin))
+        run_dir = getattr(run, "run_dir", None)
+        kept = (f"Checkpoints already written in {run_dir}/checkpoints stay: once the plugin "
+                f"is fixed (or left out), continue with `jepa run RECIPE --resume auto`."
+                if run_dir is not None else "")
+        return PluginFailed(f"{who} raised in its {hook_name} hook: {_describe(exc)} (raised at "
+                            f"{where}). The run stopped; the fault is in the plugin. {kept}"
+                            .rstrip())
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("", "0", "false", "no", "off")
+
+
+def env_flag(name: str) -> bool:
+    """An on/off environment variable: 1/true/yes/on or 0/false/no/off/empty (any case);
+    unset is off; anything else is an error rather than a guess."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise ConfigError(f"environment variable {name}={os.environ[name]!r} is not a yes or no: "
+                      f"set it to 1, true, yes or on to turn it on, to 0, false, no, off or "
+                      f"nothing to leave it off, or unset it.")
 
 
 def _dist_of_module(module_name: str) -> tuple[str | None, str | None]:
@@ -100,6 +228,11 @@ class Registry:
         self.plugins: dict[str, PluginInfo] = {}
         self.broken: list[BrokenPlugin] = []
         self.components: dict[str, dict[str, ComponentSpec]] = {kind: {} for kind in KINDS}
+
+    @property
+    def hooks(self) -> SafeHooks:
+        """The lifecycle hook relay the trainer calls (a plugin's exception names the plugin)."""
+        return SafeHooks(self.pm)
 
     # -- lookup -------------------------------------------------------------------------
     def get(self, kind: str, name: str) -> ComponentSpec:
@@ -227,7 +360,7 @@ def make_plugin_manager(extra_plugins: Iterable[str] = (), *, autoload: bool | N
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    if os.environ.get(TRACE_ENV):
+    if env_flag(TRACE_ENV):
         pm.trace.root.setwriter(lambda msg: print(msg, end=""))
         pm.enable_tracing()
     registry = Registry(pm)
@@ -236,7 +369,7 @@ def make_plugin_manager(extra_plugins: Iterable[str] = (), *, autoload: bool | N
         _load_module(registry, module_name, module_name, "builtin")
 
     if autoload is None:
-        autoload = not os.environ.get(AUTOLOAD_OFF_ENV)
+        autoload = not env_flag(AUTOLOAD_OFF_ENV)
     if autoload:
         for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist else None

@@ -2,8 +2,9 @@
 
     recipe = load_recipe("recipes/quickstart.yaml", registry, overrides=["optim.lr=1e-3"])
 
-Loading = yaml.safe_load → dotted overrides → ${VAR} / ${VAR:-default} interpolation in strings
-→ structuring into the frozen classes below, with every problem reported by path at once.
+Loading = safe YAML with bounds on aliases, nesting and duplicate keys (jepa_core.safe_yaml)
+→ dotted overrides → ${VAR} / ${VAR:-default} interpolation in strings → structuring into the
+frozen classes below, with every problem reported by path at once.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any, Literal
 import attrs
 import yaml
 
+from jepa_core import safe_yaml
 from jepa_core.errors import RecipeError
 from jepa_core.structure import FAILED, Component, Structurer, component_field, unstructure
-from jepa_core.validate import at_least, between, greater, range_pair
+from jepa_core.validate import at_least, between, greater, plain_name, range_pair
 
 
 @attrs.frozen
@@ -86,7 +88,7 @@ METHOD_SECTIONS = ("predictor", "masker", "target_updater", "loss")
 
 @attrs.frozen
 class Recipe:
-    name: str
+    name: str = attrs.field(validator=plain_name())  # the run's folder: out_dir/name
     data: Component = component_field("data_source")
     encoder: Component = component_field("encoder")
     method: Component | None = component_field("method", optional=True)
@@ -116,6 +118,9 @@ def apply_override(data: dict, override: str) -> None:
     parts = key.strip().split(".")
     if not sep or not all(parts):
         raise RecipeError("command line", [(override, "an override must look like key.sub=value")])
+    if len(parts) > safe_yaml.MAX_DEPTH:
+        raise RecipeError("command line", [(override[:60] + "...", (
+            f"nests deeper than {safe_yaml.MAX_DEPTH} sections; a recipe needs a few"))])
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -126,7 +131,9 @@ def apply_override(data: dict, override: str) -> None:
             raise RecipeError("command line", [(where, f"is not a section; cannot set {key}")])
         node = child
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml.load(raw) if raw.strip() else ""
+    except safe_yaml.YamlProblem as exc:
+        raise RecipeError("command line", [("$." + key + p[1:], m) for p, m in exc.problems])
     except yaml.YAMLError as exc:
         raise RecipeError("command line", [("$." + key, f"value {raw!r} is not valid YAML: {exc}")])
     node[parts[-1]] = value
@@ -157,21 +164,59 @@ def interpolate(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
 
 
 # -- loading -----------------------------------------------------------------------------
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few kB; a larger file is almost surely another
+
+
+def _decode(source: str, raw: bytes) -> str:
+    """The text of a recipe file, or RecipeError for data, binaries and non-UTF-8 text."""
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise RecipeError(source, [("$", f"is {len(raw) / 2**20:.1f} MiB; a recipe is a small "
+                                         f"text file (at most 1 MiB). Check the path")])
+    if b"\0" in raw:
+        raise RecipeError(source, [("$", "is a binary file (it holds NUL bytes), not a YAML "
+                                         "recipe. Check the path")])
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise RecipeError(source, [("$", (
+            f"is not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line}, column {column} "
+            f"cannot be decoded. Save the file as UTF-8"))]) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """One sentence for a YAML syntax error: where, and what."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character in otherwise good text
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        return (f"holds the control character U+{exc.character:04X} at line {line}, column "
+                f"{column}, which YAML does not allow; is this a text recipe?")
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+    problem = getattr(exc, "problem", None) or str(exc)
+    return f"is not valid YAML at {where}: {problem}"
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text → data through the bounded loader (jepa_core.safe_yaml), or RecipeError."""
+    try:
+        return safe_yaml.load(text)
+    except safe_yaml.YamlProblem as exc:
+        raise RecipeError(source, exc.problems) from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(source, [("$", _yaml_problem(exc, text))]) from None
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
     source = str(path)
     try:
-        text = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise RecipeError(source, [("$", "file not found; check the path")]) from None
     except OSError as exc:
         raise RecipeError(source, [("$", f"cannot be read: {exc.strerror}")]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(source, [("$", f"is not valid YAML at {where}: {problem}")]) from None
+    data = parse_yaml(_decode(source, raw), source)
     if data is None:
         data = {}
     if not isinstance(data, dict):

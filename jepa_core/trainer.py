@@ -58,7 +58,7 @@ class RunContext:
 
     @property
     def hook(self) -> Any:
-        return self.registry.pm.hook
+        return self.registry.hooks  # names a plugin that raises
 
     @property
     def method(self) -> Any:

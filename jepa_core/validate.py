@@ -7,6 +7,7 @@ A failing validator raises `Invalid`; the recipe loader reports it as `$.optim.l
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 Validator = Callable[[Any, Any, Any], None]
@@ -63,3 +64,19 @@ def range_pair(lo: float | None = None, hi: float | None = None, *,
             raise Invalid(f"low end {value[0]} is above high end {value[1]}; write [low, high]")
 
     return validator
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def plain_name() -> Validator:
+    """A name that is one path component: letters, digits, '.', '_', '-'; not '.' or '..'."""
+
+    def check(v: str) -> str | None:
+        if _PLAIN_NAME.fullmatch(v) and v not in (".", ".."):
+            return None
+        return (f"must be a plain name of letters, digits, '.', '_' and '-' (got {v!r}); it "
+                f"names a folder inside out_dir, so '/', '..' or an absolute path would write "
+                f"elsewhere. Choose the parent folder with out_dir instead")
+
+    return _skip_none(check)

@@ -58,6 +58,14 @@ def plugin_dir(tmp_path):
         def register_maskers(register):
             register("toy", ToyConfig, "toy_masks_impl:build")
     '''))
+    # `jepa check` imports and builds the factory, as `jepa run` does: a real one is needed.
+    (tmp_path / "toy_masks_impl.py").write_text(textwrap.dedent('''
+        from jepa_image.configs import MultiBlockConfig
+        from jepa_image.multiblock import build_masker
+
+        def build(config, grid):
+            return build_masker(MultiBlockConfig(num_targets=config.blocks), grid=grid)
+    '''))
     return tmp_path
 
 

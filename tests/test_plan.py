@@ -76,7 +76,7 @@ def test_the_paper_recipes_are_there():
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_every_recipe_checks_and_plans(path, tmp_path):
     gpus = PAPER_GPUS.get(path.stem, 1)
-    result = jepa("check", str(path.relative_to(REPO)), "--gpus", str(gpus),
+    result = jepa("check", str(path.relative_to(REPO)), "--gpus", str(gpus), "--no-data",
                   env=no_data_env(tmp_path))
     out = result.stdout
     assert result.returncode == 0, result.stderr
@@ -95,7 +95,7 @@ def test_every_recipe_checks_and_plans(path, tmp_path):
 
 
 def test_check_prints_the_paper_parameter_counts(tmp_path):
-    out = jepa("check", "recipes/ijepa_vith16.yaml", "--gpus", "32",
+    out = jepa("check", "recipes/ijepa_vith16.yaml", "--gpus", "32", "--no-data",
                env=no_data_env(tmp_path)).stdout
     assert "630.7M" in out  # ViT-H/16, trainable (REFERENCE: ~630.7M)
     assert "22.3M" in out  # its predictor (REFERENCE: ~22.3M)
@@ -112,7 +112,8 @@ def _trainable(plan, component):
     ("ijepa_vith14", 630.4e6, 22.3e6), ("ijepa_vith16", 630.7e6, 22.3e6)])
 def test_parameter_counts_match_the_reference(name, encoder, predictor, registry,
                                               monkeypatch, tmp_path):
-    plan = make_plan(paper(name, registry, monkeypatch, tmp_path), registry, gpus=16)
+    plan = make_plan(paper(name, registry, monkeypatch, tmp_path), registry, gpus=16,
+                     read_data=False)
     assert _trainable(plan, "encoder") == pytest.approx(encoder, abs=0.05e6)
     assert _trainable(plan, "predictor") == pytest.approx(predictor, abs=0.05e6)
     assert _trainable(plan, "target encoder") == 0
@@ -121,25 +122,26 @@ def test_parameter_counts_match_the_reference(name, encoder, predictor, registry
 def test_vith16_on_8_gpus_keeps_the_global_batch_by_accumulating(registry, monkeypatch,
                                                                  tmp_path):
     recipe = paper("ijepa_vith16", registry, monkeypatch, tmp_path)
-    plan = make_plan(recipe, registry, gpus=8)
+    plan = make_plan(recipe, registry, gpus=8, read_data=False)
     lay = plan.layout
     assert (lay.micro_batch, lay.accum_steps) == (64, 4)  # per_device_batch_cap 64
     assert lay.micro_batch * lay.accum_steps * plan.world_size == 2048
-    official = make_plan(recipe, registry, gpus=32).layout
+    official = make_plan(recipe, registry, gpus=32, read_data=False).layout
     assert (official.micro_batch, official.accum_steps) == (64, 1)
 
 
-def test_missing_data_plans_with_the_data_set_the_recipe_names(registry, monkeypatch,
-                                                               tmp_path):
-    in1k = make_plan(paper("ijepa_vith16", registry, monkeypatch, tmp_path), registry, gpus=32)
+def test_no_data_plans_with_the_data_set_the_recipe_names(registry, monkeypatch, tmp_path):
+    in1k = make_plan(paper("ijepa_vith16", registry, monkeypatch, tmp_path), registry, gpus=32,
+                     read_data=False)
     assert (in1k.data_size, in1k.steps_per_epoch, in1k.total_steps) == (1_281_167, 625, 187_500)
     assert in1k.warmup_steps == 40 * 625
     assert "assumed" in in1k.data_note and "ImageNet-1K" in in1k.data_note
     in22k = make_plan(paper("ijepa_vitg16_in22k", registry, monkeypatch, tmp_path), registry,
-                      gpus=128)
+                      gpus=128, read_data=False)
     assert in22k.data_size == 14_197_122 and in22k.steps_per_epoch == 14_197_122 // 2048
     capped = make_plan(paper("ijepa_vith16", registry, monkeypatch, tmp_path,
-                             ["data.max_images=20480"]), registry, gpus=32)
+                             ["data.max_images=20480"]), registry, gpus=32,
+                       read_data=False)
     assert capped.steps_per_epoch == 10
 
 
@@ -284,13 +286,13 @@ def test_missing_data_is_reported_before_the_models_are_built(tmp_path, monkeypa
     import jepa_core.build
     from jepa_core.cli import main
 
-    real = jepa_core.build.build_models
+    real = jepa_core.build.MethodParts.seeded_init  # every method builds its models inside
 
-    def only_on_meta(*args, **kwargs):
+    def only_on_meta(self):
         assert torch.get_default_device().type == "meta", "models built before the data check"
-        return real(*args, **kwargs)
+        return real(self)
 
-    monkeypatch.setattr(jepa_core.build, "build_models", only_on_meta)
+    monkeypatch.setattr(jepa_core.build.MethodParts, "seeded_init", only_on_meta)
     for var in LAUNCHER_VARS:
         monkeypatch.delenv(var, raising=False)
     code = main(["run", str(REPO / "recipes" / "ijepa_vith16.yaml"),

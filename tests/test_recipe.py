@@ -511,7 +511,8 @@ def test_missing_env_variable(registry, base, monkeypatch):
 
 
 def test_text_without_braces_is_left_alone(registry, base):
-    assert recipe_from_dict(with_(base, "name", "$HOME-$1"), registry).name == "$HOME-$1"
+    # out_dir, not name: a run name is a plain folder name, without '$'
+    assert recipe_from_dict(with_(base, "out_dir", "$HOME-$1"), registry).out_dir == "$HOME-$1"
 
 
 @pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "inf", "nan"])
