@@ -177,7 +177,8 @@ class Structurer:
             kind = field.metadata.get(COMPONENT_KIND)
             if kind is not None and value[name] is None and field.default is None:
                 kwargs[name] = None  # `predictor: null`: an optional section left out
-            elif kind is not None:
+                continue
+            if kind is not None:
                 result = self.structure_component(value[name], kind, fpath)
             else:
                 result = self.structure(value[name], field.type, fpath)

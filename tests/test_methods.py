@@ -131,6 +131,17 @@ def test_method_without_the_component_it_needs_and_with_one_it_never_uses(tiny_d
                              "this section (or choose a method that uses it)")]
 
 
+def test_switching_method_on_the_command_line_with_null_sections(registry):
+    from jepa_core.recipe import load_recipe
+
+    recipe = load_recipe("recipes/quickstart.yaml", registry, [
+        "method={name: lejepa}", "predictor=null", "masker=null", "target_updater=null",
+        "loss=null"])
+    assert recipe.method.name == "lejepa"
+    assert (recipe.predictor, recipe.masker, recipe.target_updater, recipe.loss) == (None,) * 4
+    assert recipe.encoder.kind == "encoder" and recipe.data.kind == "data_source"
+
+
 def test_cli_refuses_a_broken_method_recipe_with_exit_2(tiny_dict, tmp_path):
     tiny_method(tiny_dict, "lejepa", num_views=1)
     tiny_dict["masker"] = {"name": "multiblock"}
