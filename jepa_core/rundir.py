@@ -59,14 +59,30 @@ def ensure_writable(directory: Path, what: str, fix: str) -> None:
 
 
 class Lock:
-    """An exclusive flock on `run_dir/.lock`, which records the holder's pid, host and start."""
+    """An exclusive flock on `run_dir/.lock`, which records the holder's pid, host and start.
+    Released, the file goes, and so do the folders `created` for the run if still empty."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, created: list[Path] = ()):
         self.path = Path(run_dir) / LOCK_NAME
+        self.created = list(created)  # deepest first
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        for _ in range(3):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if self._lock(fd):
+                break
+            os.close(fd)  # locked a file a finishing run had just removed: take the new one
+        else:
+            raise RunDirError(f"run directory {self.path.parent}: its lock file keeps being "
+                              f"replaced by other runs; start this run again.")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        self.fd = fd
+
+    def _lock(self, fd: int) -> bool:
+        """Lock `fd`; False when the path no longer names the file locked."""
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -83,18 +99,26 @@ class Lock:
             print(f"warning: the file system of {self.path.parent} does not support file locks "
                   f"({exc.strerror}); a second run into this directory would not be detected.",
                   file=sys.stderr)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()} since "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-        self.fd = fd
+        try:
+            here = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
     def release(self) -> None:
-        # The file stays: deleting it would let a waiting process lock an unlinked inode while
-        # a third locks a new file of the same name.
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)
-            os.close(self.fd)  # closing drops the flock
-            self.fd = None
+        if self.fd is None:
+            return
+        # Unlinked while still locked: a run that opened the old file sees (after its own
+        # flock) that the path names another file, and takes that one instead.
+        self.path.unlink(missing_ok=True)
+        for folder in self.created:  # a run that failed before writing leaves nothing behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty: the run wrote something, or another run is starting there
+        os.close(self.fd)  # closing drops the flock
+        self.fd = None
 
 
 def _holder(path: Path) -> str:
@@ -184,10 +208,11 @@ def take(run_dir: Path, resume: str | None) -> Lock:
     """Rank 0's checks (writable, not in use, no earlier run unless resuming); the held Lock."""
     fix = ("Choose a writable place for runs with out_dir=/path/to/runs (or fix the folder's "
            "permissions).")
+    created = [p for p in [run_dir, *run_dir.parents] if not p.exists()]
     ensure_writable(run_dir, "run directory", fix)
     if (run_dir / "checkpoints").is_dir():
         ensure_writable(run_dir / "checkpoints", "checkpoint directory", fix)
-    lock = Lock(run_dir)
+    lock = Lock(run_dir, created)
     try:
         lock.acquire()
     except OSError as exc:

@@ -23,7 +23,7 @@ from jepa_core.distributed import DistEnv
 from jepa_core.errors import RunError
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
-from jepa_core.rundir import RunDirError, claim, drop_rows_after
+from jepa_core.rundir import Lock, RunDirError, claim, drop_rows_after
 from jepa_core.trainer import train
 
 from conftest import TINY
@@ -79,6 +79,7 @@ def test_rerun_without_resume_is_refused_and_says_how_to_continue(tmp_path, caps
     recipe = _recipe_file(tmp_path, max_steps=2)
     run_dir = tmp_path / "runs" / "tiny"
     assert main(["run", str(recipe)]) == 0
+    assert not (run_dir / ".lock").exists()  # released with the run
     before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     rows = _steps(run_dir)
     capsys.readouterr()
@@ -150,6 +151,31 @@ def test_the_lock_of_a_killed_process_is_stale(tiny_recipe):
     assert (tiny_recipe.run_dir / ".lock").exists()
     with claim(tiny_recipe, "auto", DistEnv()):
         pass
+
+
+def test_a_lock_taken_on_a_file_just_released_is_not_held(tmp_path):
+    """The file goes with the release; a run that had opened it just before must not take
+    the lock of that removed file (a third run could then lock a new one: two holders)."""
+    first = Lock(tmp_path)
+    first.acquire()
+    late = os.open(first.path, os.O_RDWR)
+    first.release()
+    assert not first.path.exists()
+    assert Lock(tmp_path)._lock(late) is False
+    os.close(late)
+    second = Lock(tmp_path)
+    second.acquire()
+    with pytest.raises(RunDirError, match="in use"):
+        Lock(tmp_path).acquire()
+    second.release()
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folders(tmp_path, tiny_recipe):
+    with pytest.raises(RuntimeError):
+        with claim(tiny_recipe, None, DistEnv()):
+            assert tiny_recipe.run_dir.is_dir()
+            raise RuntimeError("data missing")
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow
