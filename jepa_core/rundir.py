@@ -144,7 +144,8 @@ def refuse_earlier_run(run_dir: Path) -> None:
         held.append(f"{rows} row(s) of {METRICS_NAME}")
     raise RunDirError(
         f"run directory {run_dir} already holds a run ({'; '.join(held)}), and a new run would "
-        f"mix with it. To continue that run: `jepa run RECIPE --resume auto`. To start a "
+        f"mix with it. To continue that run: `jepa run RECIPE --resume auto`"
+        f"{'' if found else ' (it has no checkpoint yet, so that starts it over)'}. To start a "
         f"separate one: give it another name, e.g. `jepa run RECIPE name=NEW_NAME` (or another "
         f"out_dir=...). To start over: delete {run_dir}.")
 
