@@ -44,6 +44,12 @@ class RunDirError(JepaError):
     title = "run directory"
 
 
+class UnwritableFolder(RunDirError):
+    """A folder jepa must write to (run directory, export folder) that cannot be written."""
+
+    title = "folder not writable"
+
+
 def ensure_writable(directory: Path, what: str, fix: str) -> None:
     """Create `directory` if needed and prove that files can be created in it; RunDirError
     naming the path otherwise. `what` names the folder ("run directory"), `fix` the remedy."""
@@ -55,7 +61,7 @@ def ensure_writable(directory: Path, what: str, fix: str) -> None:
         os.unlink(probe)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise RunDirError(f"{what} {directory} cannot be written ({reason}). {fix}") from None
+        raise UnwritableFolder(f"{what} {directory} cannot be written ({reason}). {fix}") from None
 
 
 class Lock:
