@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from jepa_core import checkpoint as ckpt
+from jepa_core import rundir
 from jepa_core.distributed import DistEnv, destroy, detect, init_process_group
 from jepa_core.errors import ConfigError, RunError
 from jepa_core.recipe import Recipe, recipe_to_dict
@@ -84,14 +85,18 @@ def run_worker(recipe: Recipe, registry: Any, resume: str | None, force: bool,
         backend = "nccl" if torch.cuda.is_available() and recipe.train.device != "cpu" else "gloo"
     added = init_process_group(dist, backend)
     try:
-        state = find_resume(recipe, resume, force)
-        run = train(recipe, registry, dist, resume=state)
+        # checked and locked before any model is built; held through the evaluation
+        with rundir.claim(recipe, resume, dist) as claimed:
+            state = find_resume(recipe, resume, force)
+            claimed.start_at(state)
+            run = train(recipe, registry, dist, resume=state)
+            destroy(added)  # the evaluation runs on rank 0 alone
+            if dist.is_main and recipe.eval.after_train:
+                from jepa_core.evaluate import evaluate_run
+
+                evaluate_run(run)
     finally:
         destroy(added)
-    if dist.is_main and recipe.eval.after_train:
-        from jepa_core.evaluate import evaluate_run
-
-        evaluate_run(run)
     return 0
 
 
@@ -133,5 +138,7 @@ def launch(recipe: Recipe, registry: Any, args: argparse.Namespace) -> int:
     if dist.distributed:
         return run_worker(recipe, registry, args.resume, args.force, dist)
     if getattr(args, "nproc", None):
+        with rundir.claim(recipe, args.resume, dist):  # refuse here, not in every worker
+            pass
         return _spawn(recipe, registry, args)
     return run_worker(recipe, registry, args.resume, args.force, dist)
