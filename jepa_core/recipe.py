@@ -19,16 +19,21 @@ import yaml
 
 from jepa_core.errors import RecipeError
 from jepa_core.structure import FAILED, Component, Structurer, component_field, unstructure
-from jepa_core.validate import at_least, between, greater, range_pair
+from jepa_core.validate import at_least, at_most, between, greater, range_pair
+
+
+MAX_LR = 1e6
 
 
 @attrs.frozen
 class OptimConfig:
     """AdamW with linear warmup then cosine lr, and a cosine weight-decay ramp (I-JEPA)."""
 
-    lr: float = attrs.field(default=1e-3, validator=greater(0))  # peak, reached after warmup
-    start_lr: float = attrs.field(default=2e-4, validator=at_least(0))  # lr at step 0
-    final_lr: float = attrs.field(default=1e-6, validator=at_least(0))  # lr at the last step
+    # AdamW moves a weight by about lr per step and hands lr / (1 - beta1) to float32 kernels:
+    # past ~1e37 that overflows (a crash, not a non-finite step); far below, nothing trains.
+    lr: float = attrs.field(default=1e-3, validator=[greater(0), at_most(MAX_LR)])  # peak
+    start_lr: float = attrs.field(default=2e-4, validator=between(0, MAX_LR))  # lr at step 0
+    final_lr: float = attrs.field(default=1e-6, validator=between(0, MAX_LR))  # at the last step
     warmup_epochs: float = attrs.field(default=40.0, validator=at_least(0))
     weight_decay: float = attrs.field(default=0.04, validator=at_least(0))  # at step 0
     final_weight_decay: float = attrs.field(default=0.4, validator=at_least(0))
