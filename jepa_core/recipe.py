@@ -22,15 +22,16 @@ from jepa_core.structure import FAILED, Component, Structurer, component_field, 
 from jepa_core.validate import at_least, at_most, between, greater, range_pair
 
 
-MAX_LR = 1e6
+MAX_LR = 1e30
 
 
 @attrs.frozen
 class OptimConfig:
     """AdamW with linear warmup then cosine lr, and a cosine weight-decay ramp (I-JEPA)."""
 
-    # AdamW moves a weight by about lr per step and hands lr / (1 - beta1) to float32 kernels:
-    # past ~1e37 that overflows (a crash, not a non-finite step); far below, nothing trains.
+    # AdamW hands lr / (1 - beta1) and lr * weight_decay to float32 kernels as scalars: past
+    # ~1e37 they overflow (a crash, not a non-finite step the guard can skip). Up to MAX_LR a
+    # diverging run stops cleanly at the non-finite guard.
     lr: float = attrs.field(default=1e-3, validator=[greater(0), at_most(MAX_LR)])  # peak
     start_lr: float = attrs.field(default=2e-4, validator=between(0, MAX_LR))  # lr at step 0
     final_lr: float = attrs.field(default=1e-6, validator=between(0, MAX_LR))  # at the last step

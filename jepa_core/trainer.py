@@ -200,7 +200,8 @@ def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
     metrics["context_tokens"] = float(masks.context.shape[1] if masks.context_valid is None
                                       else masks.context_valid.sum(1).float().mean())
     metrics["target_tokens"] = float(micro_batches[0].masks.targets[0].numel())
-    if run.step % run.recipe.train.log_every == 0 or run.step == 1:  # an SVD: not every step
+    # an SVD: not every step, and not on a skipped step (it fails on non-finite features)
+    if finite and (run.step % run.recipe.train.log_every == 0 or run.step == 1):
         metrics.update(representation_health(torch.cat(pooled)))
     run.skipped_samples += sum(b.skipped for b in micro_batches)
     metrics["skipped_samples"] = float(run.skipped_samples)
