@@ -14,6 +14,7 @@ number of DataLoader workers.
 from __future__ import annotations
 
 import math
+import signal
 from typing import Any, Iterator
 
 import attrs
@@ -234,6 +235,15 @@ class _Keyed:
         return key, self.samples[key]
 
 
+def leave_signals_to_trainer(_worker_id: int) -> None:
+    """worker_init_fn: DataLoader workers ignore the stop signals. SLURM signals every process
+    of the job step and Ctrl-C the whole terminal group; a worker that died of the signal would
+    take the trainer down before it saves. The trainer finishes its step, checkpoints and then
+    shuts its workers down itself; a worker whose trainer died exits on its own (torch checks)."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def train_loader(source: Any, masker: Any, layout: BatchLayout, *, seed: int,
                  steps_per_epoch: int, start_step: int, stop_step: int, num_workers: int = 0,
                  pin_memory: bool = False,
@@ -245,6 +255,5 @@ def train_loader(source: Any, masker: Any, layout: BatchLayout, *, seed: int,
     return torch.utils.data.DataLoader(
         _Keyed(samples), batch_sampler=sampler,
         collate_fn=MaskingCollate(masker, seed, layout.global_batch, view_names),
-        num_workers=num_workers,
-        pin_memory=pin_memory, persistent_workers=False,
-        prefetch_factor=4 if num_workers else None)
+        num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False,
+        prefetch_factor=4 if num_workers else None, worker_init_fn=leave_signals_to_trainer)

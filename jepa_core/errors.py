@@ -62,16 +62,25 @@ class RunError(JepaError):
     title = "run failed"
 
 
+class CheckpointError(RunError):
+    """A checkpoint file that exists but cannot be used: truncated or corrupt, refused because
+    it holds pickled code, or missing required keys. Resume and eval skip it for an older one."""
+
+    title = "unusable checkpoint"
+
+
 class BadSample(Exception):
     """Raised by a data source for one unreadable sample; the core skips it and counts it."""
 
 
 class Preempted(JepaError):
-    """The run stopped on SIGTERM / SIGUSR1 after writing a checkpoint; exit 128 + signal, the
-    convention SLURM and submitit read as "killed by a signal" (requeue-able)."""
+    """The run stopped on SIGTERM / SIGUSR1 / SIGINT after writing a checkpoint; exit 128 +
+    signal, the convention SLURM and submitit read as "killed by a signal" (requeue-able)."""
 
     title = "preempted"
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+        if signum == 2:  # SIGINT: Ctrl-C
+            self.title = "interrupted"

@@ -237,22 +237,23 @@ def evaluate_run(run: Any, console: Any = None) -> dict:
     return results
 
 
-def resolve_checkpoint(source: str) -> Path:
+def load_source(source: str) -> tuple[Path, dict]:
+    """(path, state) of a checkpoint file, or of the newest readable checkpoint of a run
+    directory (falling back past unusable ones, as resume does)."""
     path = Path(source)
     if path.is_dir():
-        found = ckpt.list_checkpoints(path / "checkpoints") or ckpt.list_checkpoints(path)
+        found = ckpt.newest_readable(path / "checkpoints") or ckpt.newest_readable(path)
         if not found:
             raise RunError(f"{path} holds no checkpoints (looked in {path}/checkpoints).")
-        return found[-1]
+        return found
     if not path.exists():
         raise RunError(f"{path} is neither a run directory nor a checkpoint file.")
-    return path
+    return path, ckpt.load(path)
 
 
 def eval_command(source: str, registry: Any, overrides: list[str], baseline: bool,
                  console: Any) -> int:
-    path = resolve_checkpoint(source)
-    state = ckpt.load(path)
+    path, state = load_source(source)
     recipe = recipe_from_dict(state["recipe"], registry, f"recipe saved in {path}", overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = state["eval_module"]

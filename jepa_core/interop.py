@@ -29,6 +29,7 @@ from jepa_core import checkpoint as ckpt
 from jepa_core.build import build, build_models
 from jepa_core.errors import ConfigError, RunError
 from jepa_core.recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_dict
+from jepa_core.rundir import ensure_writable
 
 MODELS = ("encoder", "predictor", "target_encoder")
 EXTRAS = ("opt", "scaler", "epoch", "loss", "batch_size", "world_size", "lr")
@@ -300,14 +301,26 @@ def _check_against_timm(name: str, kwargs: dict, state: dict) -> None:
                           f"{kwargs}: {'; '.join(diff[:SHOW])}.")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: Path, write: Any) -> None:
+    """`write(tmp)` then rename over `path`, with the mode a plain open() would give (0644
+    under the usual umask): safetensors writes through a private 0600 temp file of its own."""
+    from safetensors import SafetensorError
+
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:
         tmp.unlink(missing_ok=True)
-        raise RunError(f"could not write {path}: {exc.strerror or exc}") from exc
+        raise RunError(f"could not write {path}: {getattr(exc, 'strerror', None) or exc}. "
+                       f"Nothing was written in its place.") from None
 
 
 def export_timm(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, *,
@@ -325,6 +338,8 @@ def export_timm(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike,
     if out_path.suffix != ".safetensors":
         raise ConfigError(f"--out {out_path}: the name must end in .safetensors (timm reads a "
                           f"weight file as safetensors only by that suffix).")
+    ensure_writable(out_path.parent, "export folder",
+                    "Choose a writable folder for --out (or fix the folder's permissions).")
     if registry is None:
         from jepa_core.plugins import make_plugin_manager
 
@@ -344,7 +359,6 @@ def export_timm(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike,
             "source": str(checkpoint_path), "step": int(state.get("step", 0)),
             "usage": f"timm.create_model({name!r}, pretrained=True, pretrained_cfg_overlay="
                      f"dict(file={str(out_path)!r}), **kwargs)"}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": "pt", "jepa_which": which, "jepa_model_name": name}
     _write_atomic(out_path, lambda p: save_file(weights, str(p), metadata=meta))
     _write_atomic(out_path.with_suffix(".json"),

@@ -10,19 +10,30 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from jepa_core import checkpoint as ckpt
+from jepa_core import rundir
 from jepa_core.distributed import DistEnv, destroy, detect, init_process_group
-from jepa_core.errors import ConfigError, RunError
+from jepa_core.errors import ConfigError, Preempted, RunError
 from jepa_core.recipe import Recipe, recipe_to_dict
 
 # Recipe keys that may change between a checkpoint and its resumption.
 SAFE_TO_CHANGE = ("train.max_steps", "train.num_workers", "train.log_every",
                   "train.checkpoint_every", "train.keep_last", "train.epochs", "eval.",
                   "train.compile", "dist.per_device_batch_cap", "out_dir")
+
+
+# Signals the launcher passes on to its workers (each runs in its own session, so a terminal's
+# Ctrl-C or `kill -TERM -<pgid>` reaches only the launcher) before waiting for them to stop.
+FORWARDED = "SIGTERM,SIGINT,SIGUSR1,SIGHUP,SIGQUIT"
+SHUTDOWN_TIMEOUT_S = 600  # a signalled worker finishes its step and writes a checkpoint first
+LAUNCHER_ENV = "JEPA_LAUNCHER_PID"
+STOP_SIGNALS = {int(signal.SIGTERM): "SIGTERM", int(signal.SIGUSR1): "SIGUSR1",
+                int(signal.SIGINT): "SIGINT"}
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -40,27 +51,27 @@ def recipe_differences(saved: dict, current: dict) -> list[str]:
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def find_resume(recipe: Recipe, resume: str | None, force: bool) -> dict | None:
-    """The checkpoint state to resume from, or None; falls back past unreadable files."""
+def find_resume(recipe: Recipe, resume: str | None, force: bool, *,
+                main: bool = True) -> dict | None:
+    """The checkpoint state to resume from, or None; `auto` falls back past unusable files,
+    which the main process (`main`) moves aside to `*.corrupt` and reports."""
     if resume is None:
         return None
-    if resume == "auto":
-        candidates = list(reversed(ckpt.list_checkpoints(recipe.run_dir / "checkpoints")))
-        if not candidates:
-            return None  # a fresh start: nothing to resume yet (first run of a requeued job)
-    else:
-        candidates = [Path(resume)]
-    errors = []
-    for path in candidates:
-        try:
-            state = ckpt.load(path)
-        except RunError as exc:
-            errors.append(str(exc))
-            print(f"warning: {exc} Trying the previous checkpoint.", file=sys.stderr)
-            continue
-        _check_recipe(state, recipe, path, force)
+    if resume != "auto":
+        state = ckpt.load(Path(resume))
+        _check_recipe(state, recipe, Path(resume), force)
         return state
-    raise RunError("no readable checkpoint to resume from: " + " ".join(errors))
+    directory = recipe.run_dir / "checkpoints"
+    quiet = None if main else (lambda _message: None)
+    found = ckpt.newest_readable(directory, move_bad=main, warn=quiet)
+    if found is None:  # a fresh start: nothing to resume yet (first run of a requeued job)
+        if main:
+            print(f"note: --resume auto found no checkpoint in {directory}; starting from "
+                  f"step 0.", file=sys.stderr)
+        return None
+    path, state = found
+    _check_recipe(state, recipe, path, force)
+    return state
 
 
 def _check_recipe(state: dict, recipe: Recipe, path: Path, force: bool) -> None:
@@ -82,23 +93,26 @@ def run_worker(recipe: Recipe, registry: Any, resume: str | None, force: bool,
         import torch
 
         backend = "nccl" if torch.cuda.is_available() and recipe.train.device != "cpu" else "gloo"
+    die_with_launcher()
     added = init_process_group(dist, backend)
     try:
-        state = find_resume(recipe, resume, force)
-        run = train(recipe, registry, dist, resume=state)
+        # checked and locked before any model is built; held through the evaluation
+        with rundir.claim(recipe, resume, dist) as claimed:
+            state = find_resume(recipe, resume, force, main=dist.is_main)
+            claimed.start_at(state)
+            run = train(recipe, registry, dist, resume=state)
+            destroy(added)  # the evaluation runs on rank 0 alone
+            if dist.is_main and recipe.eval.after_train:
+                from jepa_core.evaluate import evaluate_run
+
+                evaluate_run(run)
     finally:
         destroy(added)
-    if dist.is_main and recipe.eval.after_train:
-        from jepa_core.evaluate import evaluate_run
-
-        evaluate_run(run)
     return 0
 
 
 def _spawn(recipe: Recipe, registry: Any, args: argparse.Namespace) -> int:
     """Re-run this command in N local processes through torch's elastic launcher."""
-    from torch.distributed.run import main as torchrun_main
-
     if args.nproc == "gpu":
         import torch
 
@@ -113,7 +127,8 @@ def _spawn(recipe: Recipe, registry: Any, args: argparse.Namespace) -> int:
     from jepa_core.build import build_data
 
     build_data(recipe, registry)  # missing data: one clear error here, not one per process
-    argv = [f"--nproc-per-node={n}", "--standalone", "-m", "jepa_core.worker"]
+    argv = [f"--nproc-per-node={n}", "--standalone", f"--signals-to-handle={FORWARDED}",
+            f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}", "-m", "jepa_core.worker"]
     for module in args.plugin:
         argv += ["-p", module]
     argv += [args.recipe, *args.overrides]
@@ -121,11 +136,49 @@ def _spawn(recipe: Recipe, registry: Any, args: argparse.Namespace) -> int:
         argv += ["--resume", args.resume]
     if args.force:
         argv += ["--force"]
+    return _run_launcher(argv, n)
+
+
+def _run_launcher(argv: list[str], n: int) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun_main
+
+    os.environ[LAUNCHER_ENV] = str(os.getpid())  # workers stop when this process dies
     try:
         torchrun_main(argv)
-    except Exception as exc:  # the launcher raises ChildFailedError with each rank's error
+    except SignalException as exc:  # the workers got the signal too and have exited by now
+        raise Preempted(f"the launcher got {exc.sigval.name}; it passed it on to its {n} "
+                        f"worker processes and waited for them to stop (a worker finishes its "
+                        f"step and writes a checkpoint first). Resume with `jepa run RECIPE "
+                        f"--nproc {n} --resume auto`.", int(exc.sigval)) from None
+    except ChildFailedError as exc:
+        codes = {f.exitcode for f in exc.failures.values()}
+        if len(codes) == 1 and (code := codes.pop()) - 128 in STOP_SIGNALS:
+            raise Preempted(f"the {n} worker processes were stopped by "
+                            f"{STOP_SIGNALS[code - 128]} and checkpointed. Resume with `jepa "
+                            f"run RECIPE --nproc {n} --resume auto`.", code - 128) from None
         raise RunError(f"a worker process failed: {exc}") from exc
+    except Exception as exc:
+        raise RunError(f"a worker process failed: {exc}") from exc
+    finally:
+        os.environ.pop(LAUNCHER_ENV, None)
     return 0
+
+
+def die_with_launcher() -> None:
+    """In a worker started by `jepa run --nproc`: get SIGTERM when the launcher dies (even by
+    SIGKILL), so the worker checkpoints and stops instead of training on as an orphan."""
+    launcher = os.environ.get(LAUNCHER_ENV)
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    if str(os.getppid()) != launcher:  # the launcher died before the line above
+        raise RunError(f"the `jepa run --nproc` launcher (pid {launcher}) has already exited; "
+                       f"this worker stops.")
 
 
 def launch(recipe: Recipe, registry: Any, args: argparse.Namespace) -> int:
@@ -133,5 +186,7 @@ def launch(recipe: Recipe, registry: Any, args: argparse.Namespace) -> int:
     if dist.distributed:
         return run_worker(recipe, registry, args.resume, args.force, dist)
     if getattr(args, "nproc", None):
+        with rundir.claim(recipe, args.resume, dist):  # refuse here, not in every worker
+            pass
         return _spawn(recipe, registry, args)
     return run_worker(recipe, registry, args.resume, args.force, dist)

@@ -21,16 +21,23 @@ import yaml
 from jepa_core import safe_yaml
 from jepa_core.errors import RecipeError
 from jepa_core.structure import FAILED, Component, Structurer, component_field, unstructure
-from jepa_core.validate import at_least, between, greater, plain_name, range_pair
+from jepa_core.validate import at_least, at_most, between, greater, plain_name, range_pair
+
+# The largest learning rate accepted: AdamW hands lr / (1 - beta1) to float32 as a scalar, so
+# 1e39 overflows inside the optimizer; every rate up to this runs into the non-finite guard.
+MAX_LR = 1e30
 
 
 @attrs.frozen
 class OptimConfig:
     """AdamW with linear warmup then cosine lr, and a cosine weight-decay ramp (I-JEPA)."""
 
-    lr: float = attrs.field(default=1e-3, validator=greater(0))  # peak, reached after warmup
-    start_lr: float = attrs.field(default=2e-4, validator=at_least(0))  # lr at step 0
-    final_lr: float = attrs.field(default=1e-6, validator=at_least(0))  # lr at the last step
+    # AdamW hands lr / (1 - beta1) and lr * weight_decay to float32 kernels as scalars: past
+    # ~1e37 they overflow (a crash, not a non-finite step the guard can skip). Up to MAX_LR a
+    # diverging run stops cleanly at the non-finite guard.
+    lr: float = attrs.field(default=1e-3, validator=[greater(0), at_most(MAX_LR)])  # peak
+    start_lr: float = attrs.field(default=2e-4, validator=between(0, MAX_LR))  # lr at step 0
+    final_lr: float = attrs.field(default=1e-6, validator=between(0, MAX_LR))  # at the last step
     warmup_epochs: float = attrs.field(default=40.0, validator=at_least(0))
     weight_decay: float = attrs.field(default=0.04, validator=at_least(0))  # at step 0
     final_weight_decay: float = attrs.field(default=0.4, validator=at_least(0))

@@ -6,10 +6,16 @@ logs) one plain line every `train.log_every` steps, so logs stay readable.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import time
+from pathlib import Path
 from typing import Any
+
+from jepa_core import checkpoint as ckpt
+from jepa_core.errors import RunError
 
 COLLAPSE_STD = 1e-2  # pooled target features this flat across a batch mean collapse
 
@@ -32,7 +38,7 @@ class RunLogger:
     def __enter__(self) -> "RunLogger":
         if not self.main:
             return self
-        self.file = open(self.run.run_dir / "metrics.jsonl", "a")
+        self.file = MetricsFile(self.run.run_dir / "metrics.jsonl")
         if self.console.is_terminal:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeRemainingColumn)
@@ -70,8 +76,8 @@ class RunLogger:
         if not self.main:
             return
         metrics["elapsed_s"] = now - self._t0
-        self.file.write(json.dumps({k: _num(v) for k, v in metrics.items()}) + "\n")
-        self.file.flush()
+        self.file.append(json.dumps({k: _num(v) for k, v in metrics.items()}) + "\n",
+                         self.run.step)
         self._check_collapse(metrics)
         if "img_per_s" not in metrics:
             if self.progress is not None:
@@ -93,6 +99,46 @@ class RunLogger:
                 f"[yellow]warning:[/yellow] target features barely vary across the batch "
                 f"(std {metrics['target_std']:.2e} at step {self.run.step}): the representation "
                 f"may be collapsing. Check the lr, the EMA momentum and the masker.")
+
+
+class MetricsFile:
+    """metrics.jsonl, appended one whole row at a time: a row that cannot be written in full
+    (full disk, I/O error) is cut off again, so the file never holds a torn line."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        self.size = os.fstat(self.fd).st_size
+
+    def append(self, line: str, step: int) -> None:
+        data = line.encode()
+        try:
+            done = 0
+            while done < len(data):  # one write, unless the kernel takes only part of it
+                done += os.write(self.fd, data[done:])
+        except OSError as exc:
+            try:
+                os.ftruncate(self.fd, self.size)
+                cut = True
+            except OSError:
+                cut = False
+            raise self._failure(exc, step, cut) from None
+        self.size += len(data)
+
+    def _failure(self, exc: OSError, step: int, cut: bool) -> RunError:
+        full = " (the disk is full)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        tail = ("the file ends with the last whole row" if cut
+                else "its last line may be torn (a resume drops it)")
+        found = ckpt.list_checkpoints(self.path.parent / "checkpoints")
+        kept = (f"The previous checkpoint, {found[-1]}, is intact: make room, then continue "
+                f"with `jepa run RECIPE --resume auto`." if found else
+                "No checkpoint was written before this step (train.checkpoint_every), so "
+                "`--resume auto` will start over once there is room.")
+        return RunError(f"could not write the row of step {step} to {self.path}: "
+                        f"{exc.strerror or exc}{full}. The run stops; {tail}. {kept}")
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def _num(v: Any) -> Any:

@@ -14,8 +14,9 @@ device through torch's elastic launcher), `torchrun ... -m jepa_core.worker reci
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+import os
 import signal
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -178,12 +179,8 @@ def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
         run.optimizer.zero_grad(set_to_none=True)
         run.nonfinite_in_row += 1
         run.nonfinite_total += 1
-        limit = run.recipe.train.max_nonfinite_steps
-        if run.nonfinite_in_row >= limit:
-            raise RunError(f"{limit} steps in a row had a non-finite loss or gradient (last at "
-                           f"step {run.step}); stopping. The last checkpoint in "
-                           f"{run.run_dir / 'checkpoints'} is from before these steps. Lower "
-                           f"optim.lr or set optim.grad_clip.")
+        if run.nonfinite_in_row >= run.recipe.train.max_nonfinite_steps:
+            _stop_diverged(run)
         metrics.update(loss=float("nan"), skipped_step=1.0)
     else:
         run.optimizer.step()
@@ -193,8 +190,9 @@ def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
     run.step += 1
     metrics["step"] = run.step
     metrics.update(mask_counts(micro_batches[0].masks))
+    # an SVD: not every step, and not on a skipped step (it fails on non-finite features)
     health_step = run.step % run.recipe.train.log_every == 0 or run.step == 1
-    if pooled and health_step:  # an SVD: not every step
+    if pooled and finite and health_step:
         metrics.update(representation_health(torch.cat(pooled)))
     run.skipped_samples += sum(b.skipped for b in micro_batches)
     metrics["skipped_samples"] = float(run.skipped_samples)
@@ -213,6 +211,37 @@ def mask_counts(masks: dict) -> dict[str, float]:
             else m.context_valid.sum(1).float().mean())
         out[f"{prefix}target_tokens"] = float(m.targets[0].numel())
     return out
+
+
+def _stop_diverged(run: RunContext) -> None:
+    """Stop after `max_nonfinite_steps` non-finite steps in a row, leaving `--resume auto` a
+    checkpoint that gives a finite loss.
+
+    A checkpoint after k steps is only known healthy once step k+1's forward (run.step == k) is
+    finite: step k's update can be what blows the weights up. The row of non-finite steps began
+    at run.step == first; the last finite forward ran on the weights after `first - 1` steps,
+    so checkpoints after more steps are set aside (renamed *.diverged, kept for inspection)."""
+    limit = run.nonfinite_in_row
+    first = run.step - limit + 1
+    healthy = first - 1
+    directory = run.run_dir / "checkpoints"
+    moved = ckpt.set_aside_after(directory, healthy, ".diverged") if run.dist.is_main else []
+    kept = [p for p in ckpt.list_checkpoints(directory) if ckpt.step_of(p) <= healthy]
+    lines = [f"{limit} steps in a row (steps {first + 1}-{run.step + 1}) had a non-finite loss "
+             f"or gradient; stopping."]
+    if moved:
+        lines.append(f"Step {healthy + 1}'s loss was still finite but its update left weights "
+                     f"that give a non-finite loss, so the {len(moved)} checkpoint(s) saved "
+                     f"after it were moved aside (renamed *.diverged): "
+                     f"{', '.join(p.name for p in moved)}.")
+    if kept:
+        lines.append(f"The newest checkpoint from before the divergence is {kept[-1]}; lower "
+                     f"optim.lr or set optim.grad_clip and resume from it with `--resume auto "
+                     f"--force` (--force: the recipe then differs from the checkpoint's).")
+    else:
+        lines.append("No checkpoint from before the divergence exists; lower optim.lr or set "
+                     "optim.grad_clip and start again.")
+    raise RunError(" ".join(lines))
 
 
 def sharded(run: RunContext) -> bool:
@@ -280,15 +309,25 @@ def setup(recipe: Recipe, registry: Any, dist: DistEnv) -> RunContext:
 
 
 class StopOnSignal:
-    """SIGTERM / SIGUSR1 (SLURM preemption, time limit) → finish the step, checkpoint, stop."""
+    """SIGTERM / SIGUSR1 (SLURM preemption, time limit) and a first Ctrl-C (SIGINT) → finish the
+    step, checkpoint, stop with exit 128 + signal. A second Ctrl-C stops at once (no checkpoint
+    beyond the last one written)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    FIRST_CTRL_C = (b"\njepa: Ctrl-C: finishing this step and saving a checkpoint; press Ctrl-C "
+                    b"again to stop at once.\n")
 
     def __init__(self, run: RunContext):
-        self.run, self.previous = run, {}
+        self.run, self.previous, self.interrupted = run, {}, False
 
     def _handle(self, signum: int, _frame: Any) -> None:
-        self.run.stop_signal = signum
+        if signum == signal.SIGINT:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            if self.run.dist.is_main:
+                os.write(2, self.FIRST_CTRL_C)  # not print: a handler may interrupt a print
+        self.run.stop_signal = self.run.stop_signal or signum  # the first one sets the exit code
 
     def __enter__(self) -> "StopOnSignal":
         for sig in self.SIGNALS:
@@ -305,7 +344,8 @@ def _preempt(run: RunContext) -> None:
     if run.dist.is_main:
         requeue_on_slurm(run.stop_signal)
     name = signal.Signals(run.stop_signal).name
-    raise Preempted(f"stopped by {name} after step {run.step}; checkpoint {path or '(rank 0)'} "
+    how = "Ctrl-C (SIGINT)" if run.stop_signal == signal.SIGINT else name
+    raise Preempted(f"stopped by {how} after step {run.step}; checkpoint {path or '(rank 0)'} "
                     f"is complete. Resume with `jepa run RECIPE --resume auto` (a requeued "
                     f"SLURM job resumes by itself).", run.stop_signal)
 

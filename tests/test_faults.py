@@ -4,6 +4,7 @@ unreadable images."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 import random
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 import yaml
@@ -123,7 +125,7 @@ def test_sigterm_checkpoints_and_exits_for_requeue(tmp_path, uninterrupted):
 def _short_run(tmp_path, steps=3, **train_cfg):
     d = copy.deepcopy(TINY)
     d["out_dir"] = str(tmp_path)
-    d["train"].update(max_steps=steps, checkpoint_every=1, keep_last=3, **train_cfg)
+    d["train"].update({"max_steps": steps, "checkpoint_every": 1, "keep_last": 3, **train_cfg})
     registry = make_plugin_manager()
     recipe = recipe_from_dict(d, registry, "tiny")
     return recipe, registry
@@ -138,8 +140,9 @@ def test_truncated_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
     state = find_resume(recipe, "auto", force=False)
     assert state["step"] == 2
     assert "truncated or corrupt" in capsys.readouterr().err
+    assert not latest.exists()  # moved aside: later resumes and pruning ignore it
     with pytest.raises(RunError, match="truncated or corrupt"):
-        ckpt.load(latest)
+        ckpt.load(latest.with_name(latest.name + ".corrupt"))
 
 
 def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -202,3 +205,216 @@ def test_milestones_survive_pruning(tmp_path):
     d = recipe.run_dir / "checkpoints"
     train(recipe, registry)  # keep_last=3 keeps 4, 5, 6; milestone 2 stays too
     assert [ckpt.step_of(p) for p in ckpt.list_checkpoints(d)] == [2, 4, 5, 6]
+
+
+# -- preemption and Ctrl-C with DataLoader workers (issue 13, items 1 and 6) ---------------------
+def _start_own_group(recipe: Path, *extra: str) -> subprocess.Popen:
+    """`jepa run` as a job step or terminal job: its own session and process group."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "jepa_core", "run", str(recipe), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def _resume_to_end_matches(recipe: Path, run_dir: Path, uninterrupted: dict) -> None:
+    proc = _start(recipe, "--resume", "auto")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    _assert_same(uninterrupted, _final_weights(run_dir))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_the_whole_process_group_with_workers_checkpoints(sig, tmp_path,
+                                                                     uninterrupted):
+    """SLURM signals every process of the step, a terminal's Ctrl-C the whole foreground group:
+    the DataLoader workers must leave the signal to the trainer, which saves and exits."""
+    recipe, run_dir = _recipe_file(tmp_path, "group")
+    proc = _start_own_group(recipe, "train.num_workers=2", "train.checkpoint_every=0")
+    _wait_for_steps(proc, run_dir, 2)
+    os.killpg(proc.pid, sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, out + err
+    assert "Traceback" not in err and "stopped by" in err
+    saved = ckpt.load(ckpt.list_checkpoints(run_dir / "checkpoints")[-1])
+    assert 2 <= saved["step"] < STEPS
+    _resume_to_end_matches(recipe, run_dir, uninterrupted)
+
+
+class _FakeDist:
+    is_main = False  # keeps the handler's note off the test's stderr
+
+
+def test_first_ctrl_c_asks_for_a_checkpoint_the_second_stops_at_once():
+    from jepa_core.trainer import StopOnSignal
+
+    run = type("Run", (), {"stop_signal": 0, "dist": _FakeDist()})()
+    with StopOnSignal(run):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs in the main thread between bytecodes
+        except KeyboardInterrupt:
+            pytest.fail("the first Ctrl-C stopped the run at once, without a checkpoint")
+        assert run.stop_signal == signal.SIGINT  # first: finish the step and save
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_resume_auto_says_when_there_is_nothing_to_resume(tmp_path, capsys):
+    recipe, _ = _short_run(tmp_path)
+    assert find_resume(recipe, "auto", force=False) is None
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"found no checkpoint in {recipe.run_dir / 'checkpoints'}; starting from step 0" in err
+
+
+# -- pruning next to unreadable checkpoints (item 5) -------------------------------------------
+def test_pruning_never_counts_unreadable_checkpoints(tmp_path):
+    for step in (1, 2, 3):
+        torch.save({"step": step}, tmp_path / ckpt.checkpoint_name(step))
+    good = (tmp_path / ckpt.checkpoint_name(3)).read_bytes()
+    (tmp_path / ckpt.checkpoint_name(4)).write_bytes(good[: len(good) // 2])  # truncated
+    (tmp_path / ckpt.checkpoint_name(5)).write_bytes(b"\0" * 100)  # overwritten
+    ckpt.prune(tmp_path, keep_last=1)
+    assert [ckpt.step_of(p) for p in ckpt.list_checkpoints(tmp_path)] == [3, 4, 5]
+
+
+def test_resume_past_a_corrupt_checkpoint_keeps_a_readable_one(tmp_path, capsys):
+    recipe, registry = _short_run(tmp_path, steps=4)
+    train(recipe, registry)  # keep_last=3: 2, 3, 4
+    directory = recipe.run_dir / "checkpoints"
+    newest = ckpt.list_checkpoints(directory)[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    recipe2, _ = _short_run(tmp_path, steps=3, keep_last=1)  # a kill right after step 3's save
+    train(recipe2, registry, resume=find_resume(recipe2, "auto", force=False))
+    assert "moved it aside" in " ".join(capsys.readouterr().err.split()).lower()
+    assert find_resume(recipe2, "auto", force=False)["step"] == 3
+    assert (directory / f"{newest.name}.corrupt").exists()
+
+
+# -- divergence (item 8) -----------------------------------------------------------------------
+def test_divergence_leaves_a_checkpoint_that_gives_a_finite_loss(tmp_path):
+    """lr warming up to 1e30 in 8 steps: step 2's forward is still finite but its update blows
+    the weights up, so the checkpoint saved right after it gives a non-finite loss."""
+    recipe, registry = _short_run(tmp_path, steps=12, max_nonfinite_steps=3)
+    recipe = attrs.evolve(recipe, optim=attrs.evolve(recipe.optim, lr=1e30))
+    with pytest.raises(RunError, match="non-finite") as stop:
+        train(recipe, registry)
+    directory = recipe.run_dir / "checkpoints"
+    named = " ".join(str(stop.value).split())
+    state = find_resume(recipe, "auto", force=False)
+    one_more = attrs.evolve(recipe, train=attrs.evolve(recipe.train, max_steps=state["step"] + 1))
+    run = train(one_more, registry, resume=state)
+    assert math.isfinite(run.metrics["loss"]) and run.metrics["step"] == state["step"] + 1
+    assert str(directory / ckpt.checkpoint_name(state["step"])) in named
+    assert list(directory.glob("*.diverged"))
+
+
+def test_learning_rates_float32_cannot_hold_are_refused_up_front(tiny_dict, registry):
+    from jepa_core.errors import RecipeError
+
+    tiny_dict["optim"]["lr"] = 1e39
+    with pytest.raises(RecipeError, match=r"\$\.optim\.lr: must be <="):
+        recipe_from_dict(tiny_dict, registry, "tiny")
+
+
+# -- unusable checkpoint files (item 13) -------------------------------------------------------
+def test_checkpoint_with_the_tag_but_missing_keys_names_them(tmp_path):
+    path = tmp_path / "partial.pt"
+    torch.save({"format": ckpt.FORMAT, "version": 1, "step": 3}, path)
+    with pytest.raises(RunError, match="no 'encoder', 'predictor', 'target_encoder', 'recipe'"):
+        ckpt.load(path)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("code from the checkpoint ran",))
+
+
+def test_checkpoint_that_pickles_code_is_refused_for_what_it_is(tmp_path, capsys):
+    path = tmp_path / ckpt.checkpoint_name(1)
+    torch.save({"format": ckpt.FORMAT, "version": 1, "x": _RunsCode()}, path)
+    with pytest.raises(RunError) as refused:
+        ckpt.load(path)
+    message = " ".join(str(refused.value).split())
+    assert "pickled code" in message and "builtins.print" in message
+    assert "weights_only" not in message and "truncated or corrupt" not in message
+    assert "code from the checkpoint ran" not in capsys.readouterr().out
+
+
+def test_eval_of_a_run_dir_falls_back_past_an_unreadable_checkpoint(tmp_path, capsys):
+    from jepa_core.cli import main
+
+    recipe, registry = _short_run(tmp_path, steps=2)
+    train(recipe, registry)
+    newest = ckpt.list_checkpoints(recipe.run_dir / "checkpoints")[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    code = main(["eval", str(recipe.run_dir), "--no-baseline", "eval.max_images=40",
+                 "eval.probe_epochs=5"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "step_000000001.pt: step 1" in " ".join(out.split())
+    assert "truncated or corrupt" in err and "Trying the previous checkpoint" in err
+    assert newest.exists()  # eval reads; only the run that owns the directory moves files
+
+
+# -- the `--nproc` launcher (item 7) -----------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _start_launcher(tmp_path: Path) -> tuple[subprocess.Popen, Path, list[int]]:
+    """`jepa run --nproc 2` on CPU, long enough to be signalled while training; its workers."""
+    recipe, run_dir = _recipe_file(tmp_path, "launched")
+    proc = _start_own_group(recipe, "--nproc", "2", "train.max_steps=400", "train.epochs=100",
+                            "train.checkpoint_every=0")
+    _wait_for_steps(proc, run_dir, 2, limit=180)
+    workers = _children(proc.pid)
+    assert len(workers) == 2 and proc.poll() is None, proc.communicate()
+    return proc, run_dir, workers
+
+
+def _assert_stopped_with_checkpoint(run_dir: Path, workers: list[int]) -> None:
+    deadline = time.time() + 60
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "workers outlived their launcher"
+    saved = ckpt.load(ckpt.list_checkpoints(run_dir / "checkpoints")[-1])
+    assert 2 <= saved["step"] < 400
+    assert not list((run_dir / "checkpoints").glob(".*tmp*"))
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_nproc_launcher_stops_its_workers_and_exits_143(tmp_path):
+    proc, run_dir, workers = _start_launcher(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 128 + signal.SIGTERM, out + err
+    err = " ".join(err.split())
+    assert "the launcher got SIGTERM" in err and "a worker process failed" not in err
+    assert "--nproc 2 --resume auto" in err
+    _assert_stopped_with_checkpoint(run_dir, workers)
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_nproc_launcher_leaves_no_orphans(tmp_path):
+    proc, run_dir, workers = _start_launcher(tmp_path)
+    proc.kill()  # nothing runs in the launcher: the workers must notice by themselves
+    proc.communicate(timeout=180)  # returns once the workers closed the inherited pipes too
+    _assert_stopped_with_checkpoint(run_dir, workers)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
+import stat
+import subprocess
+import sys
 
 import attrs
 import numpy as np
@@ -21,6 +25,8 @@ from jepa_core.hookspecs import hookimpl
 from jepa_core.interop import export_timm, import_official, print_report, to_official_layout
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
+
+from test_rundir import read_only
 
 
 def _images(n=3, seed=0):
@@ -211,3 +217,27 @@ def test_eval_runs_on_an_imported_checkpoint(imported, registry):
                         baseline=False, console=Console(file=out, width=200))
     assert code == 0
     assert "step 0" in out.getvalue() and "trained target encoder" in out.getvalue()
+
+
+def test_exported_files_get_the_usual_mode(tmp_path, imported, registry):
+    """safetensors writes through a 0600 temp file; the export must not keep that mode."""
+    out = tmp_path / "tiny.safetensors"
+    mask = os.umask(0o022)
+    try:
+        export_timm(imported, out, registry=registry)
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert stat.S_IMODE(out.with_suffix(".json").stat().st_mode) == 0o644
+
+
+def test_export_into_a_read_only_folder_is_a_clear_error(tmp_path, imported):
+    folder = tmp_path / "ro"
+    with read_only(folder):
+        result = subprocess.run([sys.executable, "-m", "jepa_core", "export", str(imported),
+                                 "--out", str(folder / "tiny.safetensors")],
+                                capture_output=True, text=True, env=dict(os.environ, COLUMNS="200"),
+                                timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"export folder {folder} cannot be written" in " ".join(result.stderr.split())

@@ -165,7 +165,7 @@ def test_nonfinite_steps_are_skipped_then_stop(tiny_dict):
     assert run.step == 3 and run.nonfinite_total == 1
     assert _losses(run.run_dir)[1] == "nan"
 
-    tiny_dict["loss"]["nan_calls"] = [2, 3, 4]
+    tiny_dict["loss"]["nan_calls"] = [3, 4, 5]
     tiny_dict["train"].update(max_nonfinite_steps=3, max_steps=6, checkpoint_every=1)
     tiny_dict["out_dir"] += "_stop"
     registry = make_plugin_manager(objects=[("nan", NaNLossPlugin())])
@@ -173,7 +173,10 @@ def test_nonfinite_steps_are_skipped_then_stop(tiny_dict):
         _run(tiny_dict, registry)
     recipe = recipe_from_dict(tiny_dict, registry, "tiny")
     kept = ckpt.list_checkpoints(recipe.run_dir / "checkpoints")
-    assert ckpt.load(kept[-1])["step"] == 1  # the last healthy step
+    # step 2 ran on the weights after step 1 with a finite loss; the weights after step 2 gave
+    # a non-finite one, so that checkpoint is set aside
+    assert ckpt.load(kept[-1])["step"] == 1
+    assert (recipe.run_dir / "checkpoints" / "step_000000002.pt.diverged").exists()
 
 
 def test_batch_layout():

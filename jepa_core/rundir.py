@@ -1,0 +1,275 @@
+"""The run directory (`out_dir/name`): one run at a time, and never two runs mixed in it.
+
+    with claim(recipe, resume, dist) as run_dir:   # before any model is built
+        state = find_resume(...)
+        run_dir.start_at(state)                     # metrics.jsonl: drop the rows to recompute
+        train(...)
+
+Rank 0 (the process that writes the directory) checks, before anything is built, that:
+- the directory can be created and written (a read-only disk or folder: one clear error);
+- no other run holds it: an OS lock (flock) on `.lock`, held until the run ends. The OS drops
+  it when its process dies, so a lock left by a killed run is stale by construction;
+- a run without `--resume` does not land on an earlier run's checkpoints or metrics.
+Under several processes every rank learns rank 0's verdict, so none waits for a rank 0 that
+has stopped.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from jepa_core import checkpoint as ckpt
+from jepa_core.errors import JepaError, RunError
+
+LOCK_NAME = ".lock"
+METRICS_NAME = "metrics.jsonl"
+# flock unsupported by the file system (e.g. Lustre mounted without -o flock, some NFS set-ups)
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+
+
+class RunDirError(JepaError):
+    """The run directory cannot be used as asked: not writable, in use, or holding another
+    run. Exit code 2: the fix is the user's (another name, `--resume auto`, a writable path)."""
+
+    title = "run directory"
+
+
+class UnwritableFolder(RunDirError):
+    """A folder jepa must write to (run directory, export folder) that cannot be written."""
+
+    title = "folder not writable"
+
+
+def ensure_writable(directory: Path, what: str, fix: str) -> None:
+    """Create `directory` if needed and prove that files can be created in it; RunDirError
+    naming the path otherwise. `what` names the folder ("run directory"), `fix` the remedy."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise UnwritableFolder(f"{what} {directory} cannot be written ({reason}). {fix}") from None
+
+
+class Lock:
+    """An exclusive flock on `run_dir/.lock`, which records the holder's pid, host and start.
+    Released, the file goes, and so do the folders `created` for the run if still empty."""
+
+    def __init__(self, run_dir: Path, created: list[Path] = ()):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.created = list(created)  # deepest first
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        for _ in range(3):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if self._lock(fd):
+                break
+            os.close(fd)  # locked a file a finishing run had just removed: take the new one
+        else:
+            raise RunDirError(f"run directory {self.path.parent}: its lock file keeps being "
+                              f"replaced by other runs; start this run again.")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        self.fd = fd
+
+    def _lock(self, fd: int) -> bool:
+        """Lock `fd`; False when the path no longer names the file locked."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunDirError(
+                f"run directory {self.path.parent} is in use by another run ({_holder(self.path)}"
+                f"; lock file {self.path}). Two runs in one directory overwrite each other's "
+                f"checkpoints. Wait for that run to end or stop it, or give this run another "
+                f"name (name=NEW_NAME).") from None
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                os.close(fd)
+                raise
+            print(f"warning: the file system of {self.path.parent} does not support file locks "
+                  f"({exc.strerror}); a second run into this directory would not be detected.",
+                  file=sys.stderr)
+        try:
+            here = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        # Unlinked while still locked: a run that opened the old file sees (after its own
+        # flock) that the path names another file, and takes that one instead.
+        self.path.unlink(missing_ok=True)
+        for folder in self.created:  # a run that failed before writing leaves nothing behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty: the run wrote something, or another run is starting there
+        os.close(self.fd)  # closing drops the flock
+        self.fd = None
+
+
+def _holder(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        text = ""
+    return f"held by {text}" if text else "holder not recorded yet"
+
+
+def refuse_earlier_run(run_dir: Path) -> None:
+    """RunDirError if `run_dir` holds an earlier run's checkpoints or metrics (for a run
+    started without --resume, which would mix with them)."""
+    found = ckpt.list_checkpoints(run_dir / "checkpoints")
+    metrics = run_dir / METRICS_NAME
+    rows = _count_lines(metrics)
+    if not found and not rows:
+        return
+    held = []
+    if found:
+        held.append(f"{len(found)} checkpoint(s), the newest {found[-1].name}")
+    if rows:
+        held.append(f"{rows} row(s) of {METRICS_NAME}")
+    raise RunDirError(
+        f"run directory {run_dir} already holds a run ({'; '.join(held)}), and a new run would "
+        f"mix with it. To continue that run: `jepa run RECIPE --resume auto`"
+        f"{'' if found else ' (it has no checkpoint yet, so that starts it over)'}. To start a "
+        f"separate one: give it another name, e.g. `jepa run RECIPE name=NEW_NAME` (or another "
+        f"out_dir=...). To start over: delete {run_dir}.")
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    except FileNotFoundError:
+        return 0
+
+
+def drop_rows_after(metrics: Path, step: int) -> int:
+    """Rewrite `metrics` (atomically) without the rows of steps after `step`, which a run
+    resumed from `step` computes again, and without torn lines. Returns the rows dropped."""
+    try:
+        lines = Path(metrics).read_bytes().splitlines(keepends=True)
+    except FileNotFoundError:
+        return 0
+    steps = [_row_step(line) for line in lines]
+    keep = [line for line, s in zip(lines, steps) if s is not None and s <= step]
+    if len(keep) == len(lines) and all(line.endswith(b"\n") for line in keep):
+        return 0
+    tmp = metrics.with_name(f".{metrics.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in keep))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, metrics)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"could not rewrite {metrics} for the resumed run: "
+                       f"{exc.strerror or exc}. It is unchanged.") from None
+    return len(lines) - len(keep)
+
+
+def _row_step(line: bytes) -> int | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None  # a torn line (a process killed mid-write)
+    step = row.get("step") if isinstance(row, dict) else None
+    return int(step) if isinstance(step, (int, float)) else None
+
+
+class Claimed:
+    """What `claim` hands out: the directory, and `start_at` for the resumed step."""
+
+    def __init__(self, run_dir: Path, main: bool):
+        self.run_dir, self.main = run_dir, main
+
+    def start_at(self, state: dict | None) -> None:
+        """The run starts at `state["step"]` (0 without a state): drop the later rows."""
+        if self.main:
+            step = int(state["step"]) if state is not None else 0
+            drop_rows_after(self.run_dir / METRICS_NAME, step)
+
+
+def take(run_dir: Path, resume: str | None) -> Lock:
+    """Rank 0's checks (writable, not in use, no earlier run unless resuming); the held Lock."""
+    fix = ("Choose a writable place for runs with out_dir=/path/to/runs (or fix the folder's "
+           "permissions).")
+    created = [p for p in [run_dir, *run_dir.parents] if not p.exists()]
+    ensure_writable(run_dir, "run directory", fix)
+    if (run_dir / "checkpoints").is_dir():
+        ensure_writable(run_dir / "checkpoints", "checkpoint directory", fix)
+    lock = Lock(run_dir, created)
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise RunDirError(f"run directory {run_dir}: cannot open its lock file "
+                          f"{lock.path} ({exc.strerror or exc}). {fix}") from None
+    try:
+        if resume is None:
+            refuse_earlier_run(run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+@contextmanager
+def claim(recipe: Any, resume: str | None, dist: Any) -> Iterator[Claimed]:
+    """Hold `recipe.run_dir` for the run (rank 0 locks; every rank learns whether it may go)."""
+    run_dir = Path(recipe.run_dir)
+    lock, refusal = None, None
+    if dist.is_main:
+        try:
+            lock = take(run_dir, resume)
+        except JepaError as exc:
+            refusal = exc
+    _agree(dist, run_dir, refusal)
+    try:
+        yield Claimed(run_dir, dist.is_main)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _agree(dist: Any, run_dir: Path, refusal: JepaError | None) -> None:
+    """Share rank 0's verdict (its exit code, 0 to go on); raise the refusal on every rank."""
+    code = refusal.exit_code if refusal is not None else 0
+    if dist.distributed:
+        import torch
+        import torch.distributed as tdist
+
+        if tdist.is_available() and tdist.is_initialized():
+            device = "cpu"
+            if tdist.get_backend() == "nccl":
+                device = f"cuda:{dist.local_rank % torch.cuda.device_count()}"
+            flag = torch.tensor([code], dtype=torch.int64, device=device)
+            tdist.broadcast(flag, src=0)
+            code = int(flag.item())
+    if refusal is not None:
+        raise refusal
+    if code:
+        error = RunDirError(f"rank 0 refused run directory {run_dir} (its message says why); "
+                            f"this rank stops too.")
+        error.exit_code = code
+        raise error

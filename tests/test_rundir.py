@@ -1,0 +1,282 @@
+"""The run directory: one run at a time, never two runs mixed, clear failures on bad folders."""
+
+from __future__ import annotations
+
+import copy
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+import jepa_core.trainer
+from jepa_core import checkpoint as ckpt
+from jepa_core.cli import main
+from jepa_core.distributed import DistEnv
+from jepa_core.errors import RunError
+from jepa_core.plugins import make_plugin_manager
+from jepa_core.recipe import recipe_from_dict
+from jepa_core.rundir import Lock, RunDirError, claim, drop_rows_after
+from jepa_core.trainer import train
+
+from conftest import TINY
+
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
+                 "SLURM_PROCID", "SLURM_NTASKS")
+
+
+@contextmanager
+def read_only(path: Path):
+    """`path` (a directory) made unwritable, even for root (chattr +i), or the test skipped."""
+    path.mkdir(parents=True, exist_ok=True)
+    immutable = subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    if not immutable:
+        path.chmod(0o555)
+        if os.access(path, os.W_OK):  # root without chattr: permissions do not bind
+            path.chmod(0o755)
+            pytest.skip("cannot make a directory read-only here")
+    try:
+        yield path
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+        path.chmod(0o755)
+
+
+@pytest.fixture(autouse=True)
+def _plain_process(monkeypatch):
+    for var in LAUNCHER_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+def _recipe_file(tmp_path: Path, name: str = "tiny", **train_cfg) -> Path:
+    d = copy.deepcopy(TINY)
+    d["name"] = name
+    d["out_dir"] = str(tmp_path / "runs")
+    d["train"].update(device="cpu", **train_cfg)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def _steps(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _flat(text: str) -> str:
+    return " ".join(line.strip(" │╭╮╰╯─") for line in text.splitlines() if line.strip(" │╭╮╰╯─"))
+
+
+# -- a new run never mixes with an old one --------------------------------------------------
+def test_rerun_without_resume_is_refused_and_says_how_to_continue(tmp_path, capsys):
+    recipe = _recipe_file(tmp_path, max_steps=2)
+    run_dir = tmp_path / "runs" / "tiny"
+    assert main(["run", str(recipe)]) == 0
+    assert not (run_dir / ".lock").exists()  # released with the run
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    rows = _steps(run_dir)
+    capsys.readouterr()
+
+    assert main(["run", str(recipe), "optim.lr=5e-4"]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert f"run directory {run_dir} already holds a run" in err
+    assert "--resume auto" in err and "name=NEW_NAME" in err and f"delete {run_dir}" in err
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
+    assert _steps(run_dir) == rows  # nothing appended
+
+    assert main(["run", str(recipe), "name=tiny_lr5e-4", "optim.lr=5e-4"]) == 0
+    assert _steps(tmp_path / "runs" / "tiny_lr5e-4") == [1, 2]
+
+
+def test_resume_auto_into_an_empty_directory_starts_fresh(tmp_path):
+    recipe = _recipe_file(tmp_path, max_steps=2)
+    assert main(["run", str(recipe), "--resume", "auto"]) == 0  # first run of a requeued job
+    assert _steps(tmp_path / "runs" / "tiny") == [1, 2]
+
+
+def test_resumed_rows_are_not_repeated_in_metrics(tmp_path):
+    recipe = _recipe_file(tmp_path, max_steps=3, checkpoint_every=2)
+    run_dir = tmp_path / "runs" / "tiny"
+    assert main(["run", str(recipe)]) == 0
+    # as if killed after logging step 3 but before its checkpoint, in the middle of a row
+    (run_dir / "checkpoints" / ckpt.checkpoint_name(3)).unlink()
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"lr": 0.001, "st')
+    assert main(["run", str(recipe), "--resume", "auto"]) == 0
+    assert _steps(run_dir) == [1, 2, 3]
+
+
+def test_drop_rows_after_keeps_earlier_rows_and_drops_torn_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6))
+                    + '{"step": 6, "lo')
+    assert drop_rows_after(path, 3) == 3
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    assert drop_rows_after(path, 3) == 0
+
+
+# -- one run at a time -------------------------------------------------------------------
+def test_a_locked_directory_is_refused_in_process(tiny_recipe):
+    with claim(tiny_recipe, None, DistEnv()):
+        with pytest.raises(RunDirError, match=rf"in use by another run \(held by pid "
+                                              rf"{os.getpid()} on host "):
+            with claim(tiny_recipe, "auto", DistEnv()):
+                pass
+    with claim(tiny_recipe, "auto", DistEnv()):  # released at the end of the first run
+        pass
+
+
+def test_the_lock_of_a_killed_process_is_stale(tiny_recipe):
+    """A process killed while holding the lock leaves the file; the OS lock died with it."""
+    code = ("import sys, time; from jepa_core.rundir import Lock; from pathlib import Path; "
+            "Lock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(60)")
+    tiny_recipe.run_dir.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tiny_recipe.run_dir)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirError, match=f"held by pid {holder.pid} "):
+            with claim(tiny_recipe, "auto", DistEnv()):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (tiny_recipe.run_dir / ".lock").exists()
+    with claim(tiny_recipe, "auto", DistEnv()):
+        pass
+
+
+def test_a_lock_taken_on_a_file_just_released_is_not_held(tmp_path):
+    """The file goes with the release; a run that had opened it just before must not take
+    the lock of that removed file (a third run could then lock a new one: two holders)."""
+    first = Lock(tmp_path)
+    first.acquire()
+    late = os.open(first.path, os.O_RDWR)
+    first.release()
+    assert not first.path.exists()
+    assert Lock(tmp_path)._lock(late) is False
+    os.close(late)
+    second = Lock(tmp_path)
+    second.acquire()
+    with pytest.raises(RunDirError, match="in use"):
+        Lock(tmp_path).acquire()
+    second.release()
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folders(tmp_path, tiny_recipe):
+    with pytest.raises(RuntimeError):
+        with claim(tiny_recipe, None, DistEnv()):
+            assert tiny_recipe.run_dir.is_dir()
+            raise RuntimeError("data missing")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_then_a_resume_after_a_kill(tmp_path):
+    """Two `jepa run`s into one directory: the second is refused while the first runs; the
+    first, killed, does not block the resume; the resumed run logs every step once."""
+    recipe = _recipe_file(tmp_path, epochs=50, checkpoint_every=3)
+    run_dir = tmp_path / "runs" / "tiny"
+    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200")
+    cmd = [sys.executable, "-m", "jepa_core", "run", str(recipe)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                             text=True)
+    try:
+        deadline = time.time() + 120
+        while first.poll() is None and time.time() < deadline and not (
+                (run_dir / "metrics.jsonl").exists() and len(_steps_safe(run_dir)) >= 4):
+            time.sleep(0.05)
+        assert first.poll() is None, first.communicate()
+        for extra in ([], ["--resume", "auto"]):
+            second = subprocess.run(cmd + extra, capture_output=True, text=True, env=env,
+                                    timeout=120)
+            assert second.returncode == 2, second.stderr
+            err = _flat(second.stderr)
+            assert f"run directory {run_dir} is in use by another run" in err
+            assert f"pid {first.pid} on host" in err and "Traceback" not in err
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    saved = ckpt.list_checkpoints(run_dir / "checkpoints")
+    logged = _steps_safe(run_dir)
+    if ckpt.step_of(saved[-1]) == max(logged):  # killed right after a checkpoint: as if before
+        saved.pop().unlink()
+    resumed = subprocess.run(cmd + ["--resume", "auto", f"train.max_steps={max(logged) + 2}"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert ckpt.step_of(saved[-1]) < max(logged)  # rows after the checkpoint recomputed ...
+    assert _steps(run_dir) == list(range(1, max(logged) + 3))  # ... and appear once
+
+
+def _steps_safe(run_dir: Path) -> list[int]:
+    steps = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except ValueError:
+            pass  # the row being written right now
+    return steps
+
+
+# -- folders that cannot be written --------------------------------------------------------
+def _forbid_models(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("models built before the run directory was checked")
+
+    monkeypatch.setattr(jepa_core.trainer, "build_components", refuse)
+
+
+def test_read_only_out_dir_fails_first_with_the_path(tmp_path, capsys, monkeypatch):
+    recipe = _recipe_file(tmp_path, max_steps=1)
+    _forbid_models(monkeypatch)
+    with read_only(tmp_path / "ro") as ro:
+        code = main(["run", str(recipe), f"out_dir={ro}"])
+    err = _flat(capsys.readouterr().err)
+    assert code == 2
+    assert f"run directory {ro / 'tiny'} cannot be written" in err and "out_dir=" in err
+
+
+def test_read_only_run_dir_fails_first_on_resume(tmp_path, capsys, monkeypatch):
+    recipe = _recipe_file(tmp_path, max_steps=1)
+    assert main(["run", str(recipe)]) == 0
+    capsys.readouterr()
+    run_dir = tmp_path / "runs" / "tiny"
+    _forbid_models(monkeypatch)
+    with read_only(run_dir):
+        code = main(["run", str(recipe), "--resume", "auto", "train.max_steps=2"])
+    assert code == 2
+    assert f"run directory {run_dir} cannot be written" in _flat(capsys.readouterr().err)
+
+
+# -- a full disk while writing metrics.jsonl -------------------------------------------------
+def test_full_disk_on_metrics_leaves_whole_rows_and_names_the_checkpoint(tmp_path, monkeypatch):
+    d = copy.deepcopy(TINY)
+    d["out_dir"] = str(tmp_path)
+    d["train"].update(max_steps=4, checkpoint_every=2)
+    registry = make_plugin_manager()
+    recipe = recipe_from_dict(d, registry, "tiny")
+    real_write = os.write
+
+    def write(fd, data):
+        if b'"step": 3,' in data:  # part of the row reaches the disk, then it is full
+            real_write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    with pytest.raises(RunError) as info:
+        train(recipe, registry)
+    message = " ".join(str(info.value).split())
+    last = recipe.run_dir / "checkpoints" / ckpt.checkpoint_name(2)
+    assert "No space left on device (the disk is full)" in message
+    assert f"The previous checkpoint, {last}, is intact" in message and "--resume auto" in message
+    assert _steps(recipe.run_dir) == [1, 2]  # every line whole
+    assert ckpt.load(last)["step"] == 2
