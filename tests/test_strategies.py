@@ -117,9 +117,9 @@ def test_a_broken_hypothesis_configs_names_the_plugin(tmp_path, monkeypatch, str
     with pytest.raises(PluginError) as caught:
         js.masker_configs(spec, (4, 4))
     message = str(caught.value)
-    assert message.startswith(f"plugin 'band': masker 'band' has hypothesis_configs = "
-                              f"'{strategy}'")
-    assert problem in message and "on BandConfig" in message
+    assert message.startswith(f"plugin 'band': masker 'band': BandConfig.hypothesis_configs "
+                              f"is '{strategy}', ")
+    assert problem in message and "Set it to a \"module:function\" string" in message
 
 
 def test_a_masker_without_a_strategy_gets_its_default_config(tmp_path, monkeypatch):

@@ -82,9 +82,10 @@ def config_strategy(spec: Any) -> Callable[[tuple[int, int]], st.SearchStrategy]
 
 def _strategy_error(spec: Any, problem: str) -> PluginError:
     return PluginError(
-        f"plugin {spec.plugin!r}: {spec.kind} {spec.name!r} has hypothesis_configs = {problem} "
-        f"on {spec.config_class.__name__}. Set it to a \"module:function\" string naming a "
-        "function (grid) -> SearchStrategy of configs, or remove it to draw the default config.")
+        f"plugin {spec.plugin!r}: {spec.kind} {spec.name!r}: "
+        f"{spec.config_class.__name__}.hypothesis_configs is {problem}. Set it to a "
+        "\"module:function\" string naming a function (grid) -> SearchStrategy of configs, or "
+        "remove it to draw the default config.")
 
 
 def masker_configs(spec: Any, grid: tuple[int, int]) -> st.SearchStrategy:
