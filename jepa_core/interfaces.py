@@ -62,6 +62,36 @@ class Masker(Protocol):
 
 
 @runtime_checkable
+class MaskStats(Protocol):
+    """What a masker reports about one draw, beside the masks (`jepa masks` prints it).
+
+    context_sizes: [B] int64, context patches of each sample before its row was cut or padded
+        to the batch's common length (equal to the valid counts when nothing is equalised).
+    fallbacks: int, samples for which the masker gave up a promise of its config to stay
+        bounded (e.g. kept some context-target overlap after its redraws ran out); 0 if none.
+    Any other attribute is the masker's own (an attrs class is the usual record).
+    """
+
+    context_sizes: "torch.Tensor"
+    fallbacks: int
+
+
+@runtime_checkable
+class MaskerWithStats(Masker, Protocol):
+    """Optional: a `Masker` that also reports what happened while drawing.
+
+    sample_with_stats(batch_size, generator) -> (MaskBatch, MaskStats): exactly the masks
+        `__call__` returns for the same generator state, plus their statistics. `jepa masks`
+        (`jepa_core.mask_preview`) uses it when `isinstance(masker, MaskerWithStats)` and shows
+        "context before equalisation" and the fallback count; without it the first reads
+        "n/a" and the second is left out. A malformed result is a PluginError naming the masker.
+    """
+
+    def sample_with_stats(self, batch_size: int,
+                          generator: "torch.Generator") -> tuple[MaskBatch, MaskStats]: ...
+
+
+@runtime_checkable
 class Encoder(Protocol):
     """A ViT-like encoder (a `torch.nn.Module`).
 

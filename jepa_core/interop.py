@@ -7,8 +7,9 @@
 An official checkpoint is a dict with `encoder`, `predictor`, `target_encoder` (DDP state dicts:
 every key starts with `module.`) and `opt`, `scaler`, `epoch`, `loss`, `batch_size`,
 `world_size`, `lr`. Less the prefix, its encoder keys are timm's and its predictor keys are the
-ones `jepa_vit.predictor` uses, so the import is a prefix strip plus a strict check of every key
-and shape against the models the recipe builds. A partial match is refused unless asked for.
+official predictor's (a recipe whose predictor plugin keeps that layout, as `vit_predictor`
+does, can import them), so the import is a prefix strip plus a strict check of every key and
+shape against the models the recipe builds. A partial match is refused unless asked for.
 """
 
 from __future__ import annotations

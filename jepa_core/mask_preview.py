@@ -19,7 +19,8 @@ from PIL import Image, ImageDraw
 
 from jepa_core.build import encoder_geometry
 from jepa_core.data import mask_generator
-from jepa_core.interfaces import MaskBatch
+from jepa_core.errors import PluginError
+from jepa_core.interfaces import MaskBatch, MaskerWithStats, MaskStats
 
 BACKGROUND = (235, 235, 235)
 CONTEXT = (66, 110, 180)
@@ -34,11 +35,39 @@ def _summary(values: torch.Tensor) -> dict[str, float]:
     return {"min": float(values.min()), "mean": float(values.mean()), "max": float(values.max())}
 
 
-def _draw(masker: Any, batch_size: int, seed: int, step: int) -> tuple[MaskBatch, Any]:
+def _draw(masker: Any, batch_size: int, seed: int,
+          step: int) -> tuple[MaskBatch, MaskStats | None]:
+    """The masks of batch `step`, and their statistics when the masker reports them."""
     generator = mask_generator(seed, step)
-    if hasattr(masker, "sample_with_stats"):
-        return masker.sample_with_stats(batch_size, generator)
-    return masker(batch_size, generator), None
+    if not isinstance(masker, MaskerWithStats):
+        return masker(batch_size, generator), None
+    drawn = masker.sample_with_stats(batch_size, generator)
+    problem = _stats_problem(drawn, batch_size)
+    if problem:
+        kind = type(masker)
+        raise PluginError(
+            f"masker {kind.__module__}.{kind.__qualname__}: sample_with_stats({batch_size}, "
+            f"generator) returned {problem}; it must return (MaskBatch, stats) where stats has "
+            f"context_sizes, a [{batch_size}] int64 tensor, and fallbacks, an int "
+            "(jepa_core.interfaces.MaskerWithStats). Fix the masker's plugin, or remove "
+            "sample_with_stats to draw without statistics.")
+    return drawn
+
+
+def _stats_problem(drawn: Any, batch_size: int) -> str | None:
+    """What is wrong with a `sample_with_stats` result, or None."""
+    if not (isinstance(drawn, tuple) and len(drawn) == 2):
+        return f"a {type(drawn).__name__}, not a pair"
+    masks, info = drawn
+    if not isinstance(masks, MaskBatch):
+        return f"a {type(masks).__name__} where the MaskBatch goes"
+    if not isinstance(info, MaskStats):
+        missing = [a for a in ("context_sizes", "fallbacks") if not hasattr(info, a)]
+        return f"statistics ({type(info).__name__}) without {' and '.join(missing)}"
+    shape = tuple(getattr(info.context_sizes, "shape", ()))
+    if shape != (batch_size,):
+        return f"context_sizes of shape {shape}"
+    return None
 
 
 def _valid(masks: MaskBatch) -> torch.Tensor:
@@ -62,7 +91,7 @@ def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0, batches: 
     """Statistics of `batches` batches (steps step .. step + batches - 1). Sizes in patches;
     coverage: [gh][gw] fraction of samples in which each patch is in the context / a target;
     overlap_fraction: share of valid context patches that lie in a target of the same image;
-    context_before / fallbacks: only for maskers with `sample_with_stats` (else None)."""
+    context_before / fallbacks: only for a `MaskerWithStats` (else None)."""
     gh, gw = masker.grid
     n = gh * gw
     after, before, sizes, aspects, overlap = [], [], [], [], []

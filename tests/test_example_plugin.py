@@ -78,6 +78,17 @@ def registry_with_example(site):
         importlib.invalidate_caches()
 
 
+def test_the_checkerboard_masker_offers_varied_configs(registry_with_example):
+    from hypothesis import find
+
+    from jepa_core.testing import strategies as js
+
+    spec = registry_with_example.get("masker", "checkerboard")
+    config = find(js.masker_configs(spec, (8, 8)), lambda c: c.cell == 3 and c.num_targets > 1)
+    check_masker(spec.build(config, grid=(8, 8)), 8, 0, allow_overlap=False,
+                 rectangular_targets=True)
+
+
 def test_the_checkerboard_masker_honours_the_contract(registry_with_example):
     from jepa_core.errors import ConfigError
 
@@ -91,15 +102,16 @@ def test_the_checkerboard_masker_honours_the_contract(registry_with_example):
 
 
 AUTHOR_TESTS = '''
-from hypothesis import given, settings
+from hypothesis import given, settings, strategies as st
 from jepa_core.testing import strategies as js
 
 
 @settings(max_examples=10, deadline=None)
-@given(grid=js.grids(4, 16), batch_size=js.batch_sizes(8), seed=js.seeds())
-def test_checkerboard(grid, batch_size, seed, jepa_registry, masker_contract):
+@given(data=st.data(), grid=js.grids(4, 16), batch_size=js.batch_sizes(8), seed=js.seeds())
+def test_checkerboard(data, grid, batch_size, seed, jepa_registry, masker_contract):
     spec = jepa_registry.get("masker", "checkerboard")
-    masker = spec.build(spec.config_class(num_targets=1), grid=grid)
+    config = data.draw(js.masker_configs(spec, grid))  # from the plugin's hypothesis_configs
+    masker = spec.build(config, grid=grid)
     masker_contract(masker, batch_size, seed, allow_overlap=False, rectangular_targets=True)
 
 

@@ -6,6 +6,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from rich.console import Console
 
@@ -106,3 +107,151 @@ def test_jepa_masks_command_line(tiny_dict, tmp_path):
     out = tmp_path / "cli.png"
     assert main(["masks", str(recipe), "--out", str(out), "--batch-size", "16"]) == 0
     assert out.exists()
+
+
+# -- the optional MaskerWithStats interface ------------------------------------------------
+STRIPES = '''
+import attrs
+from jepa_core.hookspecs import hookimpl
+
+
+@attrs.frozen
+class StripeConfig:
+    """One grid row as the target, every other patch as the context (a stats test masker)."""
+
+    stats: str = "good"  # "good", "no_fallbacks" or "none" (no sample_with_stats)
+
+
+@hookimpl
+def register_maskers(register):
+    register("stripes", StripeConfig, "stripes_impl:build")
+'''
+
+STRIPES_IMPL = '''
+import types
+
+import attrs
+import torch
+
+from jepa_core.interfaces import MaskBatch
+
+
+@attrs.frozen(eq=False)
+class StripeStats:
+    context_sizes: torch.Tensor  # [B]: every patch, before the target row is cut out
+    fallbacks: int               # a quarter of each batch, so the count is easy to check
+    rows: torch.Tensor           # [1]: the masker's own figure
+
+
+class Stripes:
+    def __init__(self, config, grid):
+        self.config, self.grid = config, tuple(grid)
+
+    def __call__(self, batch_size, generator):
+        return self.sample_with_stats(batch_size, generator)[0]
+
+    def sample_with_stats(self, batch_size, generator):
+        gh, gw = self.grid
+        row = torch.randint(gh, (1,), generator=generator)
+        patches = torch.arange(gh * gw)
+        context = patches[patches // gw != row].expand(batch_size, -1)
+        targets = (row * gw + torch.arange(gw)).expand(batch_size, 1, gw)
+        sizes = torch.full((batch_size,), gh * gw)
+        if self.config.stats == "no_fallbacks":
+            return MaskBatch(context, targets), types.SimpleNamespace(context_sizes=sizes)
+        return MaskBatch(context, targets), StripeStats(sizes, batch_size // 4, row)
+
+
+class PlainStripes:
+    def __init__(self, config, grid):
+        self.stripes = Stripes(config, grid)
+        self.grid = self.stripes.grid
+
+    def __call__(self, batch_size, generator):
+        return self.stripes(batch_size, generator)
+
+
+def build(config, grid):
+    return (PlainStripes if config.stats == "none" else Stripes)(config, grid)
+'''
+
+
+@pytest.fixture
+def stripes(tmp_path, monkeypatch):
+    """A third-party masker plugin `stripes` (module on sys.path, not installed)."""
+    (tmp_path / "stripes.py").write_text(STRIPES)
+    (tmp_path / "stripes_impl.py").write_text(STRIPES_IMPL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from jepa_core.plugins import make_plugin_manager
+
+    return make_plugin_manager(["stripes"]).get("masker", "stripes")
+
+
+def _stripes_recipe(tiny_dict, tmp_path, stats: str) -> Path:
+    import yaml
+
+    tiny_dict["masker"] = {"name": "stripes", "stats": stats}
+    path = tmp_path / f"stripes_{stats}.yaml"
+    path.write_text(yaml.safe_dump(tiny_dict))
+    return path
+
+
+def _jepa_masks(recipe: Path, tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("JEPA_PLUGINS", "COLUMNS")}
+    env.update(PYTHONPATH=str(tmp_path), COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "jepa_core", "-p", "stripes", "masks",
+                           str(recipe), "--out", str(tmp_path / "m.png"), "--batch-size", "16"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+
+
+def test_multiblock_implements_the_optional_stats_interface():
+    from jepa_core.interfaces import Masker, MaskerWithStats, MaskStats
+
+    masker = build_masker(MultiBlockConfig(), (8, 8))
+    assert isinstance(masker, MaskerWithStats) and isinstance(masker, Masker)
+    masks, stats = masker.sample_with_stats(4, torch.Generator().manual_seed(0))
+    assert isinstance(stats, MaskStats)
+    assert not isinstance(build_random(RandomPatchConfig(), (8, 8)), MaskerWithStats)
+
+
+def test_a_third_party_maskers_statistics_are_shown(stripes):
+    from jepa_core.interfaces import MaskerWithStats
+
+    masker = stripes.build(stripes.config_class(), grid=(4, 4))
+    assert isinstance(masker, MaskerWithStats)
+    stats = mask_statistics(masker, batch_size=16, batches=3)
+    assert stats["context_before"] == {"min": 16.0, "mean": 16.0, "max": 16.0}
+    assert stats["context_size"]["mean"] == 12.0 and stats["fallbacks"] == 3 * 4
+    console = Console(record=True, width=120)
+    print_statistics(stats, console)
+    text = console.export_text()
+    assert "16.0 / 16.0 / 16.0" in text and "samples that fell back (overlap kept)" in text
+
+
+def test_a_third_party_masker_without_statistics_still_works(stripes):
+    masker = stripes.build(stripes.config_class(stats="none"), grid=(4, 4))
+    stats = mask_statistics(masker, batch_size=16, batches=3)
+    assert stats["context_before"] is None and stats["fallbacks"] is None
+    assert stats["context_size"]["mean"] == 12.0
+
+
+def test_jepa_masks_shows_a_plugins_statistics(stripes, tiny_dict, tmp_path):
+    done = _jepa_masks(_stripes_recipe(tiny_dict, tmp_path, "good"), tmp_path)
+    assert done.returncode == 0, done.stderr
+    line = next(l for l in done.stdout.splitlines() if "context before equalisation" in l)
+    assert "16.0 / 16.0 / 16.0" in line
+    fell_back = next(l for l in done.stdout.splitlines() if "samples that fell back" in l)
+    assert fell_back.split()[-2] == str(8 * 4)  # 8 batches of 16, a quarter of each
+
+
+def test_jepa_masks_names_a_masker_whose_statistics_are_malformed(stripes, tiny_dict, tmp_path):
+    done = _jepa_masks(_stripes_recipe(tiny_dict, tmp_path, "no_fallbacks"), tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stdout + done.stderr, done.stderr
+    message = " ".join((done.stdout + done.stderr).split())
+    assert "masker stripes_impl.Stripes: sample_with_stats(16, generator) returned statistics " \
+        "(SimpleNamespace) without fallbacks; it must return (MaskBatch, stats)" in message
+    assert "(jepa_core.interfaces.MaskerWithStats)" in message

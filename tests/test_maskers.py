@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import time
 
+import attrs
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jepa_core.data import batch_layout, mask_generator, train_loader
@@ -16,6 +17,7 @@ from jepa_core.plugins import make_plugin_manager
 from jepa_core.testing import check_masker
 from jepa_core.testing import strategies as js
 from jepa_core.testing.contract import check_structure
+from jepa_core.testing.strategies import builds_on
 from jepa_image.configs import MultiBlockConfig, RandomPatchConfig
 from jepa_image.multiblock import MAX_REDRAWS, build_masker
 from jepa_image.random_patches import build_masker as build_random
@@ -37,21 +39,37 @@ def _gen(seed: int) -> torch.Generator:
 # -- the contract, over the registry -----------------------------------------------------
 @pytest.mark.parametrize("name", MASKERS)
 @settings(max_examples=25, **SETTINGS)
-@given(grid=js.grids(2, 24), batch_size=js.batch_sizes(16), seed=js.seeds())
-def test_every_registered_masker_honours_the_contract(name, grid, batch_size, seed):
+@given(data=st.data(), grid=js.grids(2, 24), batch_size=js.batch_sizes(16), seed=js.seeds())
+def test_every_registered_masker_honours_the_contract(name, data, grid, batch_size, seed):
+    # Varied configs where the masker offers a strategy (hypothesis_configs), else the default.
     spec = REGISTRY.get("masker", name)
-    try:
-        masker = spec.build(spec.config_class(), grid=grid)
-    except ConfigError:
-        assume(False)
+    config = data.draw(js.masker_configs(spec, grid), label="config")
+    masker = spec.build(config, grid=grid)
     assert masker.grid == grid
     check_masker(masker, batch_size, seed, time_limit_s=5)
+
+
+@pytest.mark.parametrize("name", ["multiblock", "random"])
+def test_first_party_maskers_offer_varied_configs(name):
+    spec = REGISTRY.get("masker", name)
+    assert js.config_strategy(spec) is not None
+    seen: dict[str, set] = {field.name: set() for field in attrs.fields(spec.config_class)}
+
+    @settings(max_examples=60, database=None, derandomize=True, **SETTINGS)
+    @given(js.masker_configs(spec, (14, 14)))
+    def collect(config):
+        assert builds_on(spec, config, (14, 14))
+        for field in seen:
+            seen[field].add(repr(getattr(config, field)))
+
+    collect()
+    assert [field for field, values in seen.items() if len(values) < 2] == []
 
 
 @settings(max_examples=150, **SETTINGS)
 @given(data=st.data(), grid=js.grids(2, 28), batch_size=js.batch_sizes(16), seed=js.seeds())
 def test_multiblock_contract_for_any_valid_config(data, grid, batch_size, seed):
-    config = data.draw(js.multiblock_configs(grid, REGISTRY))
+    config = data.draw(js.masker_configs(REGISTRY.get("masker", "multiblock"), grid))
     masker = build_masker(config, grid)
     _, stats = masker.sample_with_stats(batch_size, _gen(seed))
     # A sample that falls back keeps some overlap (documented); the contract then skips it.

@@ -7,20 +7,27 @@
     def test_my_masker(grid, batch_size, seed):
         check_masker(MyMasker(grid), batch_size, seed)
 
-`multiblock_configs(grid)` draws configurations of the registered "multiblock" masker that are
-valid on `grid` (its factory accepts them); `masker_configs(spec, grid)` does the same for any
-registered masker, starting from its default config.
+`masker_configs(spec, grid)` draws configs of any registered masker that its factory accepts
+on `grid`: varied ones when the masker offers a strategy, else its default config.
+
+A masker offers one through its config class: a class attribute
+`hypothesis_configs: ClassVar[str] = "my_plugin.strategies:my_configs"` names a function
+`my_configs(grid) -> SearchStrategy[config]`. It is a "module:attribute" string, imported only
+here, so the plugin's entry module (which holds the config class) imports neither hypothesis
+nor torch, and hypothesis stays a test dependency.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+import importlib
+import warnings
+from typing import Any, Callable
 
 import attrs
 from hypothesis import strategies as st
 
-from jepa_core.errors import ConfigError
+from jepa_core.errors import ConfigError, PluginError
 
 
 def grids(min_side: int = 2, max_side: int = 32) -> st.SearchStrategy[tuple[int, int]]:
@@ -58,42 +65,50 @@ def builds_on(spec: Any, config: Any, grid: tuple[int, int]) -> bool:
     return True
 
 
-def _pair(lo: st.SearchStrategy[float], width: st.SearchStrategy[float], top: float):
-    return st.tuples(lo, width).map(lambda p: (round(p[0], 3), round(min(top, p[0] + p[1]), 3)))
+def config_strategy(spec: Any) -> Callable[[tuple[int, int]], st.SearchStrategy] | None:
+    """The function named by the config class's `hypothesis_configs`, or None if it has none;
+    PluginError naming the component when the name cannot be imported."""
+    name = getattr(spec.config_class, "hypothesis_configs", None)
+    if name is None:
+        return None
+    try:
+        module_name, colon, attr = name.partition(":") if isinstance(name, str) else ("", "", "")
+        if not (module_name and colon and attr):
+            raise ValueError('not a "module:function" string')
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise _strategy_error(spec, f"{name!r}, which cannot be imported ({exc})") from exc
 
 
-@st.composite
-def _multiblock_fields(draw: Any, grid: tuple[int, int]) -> dict[str, Any]:
-    n = grid[0] * grid[1]
-    return dict(
-        style=draw(st.sampled_from(["corrected", "reference"])),
-        num_targets=draw(st.integers(1, 6)),
-        target_scale=draw(_pair(st.floats(0.02, 0.4), st.floats(0, 0.2), 1.0)),
-        target_aspect=draw(st.tuples(st.floats(0.3, 1.0), st.floats(1.0, 3.0)).map(
-            lambda p: (round(p[0], 3), round(p[1], 3)))),
-        num_context=draw(st.integers(1, 2)),
-        context_scale=draw(_pair(st.floats(0.5, 1.0), st.floats(0, 0.5), 1.0)),
-        context_aspect=draw(st.sampled_from([(1.0, 1.0), (0.75, 1.5), (0.5, 2.0)])),
-        min_keep=draw(st.integers(1, max(1, n // 8))),
-        allow_overlap=draw(st.booleans()),
-        context_equalize=draw(st.sampled_from(["subset", "pad"])),
-    )
-
-
-def multiblock_configs(grid: tuple[int, int], registry: Any = None) -> st.SearchStrategy:
-    """Configs of the registered "multiblock" masker that its factory accepts on `grid`."""
-    spec = (registry or _registry()).get("masker", "multiblock")
-    return _multiblock_fields(grid).map(lambda f: spec.config_class(**f)).filter(
-        lambda config: builds_on(spec, config, grid))
+def _strategy_error(spec: Any, problem: str) -> PluginError:
+    return PluginError(
+        f"plugin {spec.plugin!r}: {spec.kind} {spec.name!r}: "
+        f"{spec.config_class.__name__}.hypothesis_configs is {problem}. Set it to a "
+        "\"module:function\" string naming a function (grid) -> SearchStrategy of configs, or "
+        "remove it to draw the default config.")
 
 
 def masker_configs(spec: Any, grid: tuple[int, int]) -> st.SearchStrategy:
-    """The component's default config, if its factory accepts it on `grid` (else nothing):
-    a starting point every registered masker supports without knowing its fields."""
-    config = spec.config_class()
-    if not builds_on(spec, config, grid):
-        return st.nothing()
-    return st.just(config)
+    """Configs of the registered component `spec` that its factory accepts on `grid`: drawn
+    from the strategy its config class offers (`hypothesis_configs`), else its default config
+    (nothing when the factory refuses the default on `grid`)."""
+    function = config_strategy(spec)
+    if function is None:
+        config = spec.config_class()
+        return st.just(config) if builds_on(spec, config, grid) else st.nothing()
+    offered = function(grid)
+    if not isinstance(offered, st.SearchStrategy):
+        raise _strategy_error(spec, f"{spec.config_class.hypothesis_configs!r}, whose function "
+                                    f"returned a {type(offered).__name__}, not a strategy")
+    return offered.filter(lambda config: builds_on(spec, config, grid))
+
+
+def multiblock_configs(grid: tuple[int, int], registry: Any = None) -> st.SearchStrategy:
+    """Deprecated: use `masker_configs(registry.get("masker", "multiblock"), grid)`."""
+    warnings.warn("jepa_core.testing.strategies.multiblock_configs is deprecated; use "
+                  "masker_configs(registry.get('masker', 'multiblock'), grid)",
+                  DeprecationWarning, stacklevel=2)
+    return masker_configs((registry or _registry()).get("masker", "multiblock"), grid)
 
 
 def replace(config: Any, **changes: Any) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import attrs
 
@@ -19,6 +19,9 @@ class MultiBlockConfig:
     unbiased context length equalisation) or "reference" (the official sampler's
     distribution, quirks included; the paper recipes use it).
     """
+
+    # For tests: where jepa_core.testing.strategies.masker_configs finds varied configs.
+    hypothesis_configs: ClassVar[str] = "jepa_image.strategies:multiblock_configs"
 
     style: Literal["corrected", "reference"] = "corrected"
     num_targets: int = attrs.field(default=4, validator=at_least(1))
@@ -43,6 +46,8 @@ class MultiBlockConfig:
 @attrs.frozen
 class RandomPatchConfig:
     """MAE-style random patches: a random context subset and M random target sets."""
+
+    hypothesis_configs: ClassVar[str] = "jepa_image.strategies:random_patch_configs"
 
     context_ratio: float = attrs.field(default=0.25, validator=between(0.01, 0.99))
     num_targets: int = attrs.field(default=4, validator=at_least(1))

@@ -50,7 +50,8 @@ Size = tuple[int, int]
 
 @attrs.frozen(eq=False)
 class MaskDrawStats:
-    """What happened inside one call (for `jepa masks` and tests).
+    """What happened inside one call (for `jepa masks` and tests): a
+    `jepa_core.interfaces.MaskStats`, so the masker is a `MaskerWithStats`.
 
     context_sizes: [B] int64, context patches per sample before equalisation.
     target_size / context_size: (h, w) of the target blocks / of each context block.
