@@ -101,6 +101,14 @@ def test_two_process_ddp_equals_one_process(tmp_path):
         assert other["metrics"]["loss"] == pytest.approx(a["metrics"]["loss"], rel=1e-5)
 
 
+# Parameters that only shift every sample's input to a batch norm by the same vector (the
+# encoder's final-norm bias and the bias of the Linear before the tiny projector's one batch
+# norm): the loss is exactly invariant to them, so their gradient is zero
+# up to float summation noise, whose order depends on the number of ranks, and Adam turns
+# that noise into steps of order lr. Everything the loss depends on is compared.
+SHIFT_ONLY = {"lejepa": {("encoder", "norm.bias"), ("projector", "0.bias")}}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lejepa", "ijepa_sigreg"])
 def test_two_process_ddp_equals_one_process_for_regularised_methods(tmp_path, method):
@@ -114,6 +122,8 @@ def test_two_process_ddp_equals_one_process_for_regularised_methods(tmp_path, me
     assert a["step"] == b["step"] == 3 and sorted(a["modules"]) == sorted(b["modules"])
     for part in a["modules"]:
         for k, v in a["modules"][part].items():
+            if (part, k) in SHIFT_ONLY.get(method, ()):
+                continue
             torch.testing.assert_close(b["modules"][part][k], v, rtol=1e-4, atol=1e-5)
     assert b["metrics"]["sigreg"] == pytest.approx(a["metrics"]["sigreg"], rel=1e-4)
     assert b["metrics"]["loss"] == pytest.approx(a["metrics"]["loss"], rel=1e-4)

@@ -153,3 +153,52 @@ def test_cli_refuses_a_broken_method_recipe_with_exit_2(tiny_dict, tmp_path):
     assert "Traceback" not in out.stderr
     assert "$.method.num_views: must be >= 2 (got 1)" in out.stderr
     assert "$.masker: method 'lejepa' does not use a masker" in out.stderr
+
+
+# --- LeJEPA's projector ---------------------------------------------------------------------
+
+def _quickstart_lejepa_start(overrides=()):
+    """The quickstart LeJEPA method as built for step 0 and the first batch of its real data
+    pipeline (64 digits × 4 views)."""
+    from jepa_core.build import build_components
+    from jepa_core.data import batch_layout, train_loader
+    from jepa_core.recipe import load_recipe
+
+    registry = make_plugin_manager()
+    recipe = load_recipe("recipes/quickstart_lejepa.yaml", registry, list(overrides))
+    parts = build_components(recipe, registry)
+    loader = train_loader(parts.source, None, batch_layout(64, 1), seed=0,
+                          steps_per_epoch=parts.steps_per_epoch, start_step=0, stop_step=1,
+                          view_names=parts.method.views)
+    return parts.method, next(iter(loader))
+
+
+def test_lejepa_projector_spreads_distinct_images_at_init():
+    """At init z must already differ between images (SIGReg wants std 1 per direction). The
+    quickstart encoder's pooled features are a shared offset (the pooled positional
+    embedding, norm ≈ 5.6) plus an image-dependent part of std ≈ 0.04; a per-sample
+    LayerNorm projector passed that on as z std ≈ 0.02 across images (a collapsed start
+    the run never left: its encoder ended below random init), batch statistics give ≈ 0.3."""
+    method, batch = _quickstart_lejepa_start()
+    with torch.no_grad():
+        views = torch.cat([batch.views[name] for name in method.views])
+        pooled = method.modules["encoder"](views).mean(dim=1)
+        z = method.modules["projector"](pooled).reshape(len(method.views), 64, -1)
+    assert z.std(dim=1).mean() > 0.1
+
+
+def test_global_batch_norm_is_batch_norm_over_the_batch():
+    from jepa_objectives.methods.lejepa import GlobalBatchNorm
+
+    x = (torch.randn(40, 6, generator=torch.Generator().manual_seed(0)) * 3 + 1)
+    ours, torch_bn = GlobalBatchNorm(6), torch.nn.BatchNorm1d(6)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(a), torch_bn(b)
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+    (ya.square() * torch.arange(6)).sum().backward()
+    (yb.square() * torch.arange(6)).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    ours.eval()  # no running averages: the current batch's statistics in eval too
+    torch.testing.assert_close(ours(x), ya.detach(), rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours(x.bfloat16()).dtype == torch.bfloat16

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from jepa_objectives.regularizers import (
-    LeJEPALoss, invariance, lejepa_loss, random_directions, sigreg, vicreg_covariance,
-    vicreg_variance)
+    LeJEPALoss, global_mean_var, invariance, lejepa_loss, random_directions, sigreg,
+    vicreg_covariance, vicreg_variance)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -244,6 +244,13 @@ def test_vicreg_covariance_formula_and_extremes():
     assert vicreg_covariance(s * torch.ones(1, 6)).item() > 5 * s.var().item() ** 2
 
 
+def test_global_mean_var_is_the_biased_batch_moments():
+    x = torch.randn(30, 4, generator=gen(5), dtype=torch.float64) * 2 + 3
+    mean, var = global_mean_var(x)
+    torch.testing.assert_close(mean, x.mean(0).float())
+    torch.testing.assert_close(var, x.var(0, unbiased=False).float())
+
+
 def test_vicreg_gradients_and_bad_shapes():
     x = (torch.randn(40, 5, generator=gen(0)) * 0.3).requires_grad_()
     (vicreg_variance(x) + vicreg_covariance(x)).backward()
@@ -335,7 +342,14 @@ def ddp_terms(x, w, group=None):
         "sigreg": lambda: sigreg(x @ w, directions=a, group=group),
         "variance": lambda: vicreg_variance((x @ w)[0], group=group),
         "covariance": lambda: vicreg_covariance((x @ w)[0], group=group),
+        "moments": lambda: _moments_scalar(global_mean_var((x @ w)[0], group=group)),
     }
+
+
+def _moments_scalar(mean_var):
+    """A scalar of LeJEPA's projector batch norm statistics (mean [D], variance [D])."""
+    mean, var = mean_var
+    return (mean.square() * torch.arange(1.0, 6.0)).sum() + var.sqrt().sum()
 
 
 def run_terms(x_full, w_full, rows, world):
@@ -344,7 +358,7 @@ def run_terms(x_full, w_full, rows, world):
     import torch.distributed as dist
 
     out = {}
-    for name in ("sigreg", "variance", "covariance"):
+    for name in ("sigreg", "variance", "covariance", "moments"):
         x = x_full[:, rows].clone().requires_grad_()
         w = w_full.clone().requires_grad_()
         value = ddp_terms(x, w)[name]()

@@ -77,9 +77,12 @@ class LeJEPAConfig:
 
     num_views: int = attrs.field(default=4, validator=at_least(2))
     lam: float = attrs.field(default=0.05, validator=between(0, 1))  # SIGReg's share
-    # Hidden and output widths of the MLP projector after the pooled encoder (LayerNorm, not
-    # BatchNorm, between layers: per-sample, so N processes train exactly like one).
+    # Hidden and output widths of the MLP projector after the pooled encoder.
     projector: tuple[int, ...] = attrs.field(default=(256, 256, 32), validator=_widths)
+    # The norm between projector layers: "batch" (statistics of the global batch, so N
+    # processes train exactly like one) or "layer" (per sample; starts collapsed, see
+    # jepa_objectives.methods.lejepa.projector).
+    projector_norm: Literal["batch", "layer"] = "batch"
     sigreg: SIGRegConfig = SIGRegConfig()
 
     def needs(self) -> tuple[str, ...]:

@@ -57,6 +57,15 @@ def _sums_and_count(sums: torch.Tensor, count: int, group):
     return packed[:-1].reshape(sums.shape), packed[-1]
 
 
+def global_mean_var(x: torch.Tensor, group=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean [D] and biased (÷N) variance [D] of x [N, D] over the global batch (the ranks of
+    `group`), float32, differentiable; centred in two passes (two all-reduces under DDP)."""
+    x = x.float()
+    sums, n = _sums_and_count(x.sum(0), x.shape[0], group)
+    mean = sums / n
+    return mean, _global_sum((x - mean).square().sum(0), group) / n
+
+
 # --- SIGReg ---------------------------------------------------------------------------------
 
 def random_directions(dim: int, num: int, generator: torch.Generator,
@@ -218,5 +227,5 @@ def vicreg_covariance(x: torch.Tensor, group=None) -> torch.Tensor:
         return off_diagonal / x.shape[1]
 
 
-__all__ = ["LeJEPALoss", "invariance", "lejepa_loss", "random_directions", "sigreg",
+__all__ = ["LeJEPALoss", "global_mean_var", "invariance", "lejepa_loss", "random_directions", "sigreg",
            "vicreg_covariance", "vicreg_variance"]

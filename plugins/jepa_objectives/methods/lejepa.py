@@ -6,7 +6,9 @@ No teacher, no EMA, no stop-gradient, no masks.
     loss = lam · SIGReg(z) + (1 − lam) · invariance(z)
 
 SIGReg's random directions come from (seed, "sigreg", step): new every step, the same on every
-rank, so N processes × B/N compute the same statistic as one process × B.
+rank, and the projector's batch norm uses the statistics of the global batch (all views
+together), so N processes × B/N train like one process × B. (Under gradient accumulation,
+SIGReg and the batch norm see one micro-batch at a time.)
 """
 
 from __future__ import annotations
@@ -19,18 +21,48 @@ from torch import nn
 from jepa_core.build import MethodParts
 from jepa_core.interfaces import MethodOutput
 from jepa_core.seeding import generator
-from jepa_objectives.regularizers import lejepa_loss
+from jepa_objectives.regularizers import global_mean_var, lejepa_loss
 
 
-def projector(width: int, widths: tuple[int, ...]) -> nn.Sequential:
-    """MLP width → widths[0] → ... → widths[-1]: Linear, LayerNorm, GELU between layers. (The
-    authors use BatchNorm; its batch statistics are per rank, so a run would then depend on
-    the number of processes. LayerNorm is per sample.)"""
+class GlobalBatchNorm(nn.Module):
+    """Batch normalisation over the global batch: [N, D] -> [N, D], statistics from the
+    current batch only (train and eval alike; no running averages), then a learned affine.
+
+    Under torch.distributed the mean and variance are those of all ranks' samples together
+    (`global_mean_var`), so N processes × B/N normalise exactly like 1 process × B, which
+    torch's BatchNorm1d (per-rank statistics) does not."""
+
+    def __init__(self, width: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = global_mean_var(x)
+        with torch.autocast(x.device.type, enabled=False):
+            y = (x.float() - mean) * torch.rsqrt(var + self.eps)
+        return (y * self.weight + self.bias).to(x.dtype)
+
+
+NORMS = {"batch": GlobalBatchNorm, "layer": nn.LayerNorm}
+
+
+def projector(width: int, widths: tuple[int, ...], norm: str = "batch") -> nn.Sequential:
+    """MLP width → widths[0] → ... → widths[-1]: Linear, norm, GELU between layers.
+
+    norm "batch" (the authors' choice, global-batch statistics): each hidden unit is
+    standardised across the batch, so the spread of the images' embeddings reaches SIGReg
+    whatever its scale in the encoder's features. With "layer" (per sample), a random-init
+    encoder's pooled features (a shared offset, the pooled positional embedding, plus a small
+    image-dependent part) give nearly the same output for every image: training starts
+    collapsed and the encoder ends worse than at init (see recipes/quickstart_lejepa.yaml).
+    Linear biases before a batch norm are kept (redundant, as in the authors' MLP)."""
     layers: list[nn.Module] = []
     for i, out in enumerate(widths):
         layers.append(nn.Linear(width, out))
         if i < len(widths) - 1:
-            layers += [nn.LayerNorm(out), nn.GELU()]
+            layers += [NORMS[norm](out), nn.GELU()]
         width = out
     return nn.Sequential(*layers)
 
@@ -51,7 +83,8 @@ class LeJEPA:
         self.views = tuple(f"view{i}" for i in range(config.num_views))
         with parts.seeded_init():  # the encoder first: eval's random-init baseline is this draw
             encoder = parts.build("encoder")
-            head = projector(int(encoder.embed_dim), tuple(config.projector))
+            head = projector(int(encoder.embed_dim), tuple(config.projector),
+                             config.projector_norm)
         self.modules: dict[str, nn.Module] = {"encoder": encoder, "projector": head}
 
     def loss(self, modules: dict, batch: Any) -> MethodOutput:
