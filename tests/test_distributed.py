@@ -101,12 +101,16 @@ def test_two_process_ddp_equals_one_process(tmp_path):
         assert other["metrics"]["loss"] == pytest.approx(a["metrics"]["loss"], rel=1e-5)
 
 
-# Parameters that only shift every sample's input to a batch norm by the same vector (the
-# encoder's final-norm bias and the bias of the Linear before the tiny projector's one batch
-# norm): the loss is exactly invariant to them, so their gradient is zero
-# up to float summation noise, whose order depends on the number of ranks, and Adam turns
-# that noise into steps of order lr. Everything the loss depends on is compared.
-SHIFT_ONLY = {"lejepa": {("encoder", "norm.bias"), ("projector", "0.bias")}}
+# A parameter that only shifts every sample's input to a batch norm by the same vector (the
+# encoder's final-norm bias, through the projector's bias-free first Linear): the loss is
+# exactly invariant to it, so its gradient is zero up to float summation noise, whose order
+# depends on the number of ranks, and Adam turns that noise into steps of order lr.
+# Everything the loss depends on is compared.
+SHIFT_ONLY = {"lejepa": {("encoder", "norm.bias")}}
+# Batch-norm and SIGReg statistics are sums over the global batch taken in another order by
+# 2 ranks; Adam divides each step by sqrt(v), so an element with a near-zero gradient turns
+# that rounding into a few percent of one lr step (measured: 2.8e-5 on 1 of 3072 elements).
+ATOL = {"lejepa": 1e-4}
 
 
 @pytest.mark.slow
@@ -124,7 +128,8 @@ def test_two_process_ddp_equals_one_process_for_regularised_methods(tmp_path, me
         for k, v in a["modules"][part].items():
             if (part, k) in SHIFT_ONLY.get(method, ()):
                 continue
-            torch.testing.assert_close(b["modules"][part][k], v, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(b["modules"][part][k], v, rtol=1e-4,
+                                       atol=ATOL.get(method, 1e-5))
     assert b["metrics"]["sigreg"] == pytest.approx(a["metrics"]["sigreg"], rel=1e-4)
     assert b["metrics"]["loss"] == pytest.approx(a["metrics"]["loss"], rel=1e-4)
 

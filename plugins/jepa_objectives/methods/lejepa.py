@@ -57,11 +57,14 @@ def projector(width: int, widths: tuple[int, ...], norm: str = "batch") -> nn.Se
     encoder's pooled features (a shared offset, the pooled positional embedding, plus a small
     image-dependent part) give nearly the same output for every image: training starts
     collapsed and the encoder ends worse than at init (see recipes/quickstart_lejepa.yaml).
-    Linear biases before a batch norm are kept (redundant, as in the authors' MLP)."""
+    A Linear before a batch norm has no bias: the norm removes any shift, so the bias would
+    have no effect on the loss, only a rounding-noise gradient that Adam turns into steps of
+    order lr (and that differs with the number of processes)."""
     layers: list[nn.Module] = []
     for i, out in enumerate(widths):
-        layers.append(nn.Linear(width, out))
-        if i < len(widths) - 1:
+        hidden = i < len(widths) - 1
+        layers.append(nn.Linear(width, out, bias=not (hidden and norm == "batch")))
+        if hidden:
             layers += [NORMS[norm](out), nn.GELU()]
         width = out
     return nn.Sequential(*layers)
