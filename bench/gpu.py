@@ -5,7 +5,7 @@
     python bench/gpu.py --recipe recipes/ijepa_vith16_448.yaml --batch 16
     python bench/gpu.py --cpu-smoke              # tiny model, 2 steps on the CPU: the script works
 
-What is timed is the trainer's own path: `jepa_core.trainer.setup` builds the run from the
+What is timed is the trainer's own path: `jepa_core.runtime.trainer.setup` builds the run from the
 recipe (data replaced by synthetic images, one process, `global_batch_size` =
 `per_device_batch_cap` = --batch, so one micro-batch per step) and `train_step` runs each step:
 schedules, target forward, context encoder, predictor, loss, backward, AdamW, EMA update and the
@@ -16,8 +16,8 @@ Masks are drawn for each step as the training loader draws them, so the context 
 from step to step as in training (compiled models recompile once for a dynamic length during
 the warm-up). Images are random tensors already on the GPU: data loading is not timed.
 
-MFU = (images/s x FLOPs per image of each step, from jepa_core.costs) / the GPU's dense bf16
-peak, looked up by name (A100 312, H100 SXM / H200 989, H100 PCIe 756, H100 NVL 835 TFLOP/s)
+MFU = (images/s x FLOPs per image of each step, from jepa_core.commands.costs) / the GPU's
+dense bf16 peak, looked up by name (A100 312, H100 SXM / H200 989, H100 PCIe 756, H100 NVL 835 TFLOP/s)
 and printed; --peak-tflops overrides it. Everything is printed as one table at the end.
 """
 
@@ -37,13 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins"))
 sys.path.insert(0, str(ROOT))
 
-from jepa_core import costs  # noqa: E402
-from jepa_core.data import Batch, MaskingCollate  # noqa: E402
-from jepa_core.distributed import DistEnv  # noqa: E402
-from jepa_core.plan import patch_dim, transformer_shape  # noqa: E402
+from jepa_core.commands import costs  # noqa: E402
+from jepa_core.runtime.data import Batch, MaskingCollate  # noqa: E402
+from jepa_core.runtime.distributed import DistEnv  # noqa: E402
+from jepa_core.commands.plan import patch_dim, transformer_shape  # noqa: E402
 from jepa_core.plugins import make_plugin_manager  # noqa: E402
 from jepa_core.recipe import read_yaml, recipe_from_dict  # noqa: E402
-from jepa_core.trainer import RunContext, setup, train_step  # noqa: E402
+from jepa_core.runtime.trainer import RunContext, setup, train_step  # noqa: E402
 
 # Dense bf16 peak FLOP/s by device name; the first match wins (so "H100 PCIe" before "H100").
 PEAK_BF16 = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12),
@@ -119,7 +119,7 @@ def make_batches(run: RunContext, steps: int) -> list[Batch]:
 
 
 def step_flops(run: RunContext, batch: Batch) -> float:
-    """FLOPs of this step per image (jepa_core.costs), from its own mask lengths."""
+    """FLOPs of this step per image (jepa_core.commands.costs), from its own mask lengths."""
     enc, pred = run.method.modules["encoder"], run.method.modules["predictor"]
     grid = enc.patch_grid
     return costs.ijepa_step_flops(
@@ -233,7 +233,7 @@ def summary(rows: list[dict], args: argparse.Namespace, device: str, peak: float
     console.print(f"device: {device}; assumed peak: {peak_text}; {args.warmup} warm-up + "
                   f"{args.iters} timed steps (step ms: median; img/s, TFLOP/s, MFU: at the "
                   f"median step time with the mean FLOPs of the timed steps); recompiles: "
-                  f"graphs compiled during the timed steps (raise --warmup if not 0); FLOPs from jepa_core.costs (multiply-add = 2); peak GiB: "
+                  f"graphs compiled during the timed steps (raise --warmup if not 0); FLOPs from jepa_core.commands.costs (multiply-add = 2); peak GiB: "
                   f"torch.cuda.max_memory_allocated over the timed steps; model GiB: the "
                   f"cost model's estimate for the same batch")
     if len(rows) == 2:

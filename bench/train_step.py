@@ -18,17 +18,17 @@ import time
 
 import torch
 
-from jepa_core.data import train_loader
+from jepa_core.runtime.data import train_loader
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import load_recipe
-from jepa_core.trainer import setup, train_step
+from jepa_core.runtime.trainer import setup, train_step
 
 SLOW = ["encoder.attention=math", "predictor.attention=math",
         "target_updater.implementation=loop", "train.compile=false"]
 
 
 def time_steps(recipe, registry, iters: int, warmup: int) -> list[float]:
-    from jepa_core.distributed import DistEnv
+    from jepa_core.runtime.distributed import DistEnv
 
     run = setup(recipe, registry, DistEnv())
     loader = train_loader(run.parts.source, run.parts.masker, run.layout, seed=recipe.seed,

@@ -1,5 +1,5 @@
 import sys
 
-from jepa_core.cli import main
+from jepa_core.commands.cli import main
 
 sys.exit(main())

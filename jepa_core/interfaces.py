@@ -82,9 +82,9 @@ class MaskerWithStats(Masker, Protocol):
 
     sample_with_stats(batch_size, generator) -> (MaskBatch, MaskStats): exactly the masks
         `__call__` returns for the same generator state, plus their statistics. `jepa masks`
-        (`jepa_core.mask_preview`) uses it when `isinstance(masker, MaskerWithStats)` and shows
-        "context before equalisation" and the fallback count; without it the first reads
-        "n/a" and the second is left out. A malformed result is a PluginError naming the masker.
+        (`jepa_core.commands.mask_preview`) uses it when `isinstance(masker,
+        MaskerWithStats)` and shows "context before equalisation" and the fallback count;
+        without it the first reads "n/a" and the second is left out. A malformed result is a PluginError naming the masker.
     """
 
     def sample_with_stats(self, batch_size: int,
@@ -201,7 +201,7 @@ class Method(Protocol):
         from the sample's own generator, in this order.
     loss(modules, batch) -> MethodOutput. `modules` maps the same names to what the loop calls
         (DDP- or compile-wrapped where the trainer wrapped them): call those, not your own
-        references, in the forward pass. `batch` is a `jepa_core.data.Batch` on the device.
+        references, in the forward pass. `batch` is a `jepa_core.runtime.data.Batch` on the device.
     after_step(step): after each successful optimizer step (`step` counts completed steps
         before this one, 0-based), e.g. the EMA update of a target encoder. May do nothing.
     schedule_metrics(step) -> {name: float}: figures that are pure functions of the step,

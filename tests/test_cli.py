@@ -256,7 +256,7 @@ def test_dash_p_with_a_missing_module_is_listed_as_broken():
 def test_light_commands_do_not_import_torch_or_timm(argv):
     code = textwrap.dedent(f"""
         import sys
-        from jepa_core.cli import main
+        from jepa_core.commands.cli import main
         try:
             code = main({argv!r})
         except SystemExit as exc:  # --help

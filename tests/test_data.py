@@ -12,7 +12,7 @@ from PIL import Image
 from jepa_core.errors import RunError
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
-from jepa_core.trainer import train
+from jepa_core.runtime.trainer import train
 from jepa_image.configs import DigitsConfig, ImageFolderConfig
 from jepa_image.data import build_digits, build_image_folder
 from jepa_image.transforms import crop_box

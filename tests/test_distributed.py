@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from jepa_core import checkpoint as ckpt
-from jepa_core.distributed import DistEnv, detect, init_process_group
+from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime.distributed import DistEnv, detect, init_process_group
 from jepa_core.errors import RunError
-from jepa_core.worker import worker_argv
+from jepa_core.runtime.worker import worker_argv
 
 from conftest import TINY, tiny_method
 
@@ -168,7 +168,7 @@ def test_fsdp2_equals_ddp_and_resumes(tmp_path):
 def test_fsdp_needs_several_processes(tiny_dict, registry):
     from jepa_core.errors import ConfigError
     from jepa_core.recipe import recipe_from_dict
-    from jepa_core.trainer import train
+    from jepa_core.runtime.trainer import train
 
     tiny_dict["dist"] = {"strategy": "fsdp"}
     with pytest.raises(ConfigError, match="needs several processes"):

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from jepa_core.evaluate import eval_indices, knn_accuracy, linear_probe
+from jepa_core.commands.evaluate import eval_indices, knn_accuracy, linear_probe
 from jepa_core.recipe import EvalConfig
-from jepa_core.trainer import train
+from jepa_core.runtime.trainer import train
 
 from conftest import load_bench
 
@@ -125,7 +125,7 @@ def _console():
 
 def test_image_folder_probes_are_tested_on_held_out_images(tmp_path, tiny_dict):
     """48 noise images: tested on the training images, kNN is 100% for every encoder."""
-    from jepa_core.evaluate import evaluate_run
+    from jepa_core.commands.evaluate import evaluate_run
 
     run, root = _noise_run(tmp_path, tiny_dict, val_fraction=0.5)
     console = _console()
@@ -144,7 +144,7 @@ def test_image_folder_probes_are_tested_on_held_out_images(tmp_path, tiny_dict):
 
 
 def test_unreadable_images_are_skipped_and_counted_in_evaluation(tmp_path, tiny_dict):
-    from jepa_core.evaluate import evaluate_run
+    from jepa_core.commands.evaluate import evaluate_run
 
     run, root = _noise_run(tmp_path, tiny_dict, classes=2, per_class=6, corrupt=1,
                            val_fraction=0.5)
@@ -155,7 +155,7 @@ def test_unreadable_images_are_skipped_and_counted_in_evaluation(tmp_path, tiny_
     assert data["train"]["skipped"] + data["test"]["skipped"] == 2
     assert data["train"]["images"] + data["test"]["images"] == 12
     assert "2 unreadable image(s) skipped" in console.file.getvalue()
-    from jepa_core.evaluate import eval_command  # what `jepa eval RUN_DIR` runs
+    from jepa_core.commands.evaluate import eval_command  # what `jepa eval RUN_DIR` runs
 
     console = _console()
     assert eval_command(str(run.run_dir), run.registry, [], True, console) == 0
@@ -166,7 +166,7 @@ def test_unreadable_images_are_skipped_and_counted_in_evaluation(tmp_path, tiny_
 def test_digits_results_say_which_split(tiny_dict):
     from jepa_core.plugins import make_plugin_manager
     from jepa_core.recipe import recipe_from_dict
-    from jepa_core.evaluate import evaluate_run
+    from jepa_core.commands.evaluate import evaluate_run
 
     tiny_dict["data"] = {"name": "digits"}
     tiny_dict["train"]["max_steps"] = 1

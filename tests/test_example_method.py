@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jepa_core import checkpoint as ckpt
+from jepa_core.runtime import checkpoint as ckpt
 
 from conftest import TINY
 

@@ -18,12 +18,12 @@ import pytest
 import torch
 import yaml
 
-from jepa_core import checkpoint as ckpt
+from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.errors import RunError
-from jepa_core.launch import find_resume
+from jepa_core.runtime.launch import find_resume
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
-from jepa_core.trainer import train
+from jepa_core.runtime.trainer import train
 
 from conftest import TINY
 
@@ -246,7 +246,7 @@ class _FakeDist:
 
 
 def test_first_ctrl_c_asks_for_a_checkpoint_the_second_stops_at_once():
-    from jepa_core.trainer import StopOnSignal
+    from jepa_core.runtime.trainer import StopOnSignal
 
     run = type("Run", (), {"stop_signal": 0, "dist": _FakeDist()})()
     with StopOnSignal(run):
@@ -344,7 +344,7 @@ def test_checkpoint_that_pickles_code_is_refused_for_what_it_is(tmp_path, capsys
 
 
 def test_eval_of_a_run_dir_falls_back_past_an_unreadable_checkpoint(tmp_path, capsys):
-    from jepa_core.cli import main
+    from jepa_core.commands.cli import main
 
     recipe, registry = _short_run(tmp_path, steps=2)
     train(recipe, registry)

@@ -17,12 +17,13 @@ import timm
 import torch
 from rich.console import Console
 
-from jepa_core import checkpoint as ckpt
-from jepa_core.build import build_models
+from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime.build import build_models
 from jepa_core.errors import ConfigError, RunError
-from jepa_core.evaluate import eval_command
+from jepa_core.commands.evaluate import eval_command
 from jepa_core.hookspecs import hookimpl
-from jepa_core.interop import export_timm, import_official, print_report, to_official_layout
+from jepa_core.commands.interop import (export_timm, import_official, print_report,
+                                        to_official_layout)
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
 

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from jepa_core.build import encoder_geometry
-from jepa_core.mask_preview import mask_statistics, masks_command, print_statistics, render_masks
+from jepa_core.runtime.build import encoder_geometry
+from jepa_core.commands.mask_preview import mask_statistics, masks_command, print_statistics, render_masks
 from jepa_core.recipe import load_recipe
 from jepa_image.configs import MultiBlockConfig, RandomPatchConfig
 from jepa_image.multiblock import build_masker
@@ -100,7 +100,7 @@ def test_masks_command_on_a_recipe(tiny_recipe, registry, tmp_path):
 def test_jepa_masks_command_line(tiny_dict, tmp_path):
     import yaml
 
-    from jepa_core.cli import main
+    from jepa_core.commands.cli import main
 
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(tiny_dict))

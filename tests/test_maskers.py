@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jepa_core.data import batch_layout, mask_generator, train_loader
+from jepa_core.runtime.data import batch_layout, mask_generator, train_loader
 from jepa_core.errors import ConfigError
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.testing import check_masker
@@ -274,7 +274,7 @@ def test_select_smallest_takes_exactly_length_and_breaks_ties_in_raster_order():
 def test_equalize_group_cuts_each_group_to_its_own_shortest_context(style):
     import attrs
 
-    from jepa_core.data import _take_rows
+    from jepa_core.runtime.data import _take_rows
 
     config = attrs.evolve(MultiBlockConfig(style=style), equalize_group=16)
     masker = build_masker(config, (14, 14))

@@ -12,12 +12,12 @@ import pytest
 import torch
 import yaml
 
-from jepa_core import checkpoint as ckpt
+from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.errors import RecipeError
-from jepa_core.launch import find_resume
+from jepa_core.runtime.launch import find_resume
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
-from jepa_core.trainer import train
+from jepa_core.runtime.trainer import train
 
 from conftest import METHODS, tiny_method
 
@@ -53,11 +53,11 @@ def test_method_trains_logs_its_terms_and_checkpoints_its_modules(tiny_dict, met
 
 
 def test_lejepa_views_are_distinct_crops_of_one_image_and_the_first_is_the_plain_one(tiny_dict):
-    from jepa_core.data import batch_layout, train_loader
+    from jepa_core.runtime.data import batch_layout, train_loader
 
     registry = make_plugin_manager()
     recipe = recipe_from_dict(tiny_dict, registry, "tiny")
-    from jepa_core.build import build_data
+    from jepa_core.runtime.build import build_data
 
     source, masker = build_data(recipe, registry)
     layout = batch_layout(8, 1)
@@ -160,8 +160,8 @@ def test_cli_refuses_a_broken_method_recipe_with_exit_2(tiny_dict, tmp_path):
 def _quickstart_lejepa_start(overrides=()):
     """The quickstart LeJEPA method as built for step 0 and the first batch of its real data
     pipeline (64 digits × 4 views)."""
-    from jepa_core.build import build_components
-    from jepa_core.data import batch_layout, train_loader
+    from jepa_core.runtime.build import build_components
+    from jepa_core.runtime.data import batch_layout, train_loader
     from jepa_core.recipe import load_recipe
 
     registry = make_plugin_manager()

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from jepa_core import checkpoint as ckpt
+from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
-from jepa_core.trainer import train
+from jepa_core.runtime.trainer import train
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ijepa_v1_step4.pt"
 
@@ -69,9 +69,9 @@ def test_a_format_1_checkpoint_resumes_evaluates_and_exports(tiny_dict, tmp_path
 
     from rich.console import Console
 
-    from jepa_core.evaluate import eval_command
-    from jepa_core.interop import export_timm
-    from jepa_core.launch import find_resume
+    from jepa_core.commands.evaluate import eval_command
+    from jepa_core.commands.interop import export_timm
+    from jepa_core.runtime.launch import find_resume
 
     registry = make_plugin_manager()
     d = pinned_recipe(tiny_dict)

@@ -1,4 +1,4 @@
-"""`jepa check`'s plan and the cost model behind it (jepa_core.plan, jepa_core.costs).
+"""`jepa check`'s plan and the cost model behind it (jepa_core.commands.plan, jepa_core.commands.costs).
 
 The cost model is checked three ways: against the project reference's numbers, against
 torch's own FLOP counter on the real models (meta device), and, for activation memory, against
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from jepa_core import costs
-from jepa_core.plan import make_plan
+from jepa_core.commands import costs
+from jepa_core.commands.plan import make_plan
 from jepa_core.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -283,16 +283,16 @@ def test_run_with_missing_data_fails_with_the_data_message(tmp_path):
 
 
 def test_missing_data_is_reported_before_the_models_are_built(tmp_path, monkeypatch):
-    import jepa_core.build
-    from jepa_core.cli import main
+    import jepa_core.runtime.build
+    from jepa_core.commands.cli import main
 
-    real = jepa_core.build.MethodParts.seeded_init  # every method builds its models inside
+    real = jepa_core.runtime.build.MethodParts.seeded_init  # every method builds its models inside
 
     def only_on_meta(self):
         assert torch.get_default_device().type == "meta", "models built before the data check"
         return real(self)
 
-    monkeypatch.setattr(jepa_core.build.MethodParts, "seeded_init", only_on_meta)
+    monkeypatch.setattr(jepa_core.runtime.build.MethodParts, "seeded_init", only_on_meta)
     for var in LAUNCHER_VARS:
         monkeypatch.delenv(var, raising=False)
     code = main(["run", str(REPO / "recipes" / "ijepa_vith16.yaml"),

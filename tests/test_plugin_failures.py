@@ -22,12 +22,12 @@ import pytest
 import yaml
 
 from conftest import TINY
-from jepa_core import checkpoint as ckpt
+from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.errors import ConfigError, PluginError, PluginFailed, RunError
 from jepa_core.hookspecs import hookimpl
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
-from jepa_core.trainer import train
+from jepa_core.runtime.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 FIRST_PARTY = ["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin"]
@@ -252,7 +252,7 @@ def test_check_refuses_a_missing_data_root_unless_no_data(tmp_path):
 
 
 def test_check_plan_refuses_like_run_in_process():
-    from jepa_core.plan import check
+    from jepa_core.commands.plan import check
 
     registry = make_plugin_manager(FIRST_PARTY, autoload=False, objects=[("lossy", LossPlugin())])
     recipe = recipe_from_dict({**TINY, "loss": {"name": "json_loss"}}, registry)
@@ -272,7 +272,7 @@ class GhostLoss:
 
 
 def test_check_imports_every_factory_and_refuses_a_broken_plugin(tmp_path, monkeypatch):
-    from jepa_core.plan import check
+    from jepa_core.commands.plan import check
 
     registry = make_plugin_manager(FIRST_PARTY, autoload=False, objects=[("ghost", GhostLoss())])
     ghost = recipe_from_dict({**TINY, "loss": {"name": "ghost_loss"}}, registry)

@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-import jepa_core.trainer
-from jepa_core import checkpoint as ckpt
-from jepa_core.cli import main
-from jepa_core.distributed import DistEnv
+import jepa_core.runtime.trainer
+from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.commands.cli import main
+from jepa_core.runtime.distributed import DistEnv
 from jepa_core.errors import RunError
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
-from jepa_core.rundir import Lock, RunDirError, claim, drop_rows_after
-from jepa_core.trainer import train
+from jepa_core.runtime.rundir import Lock, RunDirError, claim, drop_rows_after
+from jepa_core.runtime.trainer import train
 
 from conftest import TINY
 
@@ -135,7 +135,7 @@ def test_a_locked_directory_is_refused_in_process(tiny_recipe):
 
 def test_the_lock_of_a_killed_process_is_stale(tiny_recipe):
     """A process killed while holding the lock leaves the file; the OS lock died with it."""
-    code = ("import sys, time; from jepa_core.rundir import Lock; from pathlib import Path; "
+    code = ("import sys, time; from jepa_core.runtime.rundir import Lock; from pathlib import Path; "
             "Lock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(60)")
     tiny_recipe.run_dir.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", code, str(tiny_recipe.run_dir)],
@@ -231,7 +231,7 @@ def _forbid_models(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("models built before the run directory was checked")
 
-    monkeypatch.setattr(jepa_core.trainer, "build_components", refuse)
+    monkeypatch.setattr(jepa_core.runtime.trainer, "build_components", refuse)
 
 
 def test_read_only_out_dir_fails_first_with_the_path(tmp_path, capsys, monkeypatch):

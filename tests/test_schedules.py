@@ -3,7 +3,7 @@ import math
 import pytest
 from hypothesis import given, strategies as st
 
-from jepa_core import schedules
+from jepa_core.runtime import schedules
 from jepa_core.seeding import derive_seed
 
 

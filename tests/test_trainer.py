@@ -10,14 +10,14 @@ import attrs
 import pytest
 import torch
 
-from jepa_core import checkpoint as ckpt
-from jepa_core.data import batch_layout
+from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime.data import batch_layout
 from jepa_core.errors import RunError
 from jepa_core.hookspecs import hookimpl
-from jepa_core.launch import find_resume
+from jepa_core.runtime.launch import find_resume
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
-from jepa_core.trainer import train
+from jepa_core.runtime.trainer import train
 
 
 def _run(d, registry=None, resume=None):

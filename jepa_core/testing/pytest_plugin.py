@@ -6,7 +6,7 @@ Fixtures (none is function-scoped, so all work inside hypothesis `@given` tests)
                          treat it as read-only (build your own with make_plugin_manager()
                          to register test plugins).
     masker_contract      `jepa_core.testing.check_masker`.
-    jepa_mask_generator  `jepa_core.data.mask_generator`: (seed, step) -> torch.Generator.
+    jepa_mask_generator  `jepa_core.runtime.data.mask_generator`: (seed, step) -> torch.Generator.
 """
 
 from __future__ import annotations
@@ -32,6 +32,6 @@ def masker_contract() -> Callable[..., Any]:
 
 @pytest.fixture(scope="session")
 def jepa_mask_generator() -> Callable[[int, int], Any]:
-    from jepa_core.data import mask_generator
+    from jepa_core.runtime.data import mask_generator
 
     return mask_generator

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jepa_core.build import MethodParts
+from jepa_core.runtime.build import MethodParts
 from jepa_core.interfaces import MethodOutput
 from jepa_objectives.methods.ijepa import IJEPA, teacher_targets
 from jepa_objectives.regularizers import vicreg_covariance, vicreg_variance

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from jepa_core.build import MethodParts, frozen_copy
+from jepa_core.runtime.build import MethodParts, frozen_copy
 from jepa_core.interfaces import MaskBatch, MethodOutput
 from jepa_objectives.tokens import gather_tokens, normalised_targets
 

@@ -2,7 +2,7 @@
 
 - already a distributed worker (torchrun / SLURM srun variables): join the group and train;
 - `--nproc N|gpu`: start N local processes through torch's elastic launcher, each running
-  `python -m jepa_core.worker` with the same arguments;
+  `python -m jepa_core.runtime.worker` with the same arguments;
 - otherwise one plain process (CPU or one GPU).
 """
 
@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jepa_core import checkpoint as ckpt
-from jepa_core import rundir
-from jepa_core.distributed import DistEnv, destroy, detect, init_process_group
+from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime import rundir
+from jepa_core.runtime.distributed import DistEnv, destroy, detect, init_process_group
 from jepa_core.errors import ConfigError, Preempted, RunError
 from jepa_core.recipe import Recipe, recipe_to_dict
 
@@ -86,7 +86,7 @@ def _check_recipe(state: dict, recipe: Recipe, path: Path, force: bool) -> None:
 
 def run_worker(recipe: Recipe, registry: Any, resume: str | None, force: bool,
                dist: DistEnv) -> int:
-    from jepa_core.trainer import train
+    from jepa_core.runtime.trainer import train
 
     backend = recipe.dist.backend
     if backend == "auto":
@@ -103,7 +103,7 @@ def run_worker(recipe: Recipe, registry: Any, resume: str | None, force: bool,
             run = train(recipe, registry, dist, resume=state)
             destroy(added)  # the evaluation runs on rank 0 alone
             if dist.is_main and recipe.eval.after_train:
-                from jepa_core.evaluate import evaluate_run
+                from jepa_core.commands.evaluate import evaluate_run
 
                 evaluate_run(run)
     finally:
@@ -124,11 +124,11 @@ def _spawn(recipe: Recipe, registry: Any, args: argparse.Namespace) -> int:
             n = int(args.nproc)
         except ValueError:
             raise ConfigError(f"--nproc must be a number or 'gpu' (got {args.nproc!r}).") from None
-    from jepa_core.build import build_data
+    from jepa_core.runtime.build import build_data
 
     build_data(recipe, registry)  # missing data: one clear error here, not one per process
     argv = [f"--nproc-per-node={n}", "--standalone", f"--signals-to-handle={FORWARDED}",
-            f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}", "-m", "jepa_core.worker"]
+            f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}", "-m", "jepa_core.runtime.worker"]
     for module in args.plugin:
         argv += ["-p", module]
     argv += [args.recipe, *args.overrides]

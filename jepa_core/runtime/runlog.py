@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jepa_core import checkpoint as ckpt
+from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.errors import RunError
 
 COLLAPSE_STD = 1e-2  # pooled target features this flat across a batch mean collapse

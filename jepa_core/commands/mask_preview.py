@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from jepa_core.build import encoder_geometry
-from jepa_core.data import mask_generator
+from jepa_core.runtime.build import encoder_geometry
+from jepa_core.runtime.data import mask_generator
 from jepa_core.errors import PluginError
 from jepa_core.interfaces import MaskBatch, MaskerWithStats, MaskStats
 

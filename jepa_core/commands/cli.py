@@ -113,7 +113,7 @@ def _load(args: argparse.Namespace, registry: Any) -> Any:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from jepa_core.listing import plugins_json, print_plugins
+    from jepa_core.commands.listing import plugins_json, print_plugins
 
     registry = _registry(args)
     if args.json:
@@ -127,7 +127,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     registry = _registry(args)
     registry.raise_if_broken()  # as `jepa run` does: check passes only what run accepts
     recipe = _load(args, registry)
-    from jepa_core.plan import print_check  # torch: only for a recipe that loads
+    from jepa_core.commands.plan import print_check  # torch: only for a recipe that loads
 
     print_check(recipe, registry, _console(), gpus=args.gpus, read_data=not args.no_data)
     return 0
@@ -155,15 +155,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     registry.raise_if_broken()
     recipe = _load(args, registry)
     if args.slurm:
-        from jepa_core.slurm import submit
+        from jepa_core.runtime.slurm import submit
 
         job = submit(args, recipe.run_dir)
         if args.wait:
-            from jepa_core.slurm import wait
+            from jepa_core.runtime.slurm import wait
 
             wait(job)
         return 0
-    from jepa_core.launch import launch  # torch: only once the recipe is known to be good
+    from jepa_core.runtime.launch import launch  # torch: only once the recipe is known to be good
 
     return launch(recipe, registry, args)
 
@@ -171,7 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_masks(args: argparse.Namespace) -> int:
     registry = _registry(args)
     recipe = _load(args, registry)
-    from jepa_core.mask_preview import masks_command  # torch: only for a valid recipe
+    from jepa_core.commands.mask_preview import masks_command  # torch: only for a valid recipe
 
     masks_command(recipe, registry, args.out, samples=args.samples, seed=args.seed,
                   batch_size=args.batch_size, console=_console())
@@ -181,7 +181,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     registry = _registry(args)
     registry.raise_if_broken()
-    from jepa_core.evaluate import eval_command  # torch: only once the plugins are sound
+    from jepa_core.commands.evaluate import eval_command  # torch: only once the plugins are sound
 
     return eval_command(args.source, registry, args.overrides, baseline=not args.no_baseline,
                         console=_console())
@@ -190,7 +190,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     registry = _registry(args)
     registry.raise_if_broken()
-    from jepa_core.interop import import_official, print_report
+    from jepa_core.commands.interop import import_official, print_report
 
     report = import_official(args.official, args.recipe, registry, args.out,
                              allow_partial=args.allow_partial)
@@ -201,7 +201,7 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     registry = _registry(args)
     registry.raise_if_broken()
-    from jepa_core.interop import export_timm
+    from jepa_core.commands.interop import export_timm
 
     info = export_timm(args.checkpoint, args.out, which=args.which, registry=registry)
     json_path = args.out.rsplit(".", 1)[0] + ".json"

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from jepa_core import checkpoint as ckpt
+from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.errors import JepaError, RunError
 
 LOCK_NAME = ".lock"

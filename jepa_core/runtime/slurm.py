@@ -29,7 +29,7 @@ class JepaJob:
     def __call__(self) -> int:
         import submitit
 
-        from jepa_core.cli import main
+        from jepa_core.commands.cli import main
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:

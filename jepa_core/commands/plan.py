@@ -3,7 +3,8 @@
 The plan is what the run will cost before any GPU is touched: parameters per component (the
 models are built on the meta device, so ViT-G costs no memory), tokens per image (the masker
 draws the masks of a few steps exactly as the training data loader would), FLOPs and memory
-per GPU (the analytic model of `jepa_core.costs`), the batch split over the GPUs, the steps of
+per GPU (the analytic model of `jepa_core.commands.costs`), the batch split over the GPUs, the
+steps of
 the run, and its duration at a stated fraction of the GPUs' bf16 peak.
 
     jepa check recipes/ijepa_vith16.yaml --gpus 32
@@ -16,10 +17,10 @@ from typing import Any
 import attrs
 import torch
 
-from jepa_core import costs
-from jepa_core.build import (MethodParts, build, encoder_geometry, steps_per_epoch,
+from jepa_core.commands import costs
+from jepa_core.runtime.build import (MethodParts, build, encoder_geometry, steps_per_epoch,
                              total_steps)
-from jepa_core.data import BatchLayout, MaskingCollate, batch_layout
+from jepa_core.runtime.data import BatchLayout, MaskingCollate, batch_layout
 from jepa_core.errors import ConfigError, PluginFailed, RunError
 from jepa_core.recipe import Recipe, recipe_to_yaml
 
@@ -282,7 +283,7 @@ def token_table(plan: Plan, recipe: Recipe) -> Any:
 def flops_table(plan: Plan, recipe: Recipe) -> Any:
     f = plan.flops
     table = _table("FLOPs per step", "part", "per image", "share", note=(
-        "matmul FLOPs, multiply-add = 2, backward = 2x forward (jepa_core/costs.py)"))
+        "matmul FLOPs, multiply-add = 2, backward = 2x forward (jepa_core/commands/costs.py)"))
     rows = [("target encoder forward, N tokens", f.target),
             ("context encoder forward + backward, Nc tokens", f.context),
             ("predictor forward + backward, M x (Nc + Nt) tokens", f.predictor)]
@@ -298,7 +299,8 @@ def memory_table(plan: Plan, recipe: Recipe) -> Any:
     mode = "fp32" if recipe.train.precision == "fp32" else "bf16 autocast, SDPA"
     table = _table(f"Memory per GPU, micro-batch {plan.layout.micro_batch}", "what", "GiB",
                    note=(f"{recipe.dist.strategy}, {mode}: fp32 weights and AdamW state; the "
-                         f"activations kept for backward when it starts (jepa_core/costs.py). "
+                         f"activations kept for backward when it starts "
+                         f"(jepa_core/commands/costs.py). "
                          f"Add ~10% for the CUDA context, temporaries and allocator slack."))
     for name, value in plan.memory.items():
         table.add_row(name, _gib(value))

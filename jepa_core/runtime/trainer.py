@@ -7,8 +7,8 @@
     → checkpoint (every module by name)
 
 Launch: `jepa run recipe.yaml` (one process), `jepa run recipe.yaml --nproc 8` (one process per
-device through torch's elastic launcher), `torchrun ... -m jepa_core.worker recipe.yaml`, or
-`srun jepa run recipe.yaml` under SLURM.
+device through torch's elastic launcher), `torchrun ... -m jepa_core.runtime.worker
+recipe.yaml`, or `srun jepa run recipe.yaml` under SLURM.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from typing import Any
 import attrs
 import torch
 
-from jepa_core import checkpoint as ckpt
-from jepa_core import schedules
-from jepa_core.build import Components, build_components
-from jepa_core.data import Batch, BatchLayout, batch_layout, train_loader
-from jepa_core.distributed import DistEnv
+from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime import schedules
+from jepa_core.runtime.build import Components, build_components
+from jepa_core.runtime.data import Batch, BatchLayout, batch_layout, train_loader
+from jepa_core.runtime.distributed import DistEnv
 from jepa_core.errors import ConfigError, Preempted, RunError
-from jepa_core.runlog import RunLogger
+from jepa_core.runtime.runlog import RunLogger
 from jepa_core.recipe import Recipe, recipe_to_dict, recipe_to_yaml
 from jepa_core.seeding import derive_seed
-from jepa_core.sharding import full_states, load_full_states, no_gradient_sync, wrap_models
+from jepa_core.runtime.sharding import full_states, load_full_states, no_gradient_sync, wrap_models
 
 
 @attrs.define
