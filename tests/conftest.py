@@ -46,6 +46,29 @@ def tiny_method(d: dict, method: str, **config) -> dict:
     return d
 
 
+def install_example(tmp_path_factory, name: str) -> Path:
+    """examples/<name> pip-installed (no deps, offline) into a fresh folder, returned, to be
+    put on PYTHONPATH / sys.path: never into the test venv, so other tests keep their registry.
+    Skips where the example cannot be built offline."""
+    import shutil
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("setuptools") is None:  # venvs of Python >= 3.12 lack it
+        pytest.skip("building the example offline needs setuptools in this environment")
+    example = Path(__file__).resolve().parents[1] / "examples" / name
+    source = tmp_path_factory.mktemp("src") / name  # builds leave files behind: build a copy
+    shutil.copytree(example, source, ignore=shutil.ignore_patterns(
+        "build", "*.egg-info", "__pycache__"))
+    target = tmp_path_factory.mktemp("site")
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+           "--no-build-isolation", "--no-index", "--target", str(target), str(source)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    if done.returncode != 0:
+        pytest.skip(f"cannot build the example plugin here: {done.stderr[-500:]}")
+    return target
+
+
 def load_bench(name: str) -> ModuleType:
     """The script bench/<name>.py imported as a module (bench/ is not a package)."""
     path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"

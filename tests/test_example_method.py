@@ -7,38 +7,21 @@ subprocesses, never into the test venv, so other tests see the registry they exp
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from jepa_core.runtime import checkpoint as ckpt
 
-from conftest import TINY
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "jepa_stopgrad"
-
+from conftest import TINY, install_example
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    if importlib.util.find_spec("setuptools") is None:
-        pytest.skip("building the example offline needs setuptools in this environment")
-    source = tmp_path_factory.mktemp("src") / "jepa_stopgrad"
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns(
-        "build", "*.egg-info", "__pycache__"))
-    target = tmp_path_factory.mktemp("site")
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-           "--no-build-isolation", "--no-index", "--target", str(target), str(source)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    if done.returncode != 0:
-        pytest.skip(f"cannot build the example plugin here: {done.stderr[-500:]}")
-    return target
+    return install_example(tmp_path_factory, "jepa_stopgrad")
 
 
 def _jepa(site, *args):

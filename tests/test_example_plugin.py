@@ -8,37 +8,24 @@ the registry they expect.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.testing import check_masker
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "jepa_checkerboard"
+from conftest import install_example
+
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """A folder holding the installed distribution jepa-checkerboard (package + dist-info)."""
-    if importlib.util.find_spec("setuptools") is None:  # venvs of Python >= 3.12 lack it
-        pytest.skip("building the example offline needs setuptools in this environment")
-    source = tmp_path_factory.mktemp("src") / "jepa_checkerboard"  # builds leave files behind
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns(
-        "build", "*.egg-info", "__pycache__"))
-    target = tmp_path_factory.mktemp("site")
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-           "--no-build-isolation", "--no-index", "--target", str(target), str(source)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    if done.returncode != 0:
-        pytest.skip(f"cannot build the example plugin here: {done.stderr[-500:]}")
-    return target
+    return install_example(tmp_path_factory, "jepa_checkerboard")
 
 
 def _env(site):
