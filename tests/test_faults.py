@@ -63,9 +63,10 @@ def _final_weights(run_dir: Path) -> dict:
 
 
 def _assert_same(a: dict, b: dict) -> None:
-    for part in ("encoder", "predictor", "target_encoder"):
-        for k, v in a[part].items():
-            assert torch.equal(v, b[part][k]), f"{part}.{k} differs"
+    assert sorted(a["modules"]) == ["encoder", "predictor", "target_encoder"]
+    for part in a["modules"]:
+        for k, v in a["modules"][part].items():
+            assert torch.equal(v, b["modules"][part][k]), f"{part}.{k} differs"
     # optimizer moments too: the resumed run is the same run
     for (ka, va), (kb, vb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
         assert torch.equal(va["exp_avg"], vb["exp_avg"])
