@@ -45,6 +45,14 @@ class PluginFailed(PluginError):
     title = "plugin failed"
 
 
+class MaskerOutputError(PluginError):
+    """Masks that break the masker contract (`jepa_core.maskcheck`), found by the trainer on
+    the first steps of a run: a target leak, duplicate or out-of-range indices, a wrong dtype
+    or shape, use of the global RNG. Exit code 2: the run is refused before it trains."""
+
+    title = "masker output"
+
+
 class UnknownComponentError(JepaError):
     title = "unknown component"
 

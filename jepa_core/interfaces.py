@@ -31,11 +31,21 @@ class MaskBatch:
     context_valid: optional [B, Nc] bool, False where a context index is padding. A masker that
         pads rows to equal length repeats a real index there; encoders and predictors that
         receive `context_valid` must ignore those positions (key-padding mask). None: all valid.
+    targets_valid: optional [B, M, Nt] bool, False where a target index is padding, for target
+        blocks of unequal size padded to the longest (repeat a real index of the block there).
+        Predictors that receive it ignore padded target queries as attention keys, and losses
+        average over valid target tokens only. Every block keeps at least one valid index.
+        None: all valid.
+
+    A masker whose context and targets may share patches says so with an attribute
+    `allow_overlap = True`; otherwise the trainer refuses masks that leak targets into the
+    context (`jepa_core.runtime.mask_guard`).
     """
 
     context: "torch.Tensor"
     targets: "torch.Tensor"
     context_valid: "torch.Tensor | None" = None
+    targets_valid: "torch.Tensor | None" = None
 
     @property
     def batch_size(self) -> int:
@@ -116,13 +126,16 @@ class Predictor(Protocol):
     """Predicts target-block representations from context tokens (a `torch.nn.Module`).
 
     forward(context_tokens [B, Nc, D], context_idx [B, Nc], target_idx [B, M, Nt],
-            context_valid [B, Nc] bool | None) -> [B, M, Nt, D] predictions,
-        one prediction per target index, in the encoder's width D.
+            context_valid [B, Nc] bool | None, targets_valid=[B, M, Nt] bool | None)
+        -> [B, M, Nt, D] predictions, one prediction per target index, in the encoder's
+        width D. Methods pass `targets_valid` (by keyword) only when a masker pads its target
+        blocks; padded target queries must then not be attended to, and their predictions
+        are ignored.
     """
 
     def __call__(self, context_tokens: "torch.Tensor", context_idx: "torch.Tensor",
-                 target_idx: "torch.Tensor",
-                 context_valid: "torch.Tensor | None" = None) -> "torch.Tensor": ...
+                 target_idx: "torch.Tensor", context_valid: "torch.Tensor | None" = None,
+                 targets_valid: "torch.Tensor | None" = None) -> "torch.Tensor": ...
 
 
 @runtime_checkable
@@ -142,11 +155,14 @@ class TargetUpdater(Protocol):
 class Loss(Protocol):
     """Scalar loss between predictions and targets.
 
-    __call__(predictions [B, M, Nt, D], targets [B, M, Nt, D]) -> [] float tensor.
-    Targets arrive already normalised (parameter-free layer norm over D) and detached.
+    __call__(predictions [B, M, Nt, D], targets [B, M, Nt, D], valid=[B, M, Nt] bool)
+        -> [] float tensor. Targets arrive already normalised (parameter-free layer norm over
+        D) and detached. Methods pass `valid` (by keyword) only when the masks mark padded
+        target positions (`MaskBatch.targets_valid`): the loss is then over valid tokens only.
     """
 
-    def __call__(self, predictions: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor": ...
+    def __call__(self, predictions: "torch.Tensor", targets: "torch.Tensor",
+                 valid: "torch.Tensor | None" = None) -> "torch.Tensor": ...
 
 
 @runtime_checkable

@@ -165,7 +165,8 @@ class Batch:
         def move(t: Any) -> Any:
             return None if t is None else t.to(device, non_blocking=True)
 
-        masks = {name: MaskBatch(move(m.context), move(m.targets), move(m.context_valid))
+        masks = {name: MaskBatch(move(m.context), move(m.targets), move(m.context_valid),
+                                 move(m.targets_valid))
                  for name, m in self.masks.items()}
         return Batch({k: move(v) for k, v in self.views.items()}, move(self.labels), masks,
                      self.step, self.skipped)
@@ -176,17 +177,27 @@ def mask_generator(seed: int, step: int) -> torch.Generator:
     return generator(seed, "masks", step)
 
 
+def _trim(index: torch.Tensor, valid: torch.Tensor | None):
+    """(index, valid) without the trailing columns that are padding everywhere; a `valid`
+    that is then all True becomes None (the encoders' and predictor's fast path)."""
+    if valid is None:
+        return index, None
+    used = valid.flatten(0, -2).any(0).nonzero()
+    width = int(used.max()) + 1 if len(used) else valid.shape[-1]
+    index, valid = index[..., :width], valid[..., :width]
+    return index, (None if bool(valid.all()) else valid)
+
+
 def _take_rows(masks: MaskBatch, rows: slice) -> MaskBatch:
     """These rows of a mask batch; padding columns no row here needs are dropped, and a
-    `context_valid` that is all True becomes None (the encoders' fast path)."""
-    context, valid = masks.context[rows], masks.context_valid
-    if valid is not None:
-        valid = valid[rows]
-        width = int(valid.sum(1).max())
-        context, valid = context[:, :width], valid[:, :width]
-        if bool(valid.all()):
-            valid = None
-    return MaskBatch(context, masks.targets[rows], valid)
+    validity mask that is all True becomes None. (The trainer's mask guard has checked the
+    masker's output before any batch is collated.)"""
+    def part(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t[rows]
+
+    context, valid = _trim(part(masks.context), part(masks.context_valid))
+    targets, targets_valid = _trim(part(masks.targets), part(masks.targets_valid))
+    return MaskBatch(context, targets, valid, targets_valid)
 
 
 class MaskingCollate:

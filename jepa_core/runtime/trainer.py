@@ -28,6 +28,7 @@ from jepa_core.runtime import schedules
 from jepa_core.runtime.build import Components, build_components
 from jepa_core.runtime.data import Batch, BatchLayout, batch_layout, train_loader
 from jepa_core.runtime.distributed import DistEnv
+from jepa_core.runtime.mask_guard import MaskGuard, describe_masker
 from jepa_core.errors import ConfigError, Preempted, RunError
 from jepa_core.runtime.runlog import RunLogger
 from jepa_core.recipe import Recipe, recipe_to_dict, recipe_to_yaml
@@ -201,15 +202,18 @@ def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
 
 
 def mask_counts(masks: dict) -> dict[str, float]:
-    """Valid context tokens (mean per row) and target tokens per row of each mask set; the
-    set of a single masker gives plain `context_tokens` / `target_tokens`."""
+    """Valid context tokens (mean per row) and valid target tokens (mean per row, all blocks
+    together) of each mask set; the set of a single masker gives plain `context_tokens` /
+    `target_tokens`."""
     out = {}
     for name, m in masks.items():
         prefix = "" if len(masks) == 1 else f"{name}_"
         out[f"{prefix}context_tokens"] = float(
             m.context.shape[1] if m.context_valid is None
             else m.context_valid.sum(1).float().mean())
-        out[f"{prefix}target_tokens"] = float(m.targets[0].numel())
+        out[f"{prefix}target_tokens"] = float(
+            m.targets[0].numel() if m.targets_valid is None
+            else m.targets_valid.flatten(1).sum(1).float().mean())
     return out
 
 
@@ -373,6 +377,12 @@ def train(recipe: Recipe, registry: Any, dist: DistEnv | None = None,
         (run.run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
         ckpt.remove_stale_temps(run.run_dir / "checkpoints")
     stop = min(run.parts.total_steps, recipe.train.max_steps or run.parts.total_steps)
+    guard = None
+    if run.parts.masker is not None:  # before any worker draws: a bad masker fails here
+        masker = run.parts.masker
+        guard = MaskGuard(masker, describe_masker(masker, recipe, registry), recipe.seed,
+                          run.layout, run.step, stop)
+        guard.check_start()
     loader = train_loader(run.parts.source, run.parts.masker, run.layout, seed=recipe.seed,
                           steps_per_epoch=run.parts.steps_per_epoch, start_step=run.step,
                           stop_step=stop, num_workers=recipe.train.num_workers,
@@ -383,6 +393,8 @@ def train(recipe: Recipe, registry: Any, dist: DistEnv | None = None,
     with RunLogger(run, stop, console) as logger, StopOnSignal(run):
         micro: list[Batch] = []
         for batch in loader:
+            if guard is not None:
+                guard.check_batch(batch, len(micro))
             micro.append(batch)
             if len(micro) < run.layout.accum_steps:
                 continue

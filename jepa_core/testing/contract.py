@@ -4,9 +4,12 @@
     check_masker(masker, batch_size=8, seed=0, allow_overlap=False, min_keep=10)
 
 Always checked: output types and shapes, int64 indices in [0, N), unique indices per target
-block and per context row (among valid positions), a `context_valid` consistent with the
-context, termination within `time_limit_s`, and determinism: the same generator seed gives the
-same masks, and torch's, Python's and numpy's global RNGs are left untouched.
+block and per context row (among valid positions), a `context_valid` / `targets_valid`
+consistent with the context / targets (bool, same shape, at least one valid index per row /
+block), termination within `time_limit_s`, and determinism: the same generator seed gives the
+same masks even when the global RNGs are in other states, and torch's, Python's and numpy's
+global RNGs are left untouched. The checks themselves live in `jepa_core.maskcheck`; the
+trainer runs the same ones on the first steps of every run.
 
 Checked when declared: `min_keep` (valid context patches per row), `allow_overlap=False`
 (context and targets disjoint), `scale_range` / `aspect_range` (each target block is a
@@ -18,14 +21,18 @@ Each failure raises AssertionError with a message naming the masker, the check, 
 
 from __future__ import annotations
 
-import random
 import threading
 from typing import Any
 
-import numpy as np
 import torch
 
 from jepa_core.interfaces import MaskBatch
+from jepa_core.maskcheck import (overlap_problem, redraw_problem, structure_problem,
+                                 target_membership, target_sizes, valid_counts)
+
+__all__ = ["check_masker", "check_structure", "check_disjoint", "check_block_ranges",
+           "check_deterministic", "check_reachable", "draw_in_time", "valid_counts",
+           "target_membership"]
 
 
 def _fail(masker: Any, check: str, detail: str) -> AssertionError:
@@ -58,77 +65,40 @@ def draw_in_time(masker: Any, batch_size: int, seed: int, time_limit_s: float) -
     return result["masks"]
 
 
+def _raise(masker: Any, problem: Any) -> None:
+    if problem:
+        raise _fail(masker, problem.check, problem.detail)
+
+
 def check_structure(masker: Any, masks: Any, batch_size: int) -> None:
-    """Types, shapes, dtypes, ranges and uniqueness of one MaskBatch."""
-    gh, gw = masker.grid
-    n = gh * gw
-    if not isinstance(masks, MaskBatch):
-        raise _fail(masker, "returns MaskBatch", f"got {type(masks).__name__}")
-    ctx, tgt, valid = masks.context, masks.targets, masks.context_valid
-    for name, t, dims in (("context", ctx, 2), ("targets", tgt, 3)):
-        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != dims:
-            raise _fail(masker, f"{name} is a {dims}-D int64 tensor",
-                        f"got {getattr(t, 'dtype', type(t))} of shape {getattr(t, 'shape', '?')}")
-        if t.shape[0] != batch_size or 0 in t.shape:
-            raise _fail(masker, f"{name} shape", f"{tuple(t.shape)} for batch {batch_size}")
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n):
-            raise _fail(masker, f"{name} indices in [0, {n})",
-                        f"found {int(t.min())}..{int(t.max())} on a {gh}x{gw} grid")
-    if valid is not None:
-        if valid.dtype != torch.bool or valid.shape != ctx.shape:
-            raise _fail(masker, "context_valid is bool like context",
-                        f"{valid.dtype} {tuple(valid.shape)} vs {tuple(ctx.shape)}")
-        if not bool(valid.any(1).all()):
-            raise _fail(masker, "context_valid", "a row has no valid context index")
-    _check_unique(masker, "unique indices per target block", tgt)
-    keyed = ctx if valid is None else torch.where(valid, ctx, -1 - torch.arange(ctx.shape[1]))
-    _check_unique(masker, "unique indices per context row", keyed)
-
-
-def _check_unique(masker: Any, check: str, idx: torch.Tensor) -> None:
-    ordered = idx.sort(dim=-1).values
-    repeated = (ordered[..., 1:] == ordered[..., :-1]).any(-1)
-    if bool(repeated.any()):
-        where = tuple(int(i) for i in repeated.nonzero()[0])
-        raise _fail(masker, check, f"repeated index at {where}: {idx[where].tolist()}")
-
-
-def valid_counts(masks: MaskBatch) -> torch.Tensor:
-    """[B] int64: valid context indices per row."""
-    if masks.context_valid is None:
-        return torch.full((masks.batch_size,), masks.context.shape[1], dtype=torch.int64)
-    return masks.context_valid.sum(1)
-
-
-def target_membership(masks: MaskBatch, n: int) -> torch.Tensor:
-    """[B, N] bool: patches in any target block of each sample."""
-    member = torch.zeros(masks.batch_size, n, dtype=torch.bool)
-    return member.scatter_(1, masks.targets.flatten(1), True)
+    """Types, shapes, dtypes, ranges, validity masks (`context_valid`, `targets_valid`) and
+    uniqueness of one MaskBatch (`jepa_core.maskcheck.structure_problem`)."""
+    _raise(masker, structure_problem(masks, tuple(masker.grid), batch_size))
 
 
 def check_disjoint(masker: Any, masks: MaskBatch) -> None:
-    n = masker.grid[0] * masker.grid[1]
-    hit = target_membership(masks, n).gather(1, masks.context)
-    if masks.context_valid is not None:
-        hit &= masks.context_valid
-    if bool(hit.any()):
-        b, j = (int(i) for i in hit.nonzero()[0])
-        raise _fail(masker, "context and targets disjoint (allow_overlap=False)",
-                    f"sample {b}: patch {int(masks.context[b, j])} is in the context and a target")
+    _raise(masker, overlap_problem(masks, tuple(masker.grid)))
 
 
-def block_shapes(masker: Any, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h, w) [B, M] of each target block's bounding box; AssertionError unless every block
-    is exactly its bounding box (a filled rectangle)."""
+def block_shapes(masker: Any, masks: MaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, w) [B, M] of each target block's bounding box (over its valid indices);
+    AssertionError unless every block is exactly its bounding box (a filled rectangle)."""
     gw = masker.grid[1]
+    targets, valid = masks.targets, masks.targets_valid
     rows, cols = targets // gw, targets % gw
-    h = rows.amax(-1) - rows.amin(-1) + 1
-    w = cols.amax(-1) - cols.amin(-1) + 1
-    holed = h * w != targets.shape[-1]
+    if valid is None:
+        h = rows.amax(-1) - rows.amin(-1) + 1
+        w = cols.amax(-1) - cols.amin(-1) + 1
+    else:
+        big = torch.iinfo(torch.int64).max
+        h = (torch.where(valid, rows, -1).amax(-1) - torch.where(valid, rows, big).amin(-1) + 1)
+        w = (torch.where(valid, cols, -1).amax(-1) - torch.where(valid, cols, big).amin(-1) + 1)
+    sizes = target_sizes(masks)
+    holed = h * w != sizes
     if bool(holed.any()):
         b, m = (int(i) for i in holed.nonzero()[0])
         raise _fail(masker, "target blocks are rectangles", f"sample {b} block {m} has "
-                    f"{targets.shape[-1]} patches in a {int(h[b, m])}x{int(w[b, m])} box")
+                    f"{int(sizes[b, m])} patches in a {int(h[b, m])}x{int(w[b, m])} box")
     return h, w
 
 
@@ -139,7 +109,7 @@ def check_block_ranges(masker: Any, masks: MaskBatch, scale_range: Any,
     per side, one patch of area (for samplers that floor the area), no upper bound on a side
     that reaches grid - 1 (it may have been capped)."""
     gh, gw = masker.grid
-    h, w = (x.double() for x in block_shapes(masker, masks.targets))
+    h, w = (x.double() for x in block_shapes(masker, masks))
     capped_h, capped_w = h >= gh - 1, w >= gw - 1
     inf = torch.tensor(float("inf"), dtype=torch.float64)
     if scale_range is not None:
@@ -161,19 +131,9 @@ def _check_interval(masker, check, lo, hi, declared, h, w) -> None:
 
 
 def check_deterministic(masker: Any, batch_size: int, seed: int, first: MaskBatch) -> None:
-    """Same seed -> same masks; torch's, Python's and numpy's global RNGs left untouched."""
-    states = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
-    again = masker(batch_size, _generator(seed))
-    after = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1])
-    if not torch.equal(states[0], after[0]) or states[1] != after[1] or \
-            not np.array_equal(states[2], after[2]):
-        raise _fail(masker, "never touches the global RNG", "torch's, Python's or numpy's "
-                    "global RNG state changed; draw only from the generator argument")
-    for name in ("context", "targets", "context_valid"):
-        a, b = getattr(first, name), getattr(again, name)
-        if (a is None) != (b is None) or (a is not None and not torch.equal(a, b)):
-            raise _fail(masker, "deterministic for a fixed generator seed",
-                        f"{name} differs between two calls with seed {seed}")
+    """Same seed -> same masks, even with torch's, Python's and numpy's global RNGs set to
+    other states before the second draw; and those global RNGs left untouched."""
+    _raise(masker, redraw_problem(first, lambda: masker(batch_size, _generator(seed))))
 
 
 def check_reachable(masker: Any, batch_size: int, seed: int, samples: int) -> None:
@@ -186,7 +146,7 @@ def check_reachable(masker: Any, batch_size: int, seed: int, samples: int) -> No
         masks = masker(batch_size, _generator(seed + 1 + i))
         ctx = masks.context if masks.context_valid is None else masks.context[masks.context_valid]
         in_context[ctx.flatten()] = True
-        in_target[masks.targets.flatten()] = True
+        in_target |= target_membership(masks, n).any(0)
         if bool(in_context.all()) and bool(in_target.all()):
             return
     for name, seen in (("context", in_context), ("target", in_target)):

@@ -125,6 +125,7 @@ class MultiBlockMasker:
         self.config = config
         self.grid = (int(grid[0]), int(grid[1]))
         self.reference = config.style == "reference"
+        self.allow_overlap = config.allow_overlap  # the trainer's mask guard reads it
         self.cap = (self.grid[0] - 1, self.grid[1] - 1) if self.reference else self.grid
         self._spans: dict[tuple[int, int], torch.Tensor] = {}  # memo of span_table
         self._offsets: dict[Size, torch.Tensor] = {}  # memo of block_offsets
