@@ -21,6 +21,7 @@ from jepa_core.runtime.build import encoder_geometry
 from jepa_core.runtime.data import mask_generator
 from jepa_core.errors import PluginError
 from jepa_core.interfaces import MaskBatch, MaskerWithStats, MaskStats
+from jepa_core.maskcheck import target_membership, target_sizes
 
 BACKGROUND = (235, 235, 235)
 CONTEXT = (66, 110, 180)
@@ -77,11 +78,18 @@ def _valid(masks: MaskBatch) -> torch.Tensor:
 
 
 def _aspects(masks: MaskBatch, gw: int) -> torch.Tensor | None:
-    """[B * M] h / w of each target block, or None when some block is not a rectangle."""
+    """[B * M] h / w of each target block (its valid indices), or None when some block is not
+    a rectangle."""
     rows, cols = masks.targets // gw, masks.targets % gw
-    h = rows.amax(-1) - rows.amin(-1) + 1
-    w = cols.amax(-1) - cols.amin(-1) + 1
-    if bool((h * w != masks.targets.shape[-1]).any()):
+    valid = masks.targets_valid
+    if valid is None:
+        h = rows.amax(-1) - rows.amin(-1) + 1
+        w = cols.amax(-1) - cols.amin(-1) + 1
+    else:
+        big = torch.iinfo(torch.int64).max
+        h = torch.where(valid, rows, -1).amax(-1) - torch.where(valid, rows, big).amin(-1) + 1
+        w = torch.where(valid, cols, -1).amax(-1) - torch.where(valid, cols, big).amin(-1) + 1
+    if bool((h * w != target_sizes(masks)).any()):
         return None
     return (h.double() / w.double()).flatten()
 
@@ -106,13 +114,12 @@ def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0, batches: 
         if has_stats:
             before.append(info.context_sizes)
             fallbacks += int(info.fallbacks)
-        sizes.append(masks.targets.shape[2])
+        sizes.append(target_sizes(masks).flatten())  # valid indices of each block
         block_aspects = _aspects(masks, gw)
         rectangles = rectangles and block_aspects is not None
         if rectangles:
             aspects.append(block_aspects)
-        member = torch.zeros(batch_size, n, dtype=torch.bool)
-        member.scatter_(1, masks.targets.flatten(1), True)  # [B, N]: in some target
+        member = target_membership(masks, n)  # [B, N]: in some target (valid positions)
         overlap.append((member.gather(1, masks.context) & valid).sum() / valid.sum())
         in_context += torch.zeros(batch_size, n).scatter_(1, masks.context, valid.float()).sum(0)
         in_target += member.sum(0)
@@ -120,7 +127,7 @@ def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0, batches: 
     return {
         "masker": repr(masker), "grid": [gh, gw], "batch_size": batch_size, "batches": batches,
         "num_targets": int(masks.targets.shape[1]),
-        "target_size": _summary(torch.tensor(sizes)),
+        "target_size": _summary(torch.cat(sizes)),
         "target_aspect": _summary(torch.cat(aspects)) if rectangles else None,
         "context_before": _summary(torch.cat(before)) if has_stats else None,
         "context_size": _summary(torch.cat(after)),
@@ -146,7 +153,10 @@ def _draw_sample(draw: ImageDraw.ImageDraw, masks: MaskBatch, b: int, grid, orig
     for p in in_context:
         colours[p] = CONTEXT
     for m in range(masks.targets.shape[1]):
-        for p in masks.targets[b, m].tolist():
+        block = masks.targets[b, m]
+        if masks.targets_valid is not None:
+            block = block[masks.targets_valid[b, m]]
+        for p in block.tolist():
             colours[p] = TARGETS[m % len(TARGETS)]
     for p, colour in enumerate(colours):
         x, y = origin[0] + (p % gw) * cell, origin[1] + (p // gw) * cell

@@ -130,7 +130,8 @@ def measure_tokens(masker: Any, recipe: Recipe) -> tuple[float, float, int]:
     draws = [next(iter(collate.step_masks(step).values())) for step in range(MASK_DRAWS)]
     context = sum(float(d.context_valid.sum(1).float().mean()) if d.context_valid is not None
                   else d.context.shape[1] for d in draws) / len(draws)  # padding not counted
-    target = sum(d.targets.shape[2] for d in draws) / len(draws)
+    target = sum(float(d.targets_valid.sum(-1).float().mean()) if d.targets_valid is not None
+                 else d.targets.shape[2] for d in draws) / len(draws)  # per block, valid only
     return context, target, int(draws[0].targets.shape[1])
 
 

@@ -6,7 +6,9 @@ For each (image, target block) it runs one sequence
       Nc tokens                                                   Nt tokens
 
 through pre-norm transformer blocks and returns predictor_proj(predictor_norm(.)) at the mask
-positions. Context tokens are repeated once per target block (B * M sequences).
+positions. Context tokens are repeated once per target block (B * M sequences). Padded context
+positions (context_valid) and padded target queries (targets_valid, for target blocks of
+unequal size) are masked out as attention keys.
 
 Parameter names are those of the official I-JEPA checkpoints' `predictor` state dict (less
 their `module.` prefix), so importing one is a key-prefix strip:
@@ -118,14 +120,24 @@ class VisionTransformerPredictor(nn.Module):
         return self.mask_token + self.positions(target_idx)
 
     @staticmethod
-    def attention_mask(context_valid: torch.Tensor | None, repeats: int,
-                       num_queries: int) -> torch.Tensor | None:
-        """context_valid [B, Nc] bool -> [B * repeats, 1, 1, Nc + num_queries] key mask: padded
-        context positions are ignored, mask tokens are always valid. None stays None."""
-        if context_valid is None:
+    def attention_mask(context_valid: torch.Tensor | None, repeats: int, num_queries: int,
+                       targets_valid: torch.Tensor | None = None,
+                       num_context: int | None = None) -> torch.Tensor | None:
+        """context_valid [B, Nc] bool, targets_valid [B, repeats, num_queries] bool ->
+        [B * repeats, 1, 1, Nc + num_queries] key mask: padded context positions and padded
+        target queries are ignored as keys (a None side is all valid; num_context is Nc when
+        context_valid is None). Both None stays None (the fast path)."""
+        if context_valid is None and targets_valid is None:
             return None
-        ctx = context_valid.repeat_interleave(repeats, dim=0)
-        queries = ctx.new_ones(ctx.shape[0], num_queries)
+        if context_valid is None:
+            batch = targets_valid.shape[0]
+            ctx = targets_valid.new_ones(batch * repeats, num_context)
+        else:
+            ctx = context_valid.repeat_interleave(repeats, dim=0)
+        if targets_valid is None:
+            queries = ctx.new_ones(ctx.shape[0], num_queries)
+        else:
+            queries = targets_valid.reshape(-1, num_queries)
         return key_padding_mask(torch.cat([ctx, queries], dim=1))
 
     def run_blocks(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
@@ -133,17 +145,20 @@ class VisionTransformerPredictor(nn.Module):
         return apply_blocks(self.predictor_blocks, x, attn_mask, self.grad_checkpointing)
 
     def forward(self, context_tokens: torch.Tensor, context_idx: torch.Tensor,
-                target_idx: torch.Tensor,
-                context_valid: torch.Tensor | None = None) -> torch.Tensor:
+                target_idx: torch.Tensor, context_valid: torch.Tensor | None = None,
+                targets_valid: torch.Tensor | None = None) -> torch.Tensor:
         """context_tokens [B, Nc, D] (the context encoder's output), context_idx [B, Nc] int64,
-        target_idx [B, M, Nt] int64, context_valid [B, Nc] bool | None (False = padding).
-        Returns [B, M, Nt, D]: one prediction per target index, in the encoder's width."""
+        target_idx [B, M, Nt] int64, context_valid [B, Nc] bool | None and targets_valid
+        [B, M, Nt] bool | None (False = padding, ignored as attention keys).
+        Returns [B, M, Nt, D]: one prediction per target index, in the encoder's width; at
+        padded target positions the values are meaningless (losses skip them)."""
         batch, num_blocks, num_targets = target_idx.shape
         context = self.embed_context(context_tokens, context_idx)
         context = context.repeat_interleave(num_blocks, dim=0)  # [B*M, Nc, Dp], (b, m) order
         queries = self.mask_queries(target_idx.reshape(batch * num_blocks, num_targets))
         x = torch.cat([context, queries], dim=1)  # [B*M, Nc+Nt, Dp]
-        mask = self.attention_mask(context_valid, num_blocks, num_targets)
+        mask = self.attention_mask(context_valid, num_blocks, num_targets, targets_valid,
+                                   context_idx.shape[1])
         x = self.run_blocks(x, mask)[:, -num_targets:]
         x = self.predictor_proj(self.predictor_norm(x))  # [B*M, Nt, D]
         return x.reshape(batch, num_blocks, num_targets, self.encoder_dim)

@@ -20,7 +20,7 @@ class CJEPA(IJEPA):
         cfg, masks = self.config, batch.mask
         targets, h = teacher_targets(modules["target_encoder"], batch.images, masks)
         pred, z = self.predict(modules, batch.images, masks)
-        prediction = self.prediction_loss(pred, targets)
+        prediction = self.prediction_term(pred, targets, masks)
         context = pooled(z.float(), masks.context_valid)  # [B, D], padding left out
         variance = vicreg_variance(context, target_std=cfg.target_std)
         covariance = vicreg_covariance(context)

@@ -34,8 +34,17 @@ class MaskedPrediction:
                 masks: MaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(predictions [B, M, Nt, D] fp32, context tokens [B, Nc, D])."""
         z = modules["encoder"](images, masks.context, masks.context_valid)
-        pred = modules["predictor"](z, masks.context, masks.targets, masks.context_valid)
+        padded = {} if masks.targets_valid is None else {"targets_valid": masks.targets_valid}
+        pred = modules["predictor"](z, masks.context, masks.targets, masks.context_valid,
+                                    **padded)
         return pred.float(), z
+
+    def prediction_term(self, pred: torch.Tensor, targets: torch.Tensor,
+                        masks: MaskBatch) -> torch.Tensor:
+        """The prediction loss, over the valid target tokens when target blocks are padded."""
+        if masks.targets_valid is None:
+            return self.prediction_loss(pred, targets)
+        return self.prediction_loss(pred, targets, valid=masks.targets_valid)
 
     def after_step(self, step: int) -> None:
         """No teacher to update."""
@@ -69,7 +78,8 @@ class IJEPA(MaskedPrediction):
         masks = batch.mask
         targets, h = teacher_targets(modules["target_encoder"], batch.images, masks)
         pred, _ = self.predict(modules, batch.images, masks)
-        return MethodOutput(self.prediction_loss(pred, targets), {}, features=h.mean(dim=1))
+        return MethodOutput(self.prediction_term(pred, targets, masks), {},
+                            features=h.mean(dim=1))
 
     def after_step(self, step: int) -> None:
         self.target_updater.update(self.modules["encoder"], self.modules["target_encoder"], step)

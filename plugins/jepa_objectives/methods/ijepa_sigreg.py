@@ -32,7 +32,7 @@ class IJEPASIGReg(MaskedPrediction):
         h = modules["encoder"](batch.images)  # [B, N, D], with gradients
         targets = gather_tokens(normalised_targets(h), masks.targets)
         pred, _ = self.predict(modules, batch.images, masks)
-        prediction = self.prediction_loss(pred, targets)
+        prediction = self.prediction_term(pred, targets, masks)
         embeddings = h.float().mean(dim=1)  # [B, D]
         sig = sigreg(embeddings, **sigreg_arguments(self.config.sigreg, self.seed, batch.step))
         lam = self.config.lam
