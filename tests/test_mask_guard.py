@@ -145,3 +145,16 @@ def test_cli_refuses_a_leaking_masker_with_exit_2_and_no_traceback(tmp_path):
     flat = " ".join(" ".join(line.strip(" │╭╮╰╯─") for line in done.stderr.splitlines()).split())
     assert "masker output" in flat
     assert "context and targets disjoint" in flat and "sample 3" in flat
+
+
+def test_the_contract_kit_catches_global_rng_use_hidden_by_a_restored_state():
+    """check_masker redraws with the global RNGs in other states (it only compared two draws
+    under the same global state before, which a fork_rng-wrapped global draw passes)."""
+    from jepa_core.testing import check_masker
+
+    masker = maskers_for_tests.TestMasker(maskers_for_tests.TestMaskConfig("hidden_global"),
+                                          (4, 4))
+    with pytest.raises(AssertionError, match="deterministic for a fixed generator state"):
+        check_masker(masker, 8, 0)
+    check_masker(maskers_for_tests.TestMasker(maskers_for_tests.TestMaskConfig(), (4, 4)), 8, 0,
+                 allow_overlap=False)
