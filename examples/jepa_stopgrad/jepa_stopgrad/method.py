@@ -43,8 +43,12 @@ class StopGradJEPA:
                 h = F.layer_norm(h, (h.shape[-1],))
             targets = gather_blocks(h, masks.targets)
         z = modules["encoder"](batch.images, masks.context, masks.context_valid)
-        pred = modules["predictor"](z, masks.context, masks.targets, masks.context_valid)
-        loss = self.prediction_loss(pred.float(), targets)
+        # padded target blocks (masks.targets_valid) go to the predictor and the loss
+        padded = {} if masks.targets_valid is None else {"targets_valid": masks.targets_valid}
+        pred = modules["predictor"](z, masks.context, masks.targets, masks.context_valid,
+                                    **padded)
+        valid = {} if masks.targets_valid is None else {"valid": masks.targets_valid}
+        loss = self.prediction_loss(pred.float(), targets, **valid)
         # each named metric is logged on its own in metrics.jsonl; features feed the
         # representation-health figures (std across the batch, effective rank)
         return MethodOutput(loss, {"prediction": loss.detach()}, features=h.mean(dim=1))
