@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from jepa_core.runtime.build import encoder_geometry
 from jepa_core.runtime.data import mask_generator
+from jepa_core.runtime.tokens import TOKEN_BATCHES, draw_token_counts
 from jepa_core.errors import PluginError
 from jepa_core.interfaces import MaskBatch, MaskerWithStats, MaskStats
 
@@ -86,7 +87,8 @@ def _aspects(masks: MaskBatch, gw: int) -> torch.Tensor | None:
     return (h.double() / w.double()).flatten()
 
 
-def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0, batches: int = 8,
+def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0,
+                    batches: int = TOKEN_BATCHES,
                     step: int = 0) -> dict[str, Any]:
     """Statistics of `batches` batches (steps step .. step + batches - 1). Sizes in patches;
     coverage: [gh][gw] fraction of samples in which each patch is in the context / a target;
@@ -164,7 +166,8 @@ def _draw_heat(draw: ImageDraw.ImageDraw, values: list[list[float]], origin, cel
 
 
 def render_masks(masker: Any, out_path: str | Path, *, samples: int = 4, seed: int = 0,
-                 step: int = 0, batch_size: int = 128, batches: int = 8) -> dict[str, Any]:
+                 step: int = 0, batch_size: int = 128,
+                 batches: int = TOKEN_BATCHES) -> dict[str, Any]:
     """Write a PNG of `samples` samples of step `step` and the coverage heat maps over
     `batches` batches of `batch_size`; returns `mask_statistics` of those batches."""
     gh, gw = masker.grid
@@ -228,16 +231,23 @@ def print_statistics(stats: dict[str, Any], console: Any) -> None:
 
 
 def masks_command(recipe: Any, registry: Any, out: str | Path, samples: int = 4,
-                  seed: int | None = None, batch_size: int = 128,
+                  seed: int | None = None, batch_size: int | None = None,
                   console: Any = None) -> dict[str, Any]:
     """`jepa masks RECIPE --out masks.png`: build the recipe's masker on its encoder's grid,
-    write the picture, print the statistics. seed None: the recipe's seed."""
+    write the picture, print the statistics. seed None: the recipe's seed; batch_size None:
+    its global batch (the masks of a batch depend on its size, as in training)."""
     grid = encoder_geometry(recipe, registry)[1]
     spec = registry.get("masker", recipe.masker.name)
     masker = spec.build(recipe.masker.config, grid=grid)
     seed = recipe.seed if seed is None else seed
+    batch_size = recipe.train.global_batch_size if batch_size is None else batch_size
     stats = render_masks(masker, out, samples=samples, seed=seed, batch_size=batch_size)
+    counts = draw_token_counts(masker, seed, batch_size, stats["batches"])
+    stats["context_tokens"] = counts.context
     if console is not None:
         print_statistics(stats, console)
+        console.print(f"context tokens per sample: {counts.context:.1f} "
+                      f"({counts.definition()}; `jepa check` reports the same figure)",
+                      markup=False)
         console.print(f"wrote {out} (masker {recipe.masker.name!r} on a {grid[0]}x{grid[1]} grid)")
     return stats
