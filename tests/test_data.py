@@ -162,3 +162,32 @@ def test_digits_and_synthetic_say_which_split_they_are():
     for i in range(8):  # same classes, other images
         assert train_set.get(i, None)[1] == eval_set.get(i, None)[1]
         assert not torch.equal(train_set.get(i, None)[0], eval_set.get(i, None)[0])
+
+
+def test_a_flat_folder_is_unlabelled_and_still_split(tmp_path):
+    """Images directly in root (no class folders): labels -1, no classes, a held-out slice."""
+    root = tmp_path / "flat"
+    root.mkdir()
+    for i in range(10):
+        Image.new("RGB", (30, 30), (25 * i, 0, 0)).save(root / f"{i}.png")
+    (root / "notes.txt").write_text("not an image")
+    (root / "empty_subfolder").mkdir()
+    train_src = build_image_folder(ImageFolderConfig(root=str(root)), (16, 16), train=True)
+    test_src = build_image_folder(ImageFolderConfig(root=str(root)), (16, 16), train=False)
+    assert train_src.num_classes == 0 and len(train_src) + len(test_src) == 10
+    assert len(test_src) == 1  # 10% of one unlabelled group
+    image, label = train_src.get(0, None)
+    assert label == -1 and tuple(image.shape) == (3, 16, 16)
+    assert "unlabelled (no class folders)" in train_src.split
+
+
+def test_class_folders_win_over_loose_images_and_an_empty_folder_says_both_layouts(tmp_path):
+    root = _folder(tmp_path, corrupt=0)
+    Image.new("RGB", (30, 30)).save(root / "loose.png")
+    source = build_image_folder(ImageFolderConfig(root=str(root), val_fraction=0), (16, 16))
+    assert source.num_classes == 2 and len(source) == 8
+    empty = tmp_path / "empty"
+    (empty / "class0").mkdir(parents=True)
+    with pytest.raises(RunError, match=r"holds no images: expected class folders .* or images "
+                                       r"directly in it"):
+        build_image_folder(ImageFolderConfig(root=str(empty)), (16, 16))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -176,3 +177,87 @@ def test_digits_results_say_which_split(tiny_dict):
     data = evaluate_run(run, _console())["data"]
     assert data["test"]["split"] == "digits test split (20% of 1797, split_seed 0): 359 images"
     assert data["test"]["images"] == 40
+
+
+# -- what the end of a run says -------------------------------------------------------------
+def _results(trained, random, pixels, tested=359):
+    return {"trained target encoder": dict(zip(("linear_probe", "knn"), trained)),
+            "random init": dict(zip(("linear_probe", "knn"), random)),
+            "raw pixels": dict(zip(("linear_probe", "knn"), pixels)),
+            "data": {"test": {"images": tested}}}
+
+
+def test_the_comparison_is_worked_out_from_the_figures():
+    from jepa_core.commands.evaluate import comparison_notes
+
+    learned = comparison_notes(_results((0.944, 0.794), (0.905, 0.733), (0.955, 0.955)),
+                               "digits")
+    assert "+3.9 points linear, +6.1 kNN" in learned[0]
+    assert "training added to what the architecture gives untrained" in learned[0]
+    assert "one test image is 0.28 points" in learned[0]
+    assert "raw pixels: +1.1 points linear, +16.1 kNN" in learned[1]
+    assert "8x8 digits" in learned[1] and "strong baseline" in learned[1]
+    mixed = comparison_notes(_results((0.877, 0.638), (0.880, 0.627), (0.939, 0.939)))
+    assert "-0.3 points linear, +1.1 kNN" in mixed[0] and "helped the kNN probe only" in mixed[0]
+    assert "8x8 digits" not in mixed[1]
+    none = comparison_notes(_results((0.5, 0.4), (0.6, 0.5), (0.3, 0.2)))
+    assert "added nothing measurable" in none[0]
+    assert "-10.0 points linear, -10.0 kNN" in none[0]
+    assert "raw pixels: -20.0 points linear, -20.0 kNN" in none[1]
+    ahead = comparison_notes(_results((0.9, 0.8), (0.6, 0.5), (0.7, 0.6)))
+    assert "beat the pixels on both probes" in ahead[1] and "strong baseline" not in ahead[1]
+
+
+def test_evaluation_after_training_shows_progress_notes_and_outputs(tmp_path):
+    """`jepa run` of the quickstart, cut short: progress of the evaluation phases (plain
+    lines: the output is a pipe), what the table shows, and where the outputs went."""
+    out = subprocess.run(
+        [sys.executable, "-m", "jepa_core", "run", "recipes/quickstart.yaml",
+         f"out_dir={tmp_path}", "train.max_steps=2", "eval.max_images=60",
+         "eval.probe_epochs=3"], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "COLUMNS": "300"})
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for phase in ("extracting features of the probe-training images: 60 images",
+                  "extracting features of the test images: 60 images",
+                  "fitting probes: 21 fits", "fitting probes: done in"):
+        assert phase in text, text
+    saved = json.loads((tmp_path / "quickstart" / "eval.json").read_text())
+    t, r = saved["trained target encoder"], saved["random init"]
+    assert (f"{100 * (t['linear_probe'] - r['linear_probe']):+.1f} points linear, "
+            f"{100 * (t['knn'] - r['knn']):+.1f} kNN") in text
+    assert f"run directory: {tmp_path / 'quickstart'}/" in text
+    for output in ("recipe.yaml", "checkpoints/    1 checkpoint(s): step_000000002.pt",
+                   "metrics.jsonl   2 row(s)", "eval.json"):
+        assert output in text, text
+
+
+def _flat_folder(root, n=20):
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        pixels = torch.randint(0, 256, (24, 24, 3), generator=g, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(root / f"img{i:02d}.png")
+    return root
+
+
+def test_a_flat_unlabelled_folder_trains_and_the_evaluation_says_it_needs_labels(tmp_path):
+    root = _flat_folder(tmp_path / "flat")
+    out = subprocess.run(
+        [sys.executable, "-m", "jepa_core", "run", "recipes/quickstart.yaml",
+         f"out_dir={tmp_path / 'runs'}", f"data={{name: image_folder, root: {root}}}",
+         "train.max_steps=2", "train.global_batch_size=8"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "300"})
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "evaluation skipped: the probes need labels" in text, text
+    assert "Traceback" not in out.stdout + out.stderr
+    run_dir = tmp_path / "runs" / "quickstart"
+    assert (run_dir / "checkpoints" / "step_000000002.pt").is_file()
+    assert not (run_dir / "eval.json").exists()
+    probe = subprocess.run([sys.executable, "-m", "jepa_core", "eval", str(run_dir)],
+                           capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 1 and "Traceback" not in probe.stderr
+    assert "the probes need labels" in " ".join(probe.stderr.replace("│", " ").split())

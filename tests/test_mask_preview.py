@@ -255,3 +255,59 @@ def test_jepa_masks_names_a_masker_whose_statistics_are_malformed(stripes, tiny_
     assert "masker stripes_impl.Stripes: sample_with_stats(16, generator) returned statistics " \
         "(SimpleNamespace) without fallbacks; it must return (MaskBatch, stats)" in message
     assert "(jepa_core.interfaces.MaskerWithStats)" in message
+
+
+# -- what the picture and the text explain -------------------------------------------------
+def test_the_picture_has_a_legend_and_a_colour_bar(tmp_path):
+    from PIL import Image as PILImage
+
+    from jepa_core.commands import mask_preview as mp
+
+    masker = build_masker(MultiBlockConfig(min_keep=2), (4, 4))
+    out = tmp_path / "m.png"
+    mp.render_masks(masker, out, samples=2, batch_size=16, batches=2)
+    image = PILImage.open(out).convert("RGB")
+    lay = mp.picture_layout((4, 4), 2)
+    assert image.size == lay["size"]
+    x0, y0, x1, y1 = lay["legend"]
+    legend = {image.getpixel((x, y)) for x in range(x0, x1) for y in range(y0, y1)}
+    assert {mp.CONTEXT, mp.TARGETS[0], mp.BACKGROUND} <= legend  # the grey cells explained
+    x0, y0, x1, y1 = lay["colour_bar"]
+    row = [image.getpixel((x, (y0 + y1) // 2)) for x in range(x0, x1)]
+    assert row[0] == mp._heat_colour(0.0) and row[-1] == mp._heat_colour(1.0)
+    assert len(set(row)) > 20  # a gradient, not two blocks
+
+
+def test_patches_never_in_a_target_are_explained(tmp_path):
+    from jepa_core.commands.mask_preview import never_in_target_note
+
+    reference = build_masker(MultiBlockConfig(style="reference", min_keep=2), (8, 8))
+    stats = mask_statistics(reference, batch_size=64, seed=0, batches=4)
+    note = never_in_target_note(stats, "reference")
+    assert note.startswith("patches never in a target: the 15 of the grid's last row and "
+                           "column, in all 256 samples drawn")
+    assert "official I-JEPA sampler" in note and "masker.style=corrected" in note
+    corrected = build_masker(MultiBlockConfig(min_keep=2), (8, 8))
+    assert never_in_target_note(mask_statistics(corrected, 64, 0, 4), "corrected") is None
+    scattered = {**stats, "target_coverage": [[0.0 if (r, c) == (2, 3) else 0.5
+                                                for c in range(8)] for r in range(8)]}
+    assert "1 of 64" in never_in_target_note(scattered) and "--batch-size" in (
+        never_in_target_note(scattered))
+
+
+def test_jepa_masks_explains_the_picture_and_the_reference_quirk(tiny_dict, tmp_path,
+                                                                  monkeypatch):
+    import yaml
+
+    import jepa_core.commands.cli as cli
+
+    tiny_dict["encoder"]["patch_size"] = 4  # an 8x8 grid
+    tiny_dict["masker"].update(style="reference")
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_dict))
+    console = Console(record=True, width=300)
+    monkeypatch.setattr(cli, "_console", lambda stderr=False: console)
+    assert cli.main(["masks", str(recipe), "--out", str(tmp_path / "m.png")]) == 0
+    text = console.export_text()
+    assert "the 15 of the grid's last row and column" in text
+    assert "grey = neither" in text and "colour bar" in text

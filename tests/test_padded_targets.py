@@ -200,5 +200,5 @@ def test_jepa_check_measures_valid_target_tokens(tiny_dict):
 
     registry = make_plugin_manager()
     recipe = recipe_from_dict(copy.deepcopy(tiny_dict), registry, "tiny")
-    _, per_block, blocks = measure_tokens(padded_masker(), recipe)
-    assert blocks == 2 and 2.0 < per_block < 3.0  # block 1 has 3, block 0 one to three
+    counts = measure_tokens(padded_masker(), recipe)
+    assert counts.num_targets == 2 and 2.0 < counts.target < 3.0  # block 1 has 3, block 0 one to three

@@ -14,6 +14,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 
@@ -299,3 +300,80 @@ def test_missing_data_is_reported_before_the_models_are_built(tmp_path, monkeypa
                  f"data.root={tmp_path / 'missing'}", f"out_dir={tmp_path / 'runs'}",
                  "train.device=cpu", *SMALL])
     assert code == 1
+
+
+# -- the CPU plan: measured on this machine -----------------------------------------------
+def _check_out(recipe_path, *args, tmp_path):
+    result = jepa("check", str(recipe_path), *args, env=no_data_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _tiny_yaml(tiny_dict, tmp_path, **train):
+    import yaml
+
+    tiny_dict["train"].update(train)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_dict))
+    return path
+
+
+def test_a_cpu_recipe_is_planned_for_the_cpu_with_measured_steps(tiny_dict, tmp_path):
+    out = _check_out(_tiny_yaml(tiny_dict, tmp_path, device="cpu"), tmp_path=tmp_path)
+    flat = " ".join(out.split())
+    assert "Measured on this machine (CPU" in out
+    assert "measured on this machine: 3 real training steps" in flat
+    assert "train.device is cpu" in flat
+    for gpu_only in ("Memory per GPU", "fits a GPU", "Time for", "A100"):
+        assert gpu_only not in out
+    seconds = float(next(line for line in out.splitlines()
+                         if "seconds per step" in line).split("│")[2].split()[0])
+    assert seconds > 0
+    gpu = _check_out(_tiny_yaml(tiny_dict, tmp_path, device="cpu"), "--gpus", "1",
+                     tmp_path=tmp_path)
+    assert "Memory per GPU" in gpu and "Measured on this machine" not in gpu
+
+
+def test_the_cpu_plan_times_real_steps_unless_too_large(tiny_recipe, registry):
+    from jepa_core.commands import measure
+    from jepa_core.commands.plan import plan_device
+
+    tiny = attrs.evolve(tiny_recipe, train=attrs.evolve(tiny_recipe.train, device="cpu"))
+    assert plan_device(tiny, None)[0] == "cpu" and plan_device(tiny, 2)[0] == "gpu"
+    plan = make_plan(tiny, registry)
+    m = plan.measured
+    assert plan.device == "cpu" and plan.world_size == 1
+    assert m.steps == measure.TIMED_STEPS and m.images_per_step == 8
+    assert m.seconds_per_step > 0 and m.peak_rss_bytes > 10 * 2**20
+    unread = make_plan(tiny, registry, read_data=False)
+    assert unread.measured is None and any("--no-data" in n for n in unread.notes)
+    assert "TFLOP" in measure.too_large(2e12, 1000)
+    assert "parameters" in measure.too_large(None, 200_000_000)
+    assert measure.too_large(1e9, 1000) is None
+
+
+def test_check_and_masks_report_one_context_token_count(tiny_dict, tmp_path):
+    """Both draw the masks of the same steps at the recipe's global batch, one function."""
+    import re
+
+    from rich.console import Console
+
+    from jepa_core.commands.mask_preview import masks_command
+    from jepa_core.plugins import make_plugin_manager
+    from jepa_core.recipe import load_recipe
+
+    tiny_dict["masker"].update(context_equalize="pad")  # context lengths vary by sample
+    path = _tiny_yaml(tiny_dict, tmp_path, device="cpu", global_batch_size=16)
+    check = " ".join(_check_out(path, "--no-data", tmp_path=tmp_path).split())
+    nc = re.search(r"context Nc │ ([0-9.]+)", check).group(1)
+    masks = jepa("masks", str(path), "--out", str(tmp_path / "m.png"),
+                 env=no_data_env(tmp_path))
+    assert masks.returncode == 0, masks.stderr
+    text = " ".join(masks.stdout.split())
+    assert f"context tokens per sample: {nc} (" in text, (nc, text)
+    assert "mean over 8 batches of size 16" in text and "mean over 8 batches of size 16" in check
+    registry = make_plugin_manager()
+    console = Console(record=True, width=200)
+    stats = masks_command(load_recipe(path, registry), registry, tmp_path / "n.png",
+                          console=console)
+    assert f"{stats['context_size']['mean']:.1f}" == nc  # the table's mean is the same figure

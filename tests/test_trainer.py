@@ -186,3 +186,86 @@ def test_batch_layout():
     assert list(layout.rows(1)) == list(range(40, 48))
     with pytest.raises(Exception, match="does not divide"):
         batch_layout(10, 3)
+
+
+# -- what the log shows: health on the last step, the ETA of a resumed run, the bar ----------
+def _plain_console():
+    import io
+
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), width=200, highlight=False)
+
+
+def _train_to(d, registry, console, resume=None):
+    recipe = recipe_from_dict(d, registry, "tiny")
+    return train(recipe, registry, resume=resume, console=console)
+
+
+def test_a_short_run_logs_the_effective_rank_of_its_last_step(tiny_dict, registry):
+    """5 steps at log_every 20: the line of step 5 (the last) used to say 'rank nan'."""
+    tiny_dict["train"].update(max_steps=5, log_every=20)
+    console = _plain_console()
+    run = _train_to(tiny_dict, registry, console)
+    out = console.file.getvalue()
+    assert "step 5/5" in out and "nan" not in out, out
+    rows = [json.loads(x) for x in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert 0 < rows[-1]["effective_rank"] <= tiny_dict["train"]["global_batch_size"]
+    assert "effective_rank" in rows[0] and "effective_rank" not in rows[2]  # steps 1 and 5 only
+
+
+def test_representation_health_of_too_few_or_identical_samples():
+    from jepa_core.runtime.trainer import representation_health
+
+    assert representation_health(torch.randn(1, 8)) == {}  # one sample spans nothing
+    flat = representation_health(torch.ones(6, 8))
+    assert flat["effective_rank"] == 0.0 and flat["target_std"] == 0.0
+    g = torch.Generator().manual_seed(0)
+    two = representation_health(torch.randn(2, 8, generator=g))
+    assert two["effective_rank"] == pytest.approx(1.0, abs=1e-4)  # 2 centred points: a line
+
+
+def test_the_eta_after_a_resume_is_paced_by_this_process(tiny_dict, registry, monkeypatch):
+    """A clock that moves 10 s per reading: resumed at step 2 of 4, step 3 took this process
+    10 s, so one step is left: 10 s (the old estimate spread the time over 3 steps: 3 s)."""
+    from jepa_core.runtime import runlog
+
+    tiny_dict["train"]["max_steps"] = 2
+    _train_to(tiny_dict, registry, _plain_console())
+    tiny_dict["train"]["max_steps"] = 4
+    recipe = recipe_from_dict(tiny_dict, registry, "tiny")
+    state = find_resume(recipe, "auto", force=False)
+    ticks = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(runlog, "now", lambda: float(next(ticks)))
+    console = _plain_console()
+    _train_to(tiny_dict, registry, console, resume=state)
+    out = console.file.getvalue()
+    assert "steps 2→4" in out
+    line3 = next(x for x in out.splitlines() if x.startswith("step 3/4"))
+    assert line3.endswith("eta 10s"), line3
+
+
+def test_eta_seconds_counts_only_the_steps_of_this_process():
+    from jepa_core.runtime.runlog import eta_seconds
+
+    assert eta_seconds(step=110, start_step=100, stop_step=200, elapsed=20.0) == 180.0
+    assert eta_seconds(step=100, start_step=100, stop_step=200, elapsed=5.0) is None
+
+
+def test_a_terminal_gets_a_progress_bar_and_a_pipe_gets_lines(tiny_dict, registry, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    tiny_dict["train"].update(max_steps=3, log_every=1)
+    tty = Console(file=io.StringIO(), force_terminal=True, width=160, highlight=False)
+    _train_to(tiny_dict, registry, tty)
+    drawn = tty.file.getvalue()
+    assert "━" in drawn and "3/3" in drawn  # rich's bar and its step count
+    assert "step 3/3" not in drawn  # no plain lines under the bar
+    tiny_dict["out_dir"] = str(tmp_path / "piped")
+    piped = _plain_console()
+    _train_to(tiny_dict, registry, piped)
+    lines = piped.file.getvalue().splitlines()
+    assert [x.split()[1] for x in lines if x.startswith("step ")] == ["1/3", "2/3", "3/3"]
+    assert "━" not in piped.file.getvalue()

@@ -68,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     m = recipe_command("masks", "draw the recipe's masks and print their statistics")
     m.add_argument("--out", default="masks.png", help="PNG to write (default masks.png)")
     m.add_argument("--samples", type=int, default=4, help="samples to draw in the picture")
-    m.add_argument("--batch-size", type=int, default=128, help="batch size for the statistics")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--batch-size", type=int, default=None,
+                   help="batch size for the statistics (default: the recipe's global batch)")
+    m.add_argument("--seed", type=int, default=None, help="default: the recipe's seed")
 
     e = sub.add_parser("eval", help="linear probe and kNN on frozen target-encoder features")
     e.add_argument("source", help="a run directory or a checkpoint file")

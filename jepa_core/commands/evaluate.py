@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime.build import build, build_encoder
+from jepa_core.runtime.progress import Ticker
 from jepa_core.errors import BadSample, RunError
 from jepa_core.recipe import EvalConfig, Recipe, recipe_from_dict
 from jepa_core.seeding import generator
@@ -61,10 +62,12 @@ def eval_indices(n: int, limit: int | None, seed: int) -> list[int]:
 @torch.no_grad()
 def extract(encoders: dict[str, torch.nn.Module], source: Any, indices: list[int],
             cfg: EvalConfig, device: torch.device, num_workers: int = 0,
-            pixels: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+            pixels: bool = False, ticker: Ticker | None = None
+            ) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
     """One streamed pass over the images: {name: [n, D] patch-averaged features}, labels [n],
     and the number of unreadable images skipped (n = len(indices) minus that).
-    With `pixels`, also "raw pixels": images pooled to at most 16x16, flattened."""
+    With `pixels`, also "raw pixels": images pooled to at most 16x16, flattened.
+    `ticker` advances by the images of each batch."""
     loader = torch.utils.data.DataLoader(_Subset(source, indices), batch_size=cfg.batch_size,
                                          num_workers=num_workers, collate_fn=_collate)
     feats: dict[str, list[torch.Tensor]] = {name: [] for name in encoders}
@@ -75,6 +78,8 @@ def extract(encoders: dict[str, torch.nn.Module], source: Any, indices: list[int
         model.eval()
     for images, y, bad in loader:
         skipped += bad
+        if ticker is not None:
+            ticker.advance(bad + (0 if images is None else len(images)))
         if images is None:
             continue
         x = images.to(device)
@@ -117,22 +122,28 @@ def _accuracy(x: torch.Tensor, y: torch.Tensor, wb: tuple[torch.Tensor, torch.Te
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                 test_y: torch.Tensor, num_classes: int, cfg: EvalConfig) -> float:
+                 test_y: torch.Tensor, num_classes: int, cfg: EvalConfig,
+                 tick: Any = None) -> float:
     """Test accuracy of a logistic regression on standardised features; its weight penalty
-    is chosen from L2_GRID on a seeded 20% of the training features, then refit on all."""
+    is chosen from L2_GRID on a seeded 20% of the training features, then refit on all.
+    `tick()`, if given, is called after each of the len(L2_GRID) + 1 fits."""
+    tick = tick or (lambda: None)
+
+    def fit(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
+        wb = _fit_logistic(x, y, num_classes, l2, cfg.probe_epochs)
+        tick()
+        return wb
+
     mean, std = train_x.mean(0), train_x.std(0)
     std = std.clamp_min(1e-2 * float(std.mean()) + 1e-8)  # near-constant inputs stay small
     xtr, xte = (train_x - mean) / std, (test_x - mean) / std
     order = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))
     cut = max(1, len(xtr) // 5)
-    held, fit = order[:cut], order[cut:]
-    scores = {l2: _accuracy(xtr[held], train_y[held],
-                            _fit_logistic(xtr[fit], train_y[fit], num_classes, l2,
-                                          cfg.probe_epochs))
+    held, rest = order[:cut], order[cut:]
+    scores = {l2: _accuracy(xtr[held], train_y[held], fit(xtr[rest], train_y[rest], l2))
               for l2 in L2_GRID}
     best = max(L2_GRID, key=lambda l2: (scores[l2], l2))  # ties: the stronger penalty
-    return _accuracy(xte, test_y, _fit_logistic(xtr, train_y, num_classes, best,
-                                                cfg.probe_epochs))
+    return _accuracy(xte, test_y, fit(xtr, train_y, best))
 
 
 def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
@@ -149,15 +160,22 @@ def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     return float((votes.argmax(1) == test_y).float().mean())
 
 
+FITS_PER_FEATURES = len(L2_GRID) + 2  # the linear probe's fits, and the kNN
+
+
 def probe_all(features: dict[str, tuple[torch.Tensor, torch.Tensor]], labels: tuple,
-              num_classes: int, cfg: EvalConfig) -> dict[str, dict[str, float]]:
+              num_classes: int, cfg: EvalConfig,
+              console: Any = None) -> dict[str, dict[str, float]]:
+    """{name: {"linear_probe": acc, "knn": acc}} for each set of features; progress on
+    `console` (None: silent)."""
     ytr, yte = labels
     results = {}
-    for name, (xtr, xte) in features.items():
-        results[name] = {
-            "linear_probe": linear_probe(xtr, ytr, xte, yte, num_classes, cfg),
-            "knn": knn_accuracy(xtr, ytr, xte, yte, num_classes, cfg.knn_k),
-        }
+    with Ticker(console, "fitting probes", FITS_PER_FEATURES * len(features), "fits") as t:
+        for name, (xtr, xte) in features.items():
+            linear = linear_probe(xtr, ytr, xte, yte, num_classes, cfg, tick=t.advance)
+            results[name] = {"linear_probe": linear,
+                             "knn": knn_accuracy(xtr, ytr, xte, yte, num_classes, cfg.knn_k)}
+            t.advance()
     return results
 
 
@@ -166,45 +184,108 @@ def _side(source: Any, images: int, skipped: int) -> dict[str, Any]:
             "skipped": skipped}
 
 
+class NoLabels(RunError):
+    """The data source has no labels, so there is nothing to probe."""
+
+
+def no_labels_message(recipe: Recipe, source: Any) -> str:
+    """Why the probes cannot run on an unlabelled source, and how to give them labels."""
+    where = getattr(source, "split", "") or recipe.data.name
+    return (f"the probes need labels, and the data source {recipe.data.name!r} has none "
+            f"({where}). To evaluate, point `jepa eval RUN data.root=...` at a labelled folder "
+            f"(root/<class>/<image>, data.val_root for its test images) or use a labelled "
+            f"source such as data.name=digits.")
+
+
 def evaluate(recipe: Recipe, registry: Any, target_state: dict, device: torch.device,
-             baseline: bool = True,
-             module: str = "target_encoder") -> dict[str, dict[str, Any]]:
+             baseline: bool = True, module: str = "target_encoder",
+             console: Any = None) -> dict[str, dict[str, Any]]:
     """Probe the encoder given by `target_state` (the method's `module`, e.g. the target
-    encoder); with baselines (random init, pixels).
+    encoder); with baselines (random init, pixels). Progress on `console` (None: silent).
+    An unlabelled data source raises `NoLabels`.
 
     {features: {"linear_probe": acc, "knn": acc}, "data": {"train"/"test": {"split": which
     images, "images": used, "skipped": unreadable}, "skipped_images": total}}."""
     trained = build_encoder(recipe, registry)
+    size = tuple(trained.image_size)
+    train_src = build("data_source", recipe, registry, "data", image_size=size, train=True)
+    if not train_src.num_classes:
+        raise NoLabels(no_labels_message(recipe, train_src))
+    test_src = build("data_source", recipe, registry, "data", image_size=size, train=False)
     encoders = {f"trained {module.replace('_', ' ')}": trained}
     if baseline:  # same architecture and seed, never trained
         encoders["random init"] = build_encoder(recipe, registry)
     trained.load_state_dict(target_state)
-    size = tuple(trained.image_size)
-    train_src = build("data_source", recipe, registry, "data", image_size=size, train=True)
-    test_src = build("data_source", recipe, registry, "data", image_size=size, train=False)
-    if not train_src.num_classes:
-        raise RunError(f"data source {recipe.data.name!r} has no labels; `jepa eval` needs a "
-                       f"labelled source (set data=... to one with class folders or labels).")
     for model in encoders.values():
         model.to(device)
     workers = recipe.train.num_workers
     limit = recipe.eval.max_images
-    ftr, ytr, bad_tr = extract(encoders, train_src,
-                               eval_indices(len(train_src), limit, recipe.seed), recipe.eval,
-                               device, workers, pixels=baseline)
-    fte, yte, bad_te = extract(encoders, test_src,
-                               eval_indices(len(test_src), limit, recipe.seed + 1), recipe.eval,
-                               device, workers, pixels=baseline)
+    sides = []
+    for src, what, offset in ((train_src, "probe-training", 0), (test_src, "test", 1)):
+        indices = eval_indices(len(src), limit, recipe.seed + offset)
+        with Ticker(console, f"extracting features of the {what} images", len(indices),
+                    "images") as ticker:
+            sides.append(extract(encoders, src, indices, recipe.eval, device, workers,
+                                 pixels=baseline, ticker=ticker))
+    (ftr, ytr, bad_tr), (fte, yte, bad_te) = sides
     features = {name: (ftr[name], fte[name]) for name in ftr}
     results: dict[str, dict[str, Any]] = probe_all(features, (ytr, yte), train_src.num_classes,
-                                                   recipe.eval)
+                                                   recipe.eval, console)
     results["data"] = {"train": _side(train_src, len(ytr), bad_tr),
                        "test": _side(test_src, len(yte), bad_te),
                        "skipped_images": bad_tr + bad_te}
     return results
 
 
-def print_results(results: dict, console: Any, title: str) -> None:
+def _points(a: float, b: float) -> str:
+    return f"{100 * (a - b):+.1f}"
+
+
+def comparison_notes(results: dict, data_name: str = "") -> list[str]:
+    """What the table shows, worked out from its figures: what training added over the same
+    architecture at random init (the comparison that measures training), and where raw
+    pixels stand."""
+    trained = next((k for k in results if k.startswith("trained ")), None)
+    if trained is None:
+        return []
+    t = results[trained]
+    tested = results.get("data", {}).get("test", {}).get("images", 0)
+    grain = f" (one test image is {100 / tested:.2g} points)" if tested else ""
+    probes = {"linear_probe": "linear", "knn": "kNN"}
+    notes = []
+    random = results.get("random init")
+    if random is not None:
+        better = [name for key, name in probes.items() if t[key] > random[key]]
+        if len(better) == 2:
+            verdict = "training added to what the architecture gives untrained"
+        elif not better:
+            verdict = ("training added nothing measurable; look for a collapse warning above, "
+                       "and try a lower optim.lr or more train.epochs")
+        else:
+            verdict = f"training helped the {better[0]} probe only"
+        notes.append(f"{trained} vs random init (same architecture and seed, never trained): "
+                     f"{_points(t['linear_probe'], random['linear_probe'])} points linear, "
+                     f"{_points(t['knn'], random['knn'])} kNN{grain}: {verdict}. This is the "
+                     f"comparison that shows what training learned.")
+    pixels = results.get("raw pixels")
+    if pixels is not None:
+        ahead = [name for key, name in probes.items() if pixels[key] > t[key]]
+        gaps = (f"{_points(pixels['linear_probe'], t['linear_probe'])} points linear, "
+                f"{_points(pixels['knn'], t['knn'])} kNN against the {trained}")
+        if ahead:
+            small = ("8x8 digits" if data_name == "digits"
+                     else "small, centred images with little variation")
+            notes.append(f"raw pixels: {gaps}. On {small} the pixels themselves already "
+                         f"separate the classes well, so they are a strong baseline that a "
+                         f"short self-supervised run need not beat: they say how easy the "
+                         f"data is, not how good the encoder is.")
+        else:
+            notes.append(f"raw pixels: {gaps}: the encoder's features beat the pixels on "
+                         f"both probes.")
+    return notes
+
+
+def print_results(results: dict, console: Any, title: str, data_name: str = "") -> None:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
@@ -224,16 +305,25 @@ def print_results(results: dict, console: Any, title: str) -> None:
             console.print(f"[yellow]note:[/yellow] {data['skipped_images']} unreadable image(s) "
                           f"skipped ({train['skipped']} probe-training, {test['skipped']} "
                           f"test)", soft_wrap=True)
+    for note in comparison_notes(results, data_name):
+        console.print(f"- {note}", markup=False)
 
 
-def evaluate_run(run: Any, console: Any = None) -> dict:
+def evaluate_run(run: Any, console: Any = None) -> dict | None:
+    """The evaluation after training: probes, eval.json, the table. An unlabelled data source
+    skips it with a note (None): the training itself succeeded."""
     from rich.console import Console
 
     console = console or Console(highlight=False)
-    results = evaluate(run.recipe, run.registry, run.target_state, run.device,
-                       module=run.method.eval_module)
+    try:
+        results = evaluate(run.recipe, run.registry, run.target_state, run.device,
+                           module=run.method.eval_module, console=console)
+    except NoLabels as exc:
+        console.print(f"[yellow]note:[/yellow] evaluation skipped: {exc}", soft_wrap=True)
+        return None
     (run.run_dir / "eval.json").write_text(json.dumps(results, indent=2))
-    print_results(results, console, f"{run.recipe.name}: probes after {run.step} steps")
+    print_results(results, console, f"{run.recipe.name}: probes after {run.step} steps",
+                  run.recipe.data.name)
     return results
 
 
@@ -257,6 +347,7 @@ def eval_command(source: str, registry: Any, overrides: list[str], baseline: boo
     recipe = recipe_from_dict(state["recipe"], registry, f"recipe saved in {path}", overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = state["eval_module"]
-    results = evaluate(recipe, registry, state["modules"][module], device, baseline, module)
-    print_results(results, console, f"{path}: step {state['step']}")
+    results = evaluate(recipe, registry, state["modules"][module], device, baseline, module,
+                       console=console)
+    print_results(results, console, f"{path}: step {state['step']}", recipe.data.name)
     return 0

@@ -3,10 +3,11 @@
     stats = render_masks(masker, "masks.png", samples=4, seed=0)   # PNG + statistics
     print_statistics(stats, rich.console.Console())
 
-The picture shows a few samples of one batch (context in blue, each target block in its own
-colour, a blue dot on a target patch that the context also holds) above two heat maps: how
-often each patch is in the context and in a target, over `batches` batches. Masks are drawn
-exactly as in training: batch i uses `mask_generator(seed, step + i)`.
+The picture shows a legend, a few samples of one batch (context in blue, each target block in
+its own colour, grey for patches in neither, a blue dot on a target patch that the context
+also holds) and two heat maps with their colour bar: the share of samples in which each patch
+is in the context and in a target, over `batches` batches. Masks are drawn exactly as in
+training: batch i uses `mask_generator(seed, step + i)`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ from PIL import Image, ImageDraw
 
 from jepa_core.runtime.build import encoder_geometry
 from jepa_core.runtime.data import mask_generator
+from jepa_core.runtime.tokens import TOKEN_BATCHES, draw_token_counts
 from jepa_core.errors import PluginError
 from jepa_core.interfaces import MaskBatch, MaskerWithStats, MaskStats
 from jepa_core.maskcheck import target_membership, target_sizes
 
 BACKGROUND = (235, 235, 235)
+PICTURE_KEY = ("top row, a few samples: blue = context, one colour per target block, grey = "
+               "neither (dropped from the context and not predicted), a blue dot = context "
+               "inside a target; bottom row, over all samples: the share in which each patch "
+               "is in the context / in a target, from 0 (dark) to 1 (yellow) on the colour bar")
 CONTEXT = (66, 110, 180)
 TARGETS = [(240, 140, 30), (60, 170, 90), (215, 60, 60), (150, 90, 200), (200, 170, 40),
            (40, 170, 190), (220, 110, 170), (120, 120, 120)]
@@ -94,7 +100,8 @@ def _aspects(masks: MaskBatch, gw: int) -> torch.Tensor | None:
     return (h.double() / w.double()).flatten()
 
 
-def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0, batches: int = 8,
+def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0,
+                    batches: int = TOKEN_BATCHES,
                     step: int = 0) -> dict[str, Any]:
     """Statistics of `batches` batches (steps step .. step + batches - 1). Sizes in patches;
     coverage: [gh][gw] fraction of samples in which each patch is in the context / a target;
@@ -173,29 +180,79 @@ def _draw_heat(draw: ImageDraw.ImageDraw, values: list[list[float]], origin, cel
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=_heat_colour(value))
 
 
-def render_masks(masker: Any, out_path: str | Path, *, samples: int = 4, seed: int = 0,
-                 step: int = 0, batch_size: int = 128, batches: int = 8) -> dict[str, Any]:
-    """Write a PNG of `samples` samples of step `step` and the coverage heat maps over
-    `batches` batches of `batch_size`; returns `mask_statistics` of those batches."""
-    gh, gw = masker.grid
-    stats = mask_statistics(masker, batch_size, seed, batches, step)
-    masks, _ = _draw(masker, max(batch_size, samples), seed, step)
+LEGEND = (("context", CONTEXT), ("target blocks", TARGETS[0]),
+          ("neither: not seen by the encoder, not predicted", BACKGROUND))
+BAR_H = 10
+BAR_LABEL = "share of the {n} samples with the patch in the context / in a target"
+
+
+def picture_layout(grid: tuple[int, int], samples: int) -> dict[str, Any]:
+    """Where `render_masks` draws what: cell size, image size and the boxes (x0, y0, x1, y1)
+    of the legend, the samples' row, the heat maps' row and the colour bar under them."""
+    gh, gw = grid
     cell = max(3, min(24, 224 // max(gh, gw)))
     pad, title = 12, 16
     panel_w, panel_h = gw * cell, gh * cell
-    width = pad + max(samples, 2) * (panel_w + pad)
-    height = title + pad + 2 * (panel_h + pad + title)
-    image = Image.new("RGB", (width, height), "white")
+    bar_w = 2 * panel_w + pad
+    # the default font is about 6 px a character: the legend and the bar's label fit
+    width = max(pad + max(samples, 2) * (panel_w + pad), 440,
+                pad + bar_w + 6 + 6 * len(BAR_LABEL.format(n=10**6)) + pad)
+    legend = (pad, title + 2, width - pad, title + 14)
+    samples_top = legend[3] + pad + title
+    heat_top = samples_top + panel_h + pad + title
+    bar_top = heat_top + panel_h + 6
+    bar = (pad, bar_top, pad + bar_w, bar_top + BAR_H)
+    height = bar[3] + 4 + title
+    return {"cell": cell, "pad": pad, "title": title, "panel": (panel_w, panel_h),
+            "size": (width, height), "legend": legend, "samples_top": samples_top,
+            "heat_top": heat_top, "colour_bar": bar}
+
+
+def _draw_legend(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int]) -> None:
+    x, y = box[0], box[1]
+    for name, colour in LEGEND:
+        draw.rectangle([x, y, x + 10, y + 10], fill=colour, outline=(120, 120, 120))
+        draw.text((x + 14, y - 1), name, fill="black")
+        x += 14 + int(draw.textlength(name)) + 16
+    # a target cell with the blue dot: context inside a target
+    draw.rectangle([x, y, x + 10, y + 10], fill=TARGETS[0], outline=(120, 120, 120))
+    draw.rectangle([x + 3, y + 3, x + 7, y + 7], fill=CONTEXT)
+    draw.text((x + 14, y - 1), "context inside a target", fill="black")
+
+
+def _draw_colour_bar(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int],
+                     samples: int) -> None:
+    x0, y0, x1, y1 = box
+    for x in range(x0, x1):
+        draw.line([x, y0, x, y1 - 1], fill=_heat_colour((x - x0) / max(1, x1 - 1 - x0)))
+    draw.text((x0, y1 + 2), "0", fill="black")
+    draw.text((x1 - 8, y1 + 2), "1", fill="black")
+    draw.text((x1 + 6, y0 - 1), BAR_LABEL.format(n=samples), fill="black")
+
+
+def render_masks(masker: Any, out_path: str | Path, *, samples: int = 4, seed: int = 0,
+                 step: int = 0, batch_size: int = 128,
+                 batches: int = TOKEN_BATCHES) -> dict[str, Any]:
+    """Write a PNG of `samples` samples of step `step` and the coverage heat maps over
+    `batches` batches of `batch_size` (with a legend and the heat maps' colour bar); returns
+    `mask_statistics` of those batches."""
+    gh, gw = masker.grid
+    stats = mask_statistics(masker, batch_size, seed, batches, step)
+    masks, _ = _draw(masker, max(batch_size, samples), seed, step)
+    lay = picture_layout((gh, gw), samples)
+    cell, pad, title = lay["cell"], lay["pad"], lay["title"]
+    panel_w, panel_h = lay["panel"]
+    image = Image.new("RGB", lay["size"], "white")
     draw = ImageDraw.Draw(image)
-    draw.text((pad, 2), f"{type(masker).__name__} on {gh}x{gw}, seed {seed}, step {step}: "
-              "blue = context, colours = target blocks, blue dot = context inside a target",
+    draw.text((pad, 2), f"{type(masker).__name__} on {gh}x{gw}, seed {seed}, step {step}",
               fill="black")
-    top = title + pad
+    _draw_legend(draw, lay["legend"])
+    top = lay["samples_top"]
     for b in range(samples):
         x = pad + b * (panel_w + pad)
         draw.text((x, top - title + 2), f"sample {b}", fill="black")
         _draw_sample(draw, masks, b, (gh, gw), (x, top), cell)
-    top += panel_h + pad + title
+    top = lay["heat_top"]
     for i, (name, key) in enumerate((("in context", "context_coverage"),
                                      ("in a target", "target_coverage"))):
         x = pad + i * (panel_w + pad)
@@ -203,9 +260,34 @@ def render_masks(masker: Any, out_path: str | Path, *, samples: int = 4, seed: i
         peak = max(max(row) for row in values)
         draw.text((x, top - title + 2), f"{name} (max {peak:.2f})", fill="black")
         _draw_heat(draw, values, (x, top), cell)
+    _draw_colour_bar(draw, lay["colour_bar"], batch_size * batches)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     image.save(out_path, format="PNG")
     return stats
+
+
+def never_in_target_note(stats: dict[str, Any], style: str | None = None) -> str | None:
+    """Why patches were never in a target, from where they are; None when every patch was.
+    `style`: the masker's config style, if it has one ("reference" has a known reason)."""
+    coverage = stats["target_coverage"]
+    gh, gw = len(coverage), len(coverage[0])
+    never = {(r, c) for r in range(gh) for c in range(gw) if coverage[r][c] == 0}
+    if not never:
+        return None
+    drawn = stats["batch_size"] * stats["batches"]
+    edge = {(gh - 1, c) for c in range(gw)} | {(r, gw - 1) for r in range(gh)}
+    if never == edge:
+        why = (" This is the reference style's quirk: like the official I-JEPA sampler it "
+               "draws a block's top-left corner from [0, grid - size), one position short "
+               "of [0, grid - size], so no block can touch the last row or column "
+               "(masker.style=corrected reaches every patch)." if style == "reference" else
+               " The masker never places a target block there.")
+        return (f"patches never in a target: the {len(never)} of the grid's last row and "
+                f"column, in all {drawn} samples drawn.{why}")
+    return (f"patches never in a target: {len(never)} of {gh * gw} in the {drawn} samples "
+            f"drawn (dark cells of the 'in a target' map). Either the masker never places "
+            f"targets there, or small blocks missed them by chance: a larger --batch-size "
+            f"tells the two apart.")
 
 
 # -- console output ------------------------------------------------------------------------
@@ -231,23 +313,36 @@ def print_statistics(stats: dict[str, Any], console: Any) -> None:
     table.add_row("context (valid patches)", _fmt(stats["context_size"]))
     table.add_row("context share inside targets", f"{stats['overlap_fraction']:.3f}")
     never = sum(v == 0 for row in stats["target_coverage"] for v in row)
-    table.add_row("patches never in a target", str(never))
+    table.add_row("patches never in a target (see below)" if never else
+                  "patches never in a target", str(never))
     if stats["fallbacks"] is not None:
         table.add_row("samples that fell back (overlap kept)", str(stats["fallbacks"]))
     console.print(table)
 
 
 def masks_command(recipe: Any, registry: Any, out: str | Path, samples: int = 4,
-                  seed: int | None = None, batch_size: int = 128,
+                  seed: int | None = None, batch_size: int | None = None,
                   console: Any = None) -> dict[str, Any]:
     """`jepa masks RECIPE --out masks.png`: build the recipe's masker on its encoder's grid,
-    write the picture, print the statistics. seed None: the recipe's seed."""
+    write the picture, print the statistics. seed None: the recipe's seed; batch_size None:
+    its global batch (the masks of a batch depend on its size, as in training)."""
     grid = encoder_geometry(recipe, registry)[1]
     spec = registry.get("masker", recipe.masker.name)
     masker = spec.build(recipe.masker.config, grid=grid)
     seed = recipe.seed if seed is None else seed
+    batch_size = recipe.train.global_batch_size if batch_size is None else batch_size
     stats = render_masks(masker, out, samples=samples, seed=seed, batch_size=batch_size)
+    counts = draw_token_counts(masker, seed, batch_size, stats["batches"])
+    stats["context_tokens"] = counts.context
     if console is not None:
         print_statistics(stats, console)
+        note = never_in_target_note(stats, getattr(getattr(masker, "config", None), "style",
+                                                   None))
+        if note:
+            console.print(note, markup=False)
+        console.print(f"picture: {PICTURE_KEY}", markup=False)
+        console.print(f"context tokens per sample: {counts.context:.1f} "
+                      f"({counts.definition()}; `jepa check` reports the same figure)",
+                      markup=False)
         console.print(f"wrote {out} (masker {recipe.masker.name!r} on a {grid[0]}x{grid[1]} grid)")
     return stats

@@ -17,10 +17,11 @@ from typing import Any
 import attrs
 import torch
 
-from jepa_core.commands import costs
+from jepa_core.commands import costs, measure
 from jepa_core.runtime.build import (MethodParts, build, encoder_geometry, steps_per_epoch,
                              total_steps)
-from jepa_core.runtime.data import BatchLayout, MaskingCollate, batch_layout
+from jepa_core.runtime.data import BatchLayout, batch_layout
+from jepa_core.runtime.tokens import TokenCounts, draw_token_counts
 from jepa_core.errors import ConfigError, PluginFailed, RunError
 from jepa_core.recipe import Recipe, recipe_to_yaml
 
@@ -32,7 +33,6 @@ IMAGENET_22K = ("ImageNet-22K", 14_197_122)
 PLAN_GPUS = (("A100", 312e12, 0.40), ("H100", 989e12, 0.40), ("A100", 312e12, 0.20))
 COMPONENT_SECTIONS = ("data", "encoder", "method", "predictor", "masker", "target_updater",
                       "loss")
-MASK_DRAWS = 4  # steps whose masks are drawn to measure the token counts
 GIB = 2**30
 
 
@@ -43,7 +43,7 @@ class Plan:
     layout: BatchLayout
     params: list[tuple[str, int, int]]  # (component, trainable, frozen)
     grid: tuple[int, int]
-    tokens: tuple[float, float, int] | None  # (Nc, Nt, M); None: the masker could not be built
+    tokens: tuple[float, float, int] | None  # (Nc, Nt, M); None: the recipe has no masker
     data_size: int  # training images, counted or assumed (see data_note)
     data_note: str
     steps_per_epoch: int
@@ -52,6 +52,9 @@ class Plan:
     flops: costs.StepFlops | None  # per image; None: no tokens, or models the model can't cost
     memory: dict[str, float] | None  # bytes per GPU
     notes: list[str]
+    token_counts: TokenCounts | None = None  # where `tokens` comes from, with its definition
+    device: str = "gpu"  # what the plan is for: "gpu" (the cost model) or "cpu" (measured)
+    measured: measure.Measured | None = None  # the CPU plan's timed steps
 
 
 # -- gathering ---------------------------------------------------------------------------
@@ -112,6 +115,18 @@ def ijepa_shaped(method: Any) -> bool:
     return {"encoder", "predictor", "target_encoder"} <= set(method.modules)
 
 
+def plan_device(recipe: Recipe, gpus: int | None) -> tuple[str, str]:
+    """("gpu" | "cpu", why): the CPU when train.device is cpu, or is auto and no GPU is
+    visible, unless --gpus asks for a GPU plan."""
+    if gpus is not None:
+        return "gpu", "from --gpus"
+    if recipe.train.device == "cpu":
+        return "cpu", "train.device is cpu"
+    if recipe.train.device == "auto" and not torch.cuda.is_available():
+        return "cpu", "train.device is auto and no GPU is visible; use --gpus N for a GPU plan"
+    return "gpu", "visible GPUs; use --gpus N"
+
+
 def world_size(gpus: int | None) -> tuple[int, str]:
     if gpus is not None:
         if gpus < 1:
@@ -123,16 +138,10 @@ def world_size(gpus: int | None) -> tuple[int, str]:
     return 1, "no GPU visible; use --gpus N"
 
 
-def measure_tokens(masker: Any, recipe: Recipe) -> tuple[float, float, int]:
-    """Mean context length, tokens per target block and number of blocks over the first
-    MASK_DRAWS steps, drawn as the training collator draws them (the whole global batch)."""
-    collate = MaskingCollate(masker, recipe.seed, recipe.train.global_batch_size)
-    draws = [next(iter(collate.step_masks(step).values())) for step in range(MASK_DRAWS)]
-    context = sum(float(d.context_valid.sum(1).float().mean()) if d.context_valid is not None
-                  else d.context.shape[1] for d in draws) / len(draws)  # padding not counted
-    target = sum(float(d.targets_valid.sum(-1).float().mean()) if d.targets_valid is not None
-                 else d.targets.shape[2] for d in draws) / len(draws)  # per block, valid only
-    return context, target, int(draws[0].targets.shape[1])
+def measure_tokens(masker: Any, recipe: Recipe) -> TokenCounts:
+    """The token counts of the recipe's masks (`jepa_core.runtime.tokens`: the same figures
+    `jepa masks` prints), drawn for the global batch as the training loader draws them."""
+    return draw_token_counts(masker, recipe.seed, recipe.train.global_batch_size)
 
 
 def data_size(recipe: Recipe, registry: Any, image_size: tuple[int, int],
@@ -186,7 +195,8 @@ def cost_model(recipe: Recipe, encoder: torch.nn.Module, predictor: torch.nn.Mod
 def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None, *,
               read_data: bool = True) -> Plan:
     notes: list[str] = []
-    world, world_source = world_size(gpus)
+    device, device_reason = plan_device(recipe, gpus)
+    world, world_source = world_size(gpus) if device == "gpu" else (1, device_reason)
     layout = batch_layout(recipe.train.global_batch_size, world, 0,
                           recipe.dist.per_device_batch_cap)
     image_size, grid = encoder_geometry(recipe, registry)
@@ -198,9 +208,10 @@ def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None, *,
     method, where = method_on_meta(recipe, registry, total, spe)
     if where == "cpu":
         notes.append("the models could not be built on the meta device; counted on the CPU")
-    tokens = None  # a masker that cannot build refuses the check, as it would refuse the run
+    tokens = counts = None  # a masker that cannot build refuses the check, as the run would
     if recipe.masker is not None:
-        tokens = measure_tokens(build("masker", recipe, registry, "masker", grid=grid), recipe)
+        counts = measure_tokens(build("masker", recipe, registry, "masker", grid=grid), recipe)
+        tokens = (counts.context, counts.target, counts.num_targets)
     flops = memory = None
     if tokens is not None and ijepa_shaped(method):
         flops, memory = cost_model(recipe, method.modules["encoder"],
@@ -212,9 +223,29 @@ def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None, *,
         notes.append(f"no FLOPs or memory: the cost model describes I-JEPA-shaped methods "
                      f"(encoder, predictor, target_encoder); method {recipe.method.name!r} "
                      f"has {', '.join(method.modules)}")
+    measured = None
+    if device == "cpu":
+        measured = _measure_on_cpu(recipe, registry, method, flops, layout, read_data, notes)
     return Plan(world, world_source, layout, parameter_rows(method), grid, tokens, n_data,
                 data_note, spe, total, int(round(recipe.optim.warmup_epochs * spe)), flops,
-                memory, notes)
+                memory, notes, counts, device, measured)
+
+
+def _measure_on_cpu(recipe: Recipe, registry: Any, method: Any, flops: Any,
+                    layout: BatchLayout, read_data: bool,
+                    notes: list[str]) -> measure.Measured | None:
+    """The CPU plan's timed steps, or None with a note saying why they were not taken."""
+    if not read_data:
+        notes.append("not timed on this CPU: --no-data reads no data, so there is no real "
+                     "batch to time")
+        return None
+    parameters = sum(t + f for _, t, f in parameter_rows(method))
+    step_flops = None if flops is None else flops.total * layout.per_rank
+    reason = measure.too_large(step_flops, parameters)
+    if reason:
+        notes.append(f"not timed on this CPU: {reason}; plan it for GPUs with --gpus N")
+        return None
+    return measure.time_cpu_steps(recipe, registry)
 
 
 # -- printing ----------------------------------------------------------------------------
@@ -269,9 +300,9 @@ def parameter_table(plan: Plan) -> Any:
 
 def token_table(plan: Plan, recipe: Recipe) -> Any:
     n = plan.grid[0] * plan.grid[1]
-    table = _table("Tokens per image", "what", "tokens", "of N", note=(
-        f"means over the masks of {MASK_DRAWS} steps, each drawn for the global batch of "
-        f"{recipe.train.global_batch_size} as the training loader draws them"))
+    note = ("Nc: " + plan.token_counts.definition() + "; Nt likewise, per target block"
+            if plan.token_counts is not None else "the recipe has no masker")
+    table = _table("Tokens per image", "what", "tokens", "of N", note=note)
     table.add_row(f"patches N ({plan.grid[0]}x{plan.grid[1]} grid)", str(n), "100%")
     if plan.tokens is not None:
         nc, nt, m = plan.tokens
@@ -317,8 +348,10 @@ def schedule_table(plan: Plan, recipe: Recipe) -> Any:
     lay, tr = plan.layout, recipe.train
     table = _table("Batch and schedule", "what", "value",
                    note=f"training images: {plan.data_note}")
-    table.add_row("GPUs (world size)", f"{plan.world_size} ({plan.world_source})")
-    table.add_row("per-GPU batch x accumulation",
+    unit = "GPU" if plan.device == "gpu" else "process"
+    table.add_row(f"{unit}s (world size)" if unit == "GPU" else "CPU processes (world size)",
+                  f"{plan.world_size} ({plan.world_source})")
+    table.add_row(f"per-{unit} batch x accumulation",
                   f"{lay.micro_batch} x {lay.accum_steps} = {lay.per_rank}")
     table.add_row("global batch", f"{lay.per_rank} x {plan.world_size} = {lay.global_batch}")
     table.add_row("training images", f"{plan.data_size:,}")
@@ -347,11 +380,32 @@ def time_table(plan: Plan, recipe: Recipe) -> Any:
     return table
 
 
+def measured_table(plan: Plan, recipe: Recipe) -> Any:
+    m = plan.measured
+    steps = min(plan.total_steps, recipe.train.max_steps or plan.total_steps)
+    table = _table(f"Measured on this machine (CPU, {m.threads} threads)", "what", "value",
+                   note=(f"measured on this machine: {m.steps} real training steps (after "
+                         f"{measure.WARMUP_STEPS} warm-up) of the recipe's models on real "
+                         f"batches of its data: forward, backward, AdamW, target update; "
+                         f"data loading and the evaluation not included. Memory: the peak "
+                         f"resident set size of this process (Python, torch, the data and "
+                         f"models included)."))
+    table.add_row("seconds per step (median)", f"{m.seconds_per_step:.3f} s")
+    table.add_row("images per second", f"{m.images_per_step / m.seconds_per_step:,.0f}")
+    table.add_row("peak memory (RSS)", f"{_gib(m.peak_rss_bytes)} GiB")
+    table.add_row(f"time for {steps:,} steps", _duration(m.seconds_per_step * steps),
+                  style="bold")
+    return table
+
+
 def print_plan(plan: Plan, recipe: Recipe, console: Any) -> None:
     tables = [parameter_table(plan), token_table(plan, recipe), schedule_table(plan, recipe)]
     if plan.flops is not None:
-        tables += [flops_table(plan, recipe), memory_table(plan, recipe),
-                   time_table(plan, recipe)]
+        tables.append(flops_table(plan, recipe))
+        if plan.device == "gpu":
+            tables += [memory_table(plan, recipe), time_table(plan, recipe)]
+    if plan.measured is not None:
+        tables.append(measured_table(plan, recipe))
     for table in tables:
         console.print(table)
         if table.note:

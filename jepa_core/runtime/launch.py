@@ -106,9 +106,22 @@ def run_worker(recipe: Recipe, registry: Any, resume: str | None, force: bool,
                 from jepa_core.commands.evaluate import evaluate_run
 
                 evaluate_run(run)
+            if dist.is_main:
+                print_outputs(recipe.run_dir)
     finally:
         destroy(added)
     return 0
+
+
+def print_outputs(run_dir: Path) -> None:
+    """The closing lines of `jepa run`: where the outputs went and what each holds."""
+    from rich.console import Console
+
+    from jepa_core.runtime.runlog import describe_outputs
+
+    console = Console(highlight=False)
+    for line in describe_outputs(run_dir):
+        console.print(line, soft_wrap=True, markup=False)
 
 
 def _spawn(recipe: Recipe, registry: Any, args: argparse.Namespace) -> int:

@@ -20,6 +20,29 @@ from jepa_core.errors import RunError
 COLLAPSE_STD = 1e-2  # pooled target features this flat across a batch mean collapse
 
 
+def now() -> float:
+    """The clock of the run log (seconds, monotonic)."""
+    return time.perf_counter()
+
+
+def eta_seconds(step: int, start_step: int, stop_step: int, elapsed: float) -> float | None:
+    """Seconds left at `step`, from the pace of this process: `elapsed` seconds for the
+    steps it trained itself (from `start_step`, where a resumed run began), not since step 0.
+    None before this process has finished a step."""
+    done = step - start_step
+    if done <= 0:
+        return None
+    return (stop_step - step) * elapsed / done
+
+
+def _figure(metrics: dict[str, float], key: str, fmt: str) -> str:
+    """The metric formatted, or '-' where this step has none (or it is not finite)."""
+    value = metrics.get(key)
+    if value is None or not math.isfinite(value):
+        return "-"
+    return format(value, fmt)
+
+
 class RunLogger:
     def __init__(self, run: Any, stop_step: int, console: Any = None):
         from rich.console import Console
@@ -31,7 +54,8 @@ class RunLogger:
         self.file = None
         self.progress = None
         self.task = None
-        self._t0 = self._t_last = time.perf_counter()
+        self.start_step = run.step  # where this process began (a resumed run: not 0)
+        self._t0 = self._t_last = now()
         self._images_since = 0
         self._warned = False
 
@@ -69,13 +93,13 @@ class RunLogger:
 
     def step_end(self, metrics: dict[str, float]) -> None:
         self._images_since += self.run.layout.global_batch
-        now = time.perf_counter()
+        t = now()
         if self.run.step % self.every == 0 or self.run.step == self.stop:
-            metrics["img_per_s"] = self._images_since / max(now - self._t_last, 1e-9)
-            self._t_last, self._images_since = now, 0
+            metrics["img_per_s"] = self._images_since / max(t - self._t_last, 1e-9)
+            self._t_last, self._images_since = t, 0
         if not self.main:
             return
-        metrics["elapsed_s"] = now - self._t0
+        metrics["elapsed_s"] = t - self._t0
         self.file.append(json.dumps({k: _num(v) for k, v in metrics.items()}) + "\n",
                          self.run.step)
         self._check_collapse(metrics)
@@ -83,14 +107,14 @@ class RunLogger:
             if self.progress is not None:
                 self.progress.update(self.task, completed=self.run.step)
             return
-        rank = metrics.get("effective_rank", float("nan"))
-        info = (f"loss {metrics['loss']:.4f}  {metrics['img_per_s']:.1f} img/s  "
-                f"lr {metrics['lr']:.2e}  rank {rank:.1f}")
+        info = (f"loss {_figure(metrics, 'loss', '.4f')}  {metrics['img_per_s']:.1f} img/s  "
+                f"lr {metrics['lr']:.2e}  rank {_figure(metrics, 'effective_rank', '.1f')}")
         if self.progress is not None:
             self.progress.update(self.task, completed=self.run.step, info=info)
         else:
-            eta = (self.stop - self.run.step) * (now - self._t0) / max(1, self.run.step)
-            self.console.print(f"step {self.run.step}/{self.stop}  {info}  eta {eta:.0f}s")
+            eta = eta_seconds(self.run.step, self.start_step, self.stop, t - self._t0)
+            self.console.print(f"step {self.run.step}/{self.stop}  {info}  "
+                               f"eta {'-' if eta is None else f'{eta:.0f}s'}")
 
     def _check_collapse(self, metrics: dict[str, float]) -> None:
         if metrics.get("target_std", 1.0) < COLLAPSE_STD and not self._warned:
@@ -145,3 +169,26 @@ def _num(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
     return v
+
+
+def describe_outputs(run_dir: Path) -> list[str]:
+    """What a run left in `run_dir`, one line per output that exists: the resolved recipe,
+    the checkpoints, metrics.jsonl and eval.json, each with what it holds."""
+    run_dir = Path(run_dir)
+    lines = [f"run directory: {run_dir}/"]
+    if (run_dir / "recipe.yaml").is_file():
+        lines.append("  recipe.yaml     the resolved recipe, overrides included")
+    found = ckpt.list_checkpoints(run_dir / "checkpoints")
+    if found:
+        names = ", ".join(p.name for p in found)
+        lines.append(f"  checkpoints/    {len(found)} checkpoint(s): {names} (continue with "
+                     f"`--resume auto`; probe with `jepa eval {run_dir}`)")
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        with metrics.open("rb") as f:
+            rows = sum(1 for _ in f)
+        lines.append(f"  metrics.jsonl   {rows} row(s), one per step: loss, lr, img/s, token "
+                     f"counts, representation health")
+    if (run_dir / "eval.json").is_file():
+        lines.append("  eval.json       the probe accuracies above, and which images they used")
+    return lines

@@ -56,6 +56,7 @@ class RunContext:
     stop_signal: int = 0  # set by the SIGTERM / SIGUSR1 handler
     stop_agreed: bool = False  # every rank knows of a signal (all-reduced): checkpoint, stop
     target_state: dict | None = None  # rank 0: the full target encoder of the last checkpoint
+    stop_step: int = 0  # the step this process trains to (set by `train`)
     metrics: dict = attrs.Factory(dict)
 
     @property
@@ -122,13 +123,23 @@ def forward_loss(run: RunContext, batch: Batch) -> Any:
 
 def representation_health(pooled: torch.Tensor) -> dict[str, float]:
     """Std of pooled target features across the batch, and the effective rank
-    (exp of the entropy of the normalised singular values), on [b, D] features."""
+    (exp of the entropy of the normalised singular values), on [b, D] features.
+
+    The features are centred over the batch, so b samples span at most b - 1 dimensions:
+    fewer than 2 samples give neither figure (they are left out), and features that do not
+    vary at all (a collapsed batch) have effective rank 0."""
     pooled = pooled.float()
+    if pooled.shape[0] < 2:
+        return {}
     centred = pooled - pooled.mean(dim=0, keepdim=True)
     s = torch.linalg.svdvals(centred)
-    p = s / s.sum().clamp_min(1e-12)
-    erank = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
-    return {"target_std": float(pooled.std(dim=0).mean()), "effective_rank": float(erank)}
+    total = float(s.sum())
+    if not total > 0.0:
+        erank = 0.0
+    else:
+        p = s / total
+        erank = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+    return {"target_std": float(pooled.std(dim=0).mean()), "effective_rank": erank}
 
 
 def _reduce_step(run: RunContext, loss_sum: torch.Tensor, grad_norm: torch.Tensor,
@@ -191,8 +202,10 @@ def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
     run.step += 1
     metrics["step"] = run.step
     metrics.update(mask_counts(micro_batches[0].masks))
-    # an SVD: not every step, and not on a skipped step (it fails on non-finite features)
-    health_step = run.step % run.recipe.train.log_every == 0 or run.step == 1
+    # an SVD: on the steps the log shows (every log_every steps, the first and the last),
+    # not on a skipped step (it fails on non-finite features)
+    health_step = (run.step % run.recipe.train.log_every == 0 or run.step == 1
+                   or run.step == run.stop_step)
     if pooled and finite and health_step:
         metrics.update(representation_health(torch.cat(pooled)))
     run.skipped_samples += sum(b.skipped for b in micro_batches)
@@ -383,6 +396,7 @@ def train(recipe: Recipe, registry: Any, dist: DistEnv | None = None,
         guard = MaskGuard(masker, describe_masker(masker, recipe, registry), recipe.seed,
                           run.layout, run.step, stop)
         guard.check_start()
+    run.stop_step = stop
     loader = train_loader(run.parts.source, run.parts.masker, run.layout, seed=recipe.seed,
                           steps_per_epoch=run.parts.steps_per_epoch, start_step=run.step,
                           stop_step=stop, num_workers=recipe.train.num_workers,

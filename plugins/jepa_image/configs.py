@@ -65,7 +65,9 @@ class DigitsConfig:
 
 @attrs.frozen
 class ImageFolderConfig:
-    """Images in class folders (ImageNet layout: root/<class>/<image>), read with Pillow."""
+    """Images in class folders (ImageNet layout: root/<class>/<image>), or directly in root
+    (root/<image>: unlabelled; training needs no labels, the probes of `jepa eval` do), read
+    with Pillow."""
 
     root: str
     # Evaluation images. None: a held-out slice of `root` (below), which training never sees.

@@ -82,11 +82,22 @@ def _unreadable_dir(exc: OSError) -> None:
                    f"chmod -R a+rX {exc.filename}) or move it out of the data folder.") from exc
 
 
+UNLABELLED = -1  # the label of every image of a flat (unlabelled) folder
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
 def scan_folder(root: Path, key: str = "data.root") -> tuple[list[str], list[tuple[Path, int]]]:
     """(class names, sorted; [(file, label)] sorted by class, then path) of root/<class>/...
+
+    A folder whose class folders hold no images but which holds images itself (root/<image>,
+    the usual self-supervised layout) is unlabelled: no classes, every label UNLABELLED.
     A directory that cannot be listed is an error naming it, not an empty class."""
     try:
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        entries = list(root.iterdir())
+        classes = sorted(p.name for p in entries if p.is_dir())
     except OSError as exc:
         raise RunError(f"cannot read the directory {root} ({exc.strerror}), which {key} names. "
                        f"Make it readable (e.g. chmod -R a+rX {root}) or set {key} to "
@@ -95,8 +106,12 @@ def scan_folder(root: Path, key: str = "data.root") -> tuple[list[str], list[tup
     for label, cls in enumerate(classes):
         found = [Path(top) / name
                  for top, _, names in os.walk(root / cls, onerror=_unreadable_dir)
-                 for name in names if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+                 for name in names if _is_image(Path(name))]
         files += [(path, label) for path in sorted(found)]
+    if not files:
+        loose = sorted(p for p in entries if _is_image(p) and p.is_file())
+        if loose:
+            return [], [(path, UNLABELLED) for path in loose]
     return classes, files
 
 
@@ -125,7 +140,8 @@ def held_out(files: list[tuple[Path, int]], root: Path, fraction: float, seed: i
 
 
 class ImageFolder:
-    """(file, label) pairs of root/<class>/<image files>, images read with Pillow.
+    """(file, label) pairs of root/<class>/<image files>, images read with Pillow; with no
+    classes (a flat folder) every label is UNLABELLED and num_classes is 0.
 
     An image of more than `max_pixels` pixels (counted before decoding; JPEGs at the reduced
     size they are decoded at) or one Pillow cannot read is a `BadSample` (or a RunError with
@@ -195,8 +211,9 @@ def _folder(name: str, root: str) -> Path:
 def _scan(name: str, path: Path, max_images: int | None) -> tuple[list[str], list]:
     classes, files = scan_folder(path, f"data.{name}")
     if not files:
-        raise RunError(f"data.{name} {path} holds no images in class folders "
-                       f"(expected {path}/<class>/<image>.jpg); check data.{name}.")
+        raise RunError(f"data.{name} {path} holds no images: expected class folders "
+                       f"({path}/<class>/<image>.jpg, labelled) or images directly in it "
+                       f"({path}/<image>.jpg, unlabelled); check data.{name}.")
     return classes, files[:max_images] if max_images else files
 
 
@@ -205,8 +222,9 @@ def build_image_folder(config: configs.ImageFolderConfig, image_size: tuple[int,
     """Training images (train=True) or evaluation images: data.val_root if set, else the
     held-out slice of data.root, which the training images then leave out."""
     def make(classes: list[str], files: list, split: str) -> ImageFolder:
+        kind = "" if classes else ", unlabelled (no class folders)"
         return ImageFolder(files, classes, image_size, config.crop_scale, config.on_error,
-                           config.max_image_pixels, f"{split}: {len(files)} images")
+                           config.max_image_pixels, f"{split}: {len(files)} images{kind}")
 
     if config.val_root is not None and not train:
         val = _folder("val_root", config.val_root)
