@@ -5,6 +5,9 @@ hypothesis too, without shrinking and without leaving a thread behind)."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -216,3 +219,26 @@ def test_an_outer_alarm_is_kept():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def test_help_shows_the_public_api_and_importing_stays_cheap():
+    code = textwrap.dedent("""
+        import pydoc, sys
+        import jepa_core.testing as testing
+        assert "torch" not in sys.modules and "hypothesis" not in sys.modules
+        print(pydoc.render_doc(testing, renderer=pydoc.plaintext))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    for name, line in [("check_masker(masker", "run every check a `Masker` must pass"),
+                       ("MaskerTimeout", "runs past `time_limit_s`"),
+                       ("strategies", "hypothesis strategies: grids"),
+                       ("contract", "the contract's single checks")]:
+        assert name in text and line in text, name
+    assert "check_masker(masker: 'Any', batch_size: 'int' = 8" in text  # the function itself
+    import jepa_core.testing as testing
+
+    assert {"check_masker", "MaskerTimeout", "strategies", "contract"} <= set(dir(testing))
+    assert testing.MaskerTimeout is MaskerTimeout

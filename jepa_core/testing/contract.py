@@ -317,7 +317,7 @@ def check_masker(masker: Any, batch_size: int = 8, seed: int = 0, *,
                  allow_overlap: bool | None = None, rectangular_targets: bool | None = None,
                  deterministic: bool = False, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
                  reach_samples: int = 4096) -> MaskBatch:
-    """Run the masker contract (see the module docstring); returns the first batch drawn.
+    """Run the masker contract (see `jepa_core.testing.contract`); returns the first batch.
 
     deterministic: the masker draws nothing at random (its masks must not depend on the
     seed). time_limit_s: the most any one call may take; past it the call is stopped and
