@@ -4,11 +4,15 @@ hypothesis too, without shrinking and without leaving a thread behind)."""
 
 from __future__ import annotations
 
+import ast
+import inspect
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -242,3 +246,35 @@ def test_help_shows_the_public_api_and_importing_stays_cheap():
 
     assert {"check_masker", "MaskerTimeout", "strategies", "contract"} <= set(dir(testing))
     assert testing.MaskerTimeout is MaskerTimeout
+
+
+def _documented_signatures():
+    """(name, [(param, default text or None)]) of each function in the tables of
+    docs/hooks.md's sections on validators and on jepa_core.testing."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "hooks.md").read_text()
+    start, end = text.index("## Validators for config fields"), text.index("## Registration hooks")
+    rows = re.findall(r"^\| `(\w+)\((.*?)\)(?: -> [^`]*)?` \|", text[start:end], re.MULTILINE)
+    for name, params in rows:
+        parsed = []
+        for part in params.replace("\\|", "|").split(", "):
+            if part.strip() in ("", "*"):
+                continue
+            head, _, default = part.partition("=")
+            parsed.append((head.split(":")[0].strip(), default.strip() or None))
+        yield name, parsed
+
+
+def test_docs_give_the_real_signature_of_every_validator_and_check():
+    import jepa_core.validate as validate
+    from jepa_core.testing import contract
+
+    documented = dict(_documented_signatures())
+    assert {"greater", "range_pair", "check_masker", "check_uses_generator", "masker_configs",
+            "configs_from_fields"} <= set(documented)
+    for name, params in documented.items():
+        function = next(getattr(m, name) for m in (validate, contract, js) if hasattr(m, name))
+        real = inspect.signature(function).parameters
+        assert [p for p, _ in params] == list(real), name
+        for param, default in params:
+            if default is not None:
+                assert ast.literal_eval(default) == real[param].default, (name, param)
