@@ -258,9 +258,11 @@ def eval_command(source: str, registry: Any, overrides: list[str], baseline: boo
     try:
         recipe = recipe_from_dict(state["recipe"], registry, f"recipe saved in {path}",
                                   overrides, notes)
-    finally:
+    finally:  # a component switched by an override (see jepa_core.recipe.switch_component)
+        from rich.markup import escape
+
         for note in notes:
-            console.print(f"[yellow]note:[/yellow] {note}", markup=True, highlight=False)
+            console.print(f"[yellow]note:[/yellow] {escape(note)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = state["eval_module"]
     results = evaluate(recipe, registry, state["modules"][module], device, baseline, module)

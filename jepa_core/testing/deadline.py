@@ -27,10 +27,12 @@ class Expired(BaseException):
 
 @contextlib.contextmanager
 def deadline(limit_s: float) -> Iterator[None]:
-    """Raise `Expired` inside the block once it has run `limit_s` seconds."""
-    if limit_s <= 0:
+    """Raise `Expired` inside the block once it has run `limit_s` seconds (inf: never)."""
+    if not limit_s > 0:
         raise ValueError(f"a time limit must be > 0 seconds (got {limit_s})")
-    if hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
+    if limit_s == float("inf"):
+        yield
+    elif hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
         with _alarm(limit_s):
             yield
     else:
