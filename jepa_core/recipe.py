@@ -5,6 +5,10 @@
 Loading = safe YAML with bounds on aliases, nesting and duplicate keys (jepa_core.safe_yaml)
 → dotted overrides → ${VAR} / ${VAR:-default} interpolation in strings → structuring into the
 frozen classes below, with every problem reported by path at once.
+
+An override of a component's name (`masker.name=random`) switches the component: the section
+starts again from the new component's defaults, keeping the keys its config class also has
+(see `switch_component`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import yaml
 
 from jepa_core import safe_yaml
 from jepa_core.errors import RecipeError
-from jepa_core.structure import FAILED, Component, Structurer, component_field, unstructure
+from jepa_core.structure import (COMPONENT_KIND, FAILED, Component, Structurer,
+                                 component_field, unstructure)
 from jepa_core.validate import at_least, at_most, between, greater, plain_name, range_pair
 
 # The largest learning rate accepted: AdamW hands lr / (1 - beta1) to float32 as a scalar, so
@@ -231,11 +236,58 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def recipe_from_dict(data: dict, registry: Any, source: str = "recipe",
-                     overrides: list[str] = ()) -> Recipe:
-    data = copy.deepcopy(data)  # overrides write into nested sections: never the caller's
+def component_sections() -> dict[str, str]:
+    """{recipe section: component kind} of every component section (`data: data_source`, ...)."""
+    return {f.name: f.metadata[COMPONENT_KIND] for f in attrs.fields(Recipe)
+            if COMPONENT_KIND in f.metadata}
+
+
+def switch_component(data: dict, section: str, old: Any, registry: Any) -> str | None:
+    """After `<section>.name=<new>` changed a component section's name: the section again from
+    <new>'s defaults, keeping the keys of the old section that <new>'s config class also has.
+    Returns a note naming the dropped keys (None when nothing was dropped). An unknown name
+    changes nothing (the loader reports it, with the registered names)."""
+    new = data.get(section)
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return None
+    kind, name, old_name = component_sections()[section], new.get("name"), old.get("name")
+    if not isinstance(name, str) or name == old_name or name not in registry.components[kind]:
+        return None
+    fields = {f.alias or f.name for f in attrs.fields(registry.get(kind, name).config_class)
+              if f.init}
+    kept = [k for k in new if k != "name" and k in fields]
+    dropped = [k for k in new if k != "name" and k not in fields]
+    data[section] = {"name": name, **{k: new[k] for k in kept}}
+    if not dropped:
+        return None
+    return (f"{section}.name={name}: the {section} section starts again from the defaults of "
+            f"{kind} {name!r}; dropped the keys it does not have (from {old_name!r}): "
+            f"{', '.join(map(str, dropped))}" + (f"; kept: {', '.join(map(str, kept))}"
+                                                  if kept else ""))
+
+
+def apply_overrides(data: dict, overrides: list[str], registry: Any,
+                    notes: list[str] | None = None) -> None:
+    """Apply `key=value` overrides in order (see `apply_override`); one that renames a
+    component section switches the component (see `switch_component`), its note appended to
+    `notes`."""
+    sections = component_sections()
     for override in overrides:
+        parts = override.partition("=")[0].strip().split(".")
+        switching = len(parts) == 2 and parts[1] == "name" and parts[0] in sections
+        old = copy.deepcopy(data.get(parts[0])) if switching else None
         apply_override(data, override)
+        note = switch_component(data, parts[0], old, registry) if switching else None
+        if note and notes is not None:
+            notes.append(note)
+
+
+def recipe_from_dict(data: dict, registry: Any, source: str = "recipe",
+                     overrides: list[str] = (), notes: list[str] | None = None) -> Recipe:
+    """The Recipe of YAML data, overrides applied (their notes appended to `notes`), or
+    RecipeError listing every problem by path."""
+    data = copy.deepcopy(data)  # overrides write into nested sections: never the caller's
+    apply_overrides(data, list(overrides), registry, notes)
     problems: list[tuple[str, str]] = []
     data = interpolate(data, "$", problems)
     if isinstance(data, dict) and data.get("method") is None:
@@ -277,8 +329,10 @@ def method_section_problems(data: dict, registry: Any) -> list[tuple[str, str]]:
     return problems
 
 
-def load_recipe(path: str | os.PathLike, registry: Any, overrides: list[str] = ()) -> Recipe:
-    return recipe_from_dict(read_yaml(path), registry, str(path), list(overrides))
+def load_recipe(path: str | os.PathLike, registry: Any, overrides: list[str] = (),
+                notes: list[str] | None = None) -> Recipe:
+    """The recipe file at `path` with `overrides` (see `recipe_from_dict`)."""
+    return recipe_from_dict(read_yaml(path), registry, str(path), list(overrides), notes)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

@@ -3,6 +3,9 @@
 Use them as attrs validators: `lr: float = attrs.field(default=1e-3, validator=greater(0))`.
 A failing validator raises `Invalid`; the recipe loader reports it as `$.optim.lr: must be > 0`.
 `Invalid.subpath` points inside a value (`[1]` for the second element of a range).
+
+Each validator carries its limits as `validator.bounds` (a `Bounds`), so that
+`jepa_core.testing.strategies` can draw values that pass it.
 """
 
 from __future__ import annotations
@@ -10,7 +13,21 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
+import attrs
+
 Validator = Callable[[Any, Any, Any], None]
+
+
+@attrs.frozen
+class Bounds:
+    """The numbers a validator accepts: lo..hi (None: no limit), each end open or closed;
+    `pair`: the value is a (low, high) pair, each item within the bounds."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    pair: bool = False
 
 
 class Invalid(ValueError):
@@ -20,7 +37,7 @@ class Invalid(ValueError):
         self.subpath = subpath
 
 
-def _skip_none(check: Callable[[Any], str | None]) -> Validator:
+def _skip_none(check: Callable[[Any], str | None], bounds: Bounds | None = None) -> Validator:
     def validator(_inst: Any, _attr: Any, value: Any) -> None:
         if value is None:
             return
@@ -28,24 +45,30 @@ def _skip_none(check: Callable[[Any], str | None]) -> Validator:
         if problem:
             raise Invalid(problem)
 
+    validator.bounds = bounds  # type: ignore[attr-defined]
     return validator
 
 
 def greater(lo: float) -> Validator:
-    return _skip_none(lambda v: None if v > lo else f"must be > {lo} (got {v})")
+    """value > lo."""
+    return _skip_none(lambda v: None if v > lo else f"must be > {lo} (got {v})",
+                      Bounds(lo=lo, lo_open=True))
 
 
 def at_least(lo: float) -> Validator:
-    return _skip_none(lambda v: None if v >= lo else f"must be >= {lo} (got {v})")
+    """value >= lo."""
+    return _skip_none(lambda v: None if v >= lo else f"must be >= {lo} (got {v})", Bounds(lo=lo))
 
 
 def at_most(hi: float) -> Validator:
-    return _skip_none(lambda v: None if v <= hi else f"must be <= {hi} (got {v})")
+    """value <= hi."""
+    return _skip_none(lambda v: None if v <= hi else f"must be <= {hi} (got {v})", Bounds(hi=hi))
 
 
 def between(lo: float, hi: float) -> Validator:
     """lo <= value <= hi."""
-    return _skip_none(lambda v: None if lo <= v <= hi else f"must be in [{lo}, {hi}] (got {v})")
+    return _skip_none(lambda v: None if lo <= v <= hi else f"must be in [{lo}, {hi}] (got {v})",
+                      Bounds(lo=lo, hi=hi))
 
 
 def range_pair(lo: float | None = None, hi: float | None = None, *,
@@ -63,6 +86,7 @@ def range_pair(lo: float | None = None, hi: float | None = None, *,
         if value[0] > value[1]:
             raise Invalid(f"low end {value[0]} is above high end {value[1]}; write [low, high]")
 
+    validator.bounds = Bounds(lo=lo, hi=hi, lo_open=strict_lo, pair=True)  # type: ignore[attr-defined]
     return validator
 
 

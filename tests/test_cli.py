@@ -164,6 +164,33 @@ def test_check_with_overrides():
     assert "target_scale:\n  - 0.1\n  - 0.2" in result.stdout
 
 
+@pytest.mark.parametrize("switch", [["masker.name=random"], ["masker={name: random}"]])
+def test_check_switches_a_component_on_the_command_line(switch):
+    result = jepa("check", QUICKSTART, "--no-data", *switch)
+    assert result.returncode == 0, result.stderr
+    assert "masker: random from plugin image (jepa-core 0.1.0)" in result.stdout
+    masker = result.stdout[result.stdout.index("\nmasker:\n"):]
+    assert "name: random\n  context_ratio: 0.25\n" in masker
+    note = flat(result.stderr)
+    if switch == ["masker.name=random"]:  # the quickstart's num_targets: 4 is kept
+        assert "num_targets: 4\n" in masker
+        assert note == ("note: masker.name=random: the masker section starts again from the "
+                        "defaults of masker 'random'; dropped the keys it does not have (from "
+                        "'multiblock'): target_scale, target_aspect, context_scale, "
+                        "context_equalize, min_keep; kept: num_targets")
+    else:  # the whole section, as written
+        assert "num_targets: 4\n" in masker and note == ""
+
+
+def test_a_switch_note_is_printed_before_the_problems_of_a_recipe_that_fails():
+    result = jepa("check", QUICKSTART, "--no-data", "masker.name=random",
+                  "masker.context_ratio=2")
+    assert result.returncode == 2
+    text = flat(result.stderr)
+    assert text.index("note: masker.name=random") < text.index("$.masker.context_ratio")
+    no_traceback(result)
+
+
 def test_bad_recipe_exits_2_with_every_path_and_no_traceback(tmp_path):
     text = (REPO / QUICKSTART).read_text().replace("lr: 1.0e-3", "lr: 0")
     assert "target_scale: [0.1, 0.15]" in text

@@ -44,11 +44,16 @@ def test_eval_command_on_a_run_directory(tiny_dict):
 
     registry = make_plugin_manager()
     run = train(recipe_from_dict(tiny_dict, registry, "t"), registry)
-    out = subprocess.run([sys.executable, "-m", "jepa_core", "eval", str(run.run_dir)],
-                         capture_output=True, text=True, timeout=300)
+    # probed on other data: switching the data source by name drops synthetic's own keys
+    out = subprocess.run([sys.executable, "-m", "jepa_core", "eval", str(run.run_dir),
+                          "data.name=digits"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
-    for row in ("trained target encoder", "random init", "raw pixels"):
+    for row in ("trained target encoder", "random init", "raw pixels", "digits"):
         assert row in out.stdout
+    assert ("note: data.name=digits: the data section starts again from the defaults of "
+            "data_source 'digits'; dropped the keys it does not have (from 'synthetic'): "
+            "num_images") in out.stdout
     missing = subprocess.run([sys.executable, "-m", "jepa_core", "eval", str(run.run_dir / "x")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1 and "neither a run directory nor a checkpoint" in missing.stderr

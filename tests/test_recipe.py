@@ -13,11 +13,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from jepa_core.errors import RecipeError
-from jepa_image.configs import MultiBlockConfig
+from jepa_image.configs import MultiBlockConfig, RandomPatchConfig
 from jepa_core.hookspecs import hookimpl
 from jepa_core.plugins import make_plugin_manager
-from jepa_core.recipe import (OptimConfig, Recipe, TrainConfig, apply_override, load_recipe,
-                              read_yaml, recipe_from_dict, recipe_to_dict, recipe_to_yaml)
+from jepa_core.recipe import (OptimConfig, Recipe, TrainConfig, apply_override,
+                              component_sections, load_recipe, read_yaml, recipe_from_dict,
+                              recipe_to_dict, recipe_to_yaml)
 from jepa_core.structure import Component
 from jepa_core.validate import at_least
 
@@ -395,9 +396,112 @@ def test_overrides(registry):
     assert recipe.name == "tuned" and recipe.train.compile is True
     # later overrides win
     assert load_recipe(QUICKSTART, registry, ["seed=1", "seed=2"]).seed == 2
-    # switching the component drops nothing silently: multiblock's keys are now unknown
-    with pytest.raises(RecipeError, match=r"\$\.masker\.target_scale: unknown key"):
-        load_recipe(QUICKSTART, registry, ["masker.name=random"])
+
+
+# -- switching a component with `<section>.name=...` ---------------------------------------
+def test_renaming_a_component_starts_it_from_the_new_defaults(registry):
+    notes: list[str] = []
+    recipe = load_recipe(QUICKSTART, registry, ["masker.name=random"], notes)
+    assert recipe.masker == Component("masker", "random", RandomPatchConfig(num_targets=4))
+    assert notes == ["masker.name=random: the masker section starts again from the defaults of "
+                     "masker 'random'; dropped the keys it does not have (from 'multiblock'): "
+                     "target_scale, target_aspect, context_scale, context_equalize, min_keep; "
+                     "kept: num_targets"]
+    # the same as writing the whole section, which keeps working
+    whole = load_recipe(QUICKSTART, registry, ["masker={name: random, num_targets: 4}"])
+    assert whole == recipe
+
+
+def test_overrides_apply_in_order_around_a_switch(registry):
+    notes: list[str] = []
+    recipe = load_recipe(QUICKSTART, registry, ["masker.min_keep=2", "masker.name=random",
+                                                "masker.context_ratio=0.5",
+                                                "masker.num_targets=2"], notes)
+    assert recipe.masker.config == RandomPatchConfig(context_ratio=0.5, num_targets=2)
+    assert "min_keep" in notes[0] and "context_ratio" not in notes[0]
+    # back again: multiblock's own defaults, not the quickstart's
+    back = load_recipe(QUICKSTART, registry, ["masker.name=random", "masker.name=multiblock"])
+    assert back.masker.config == MultiBlockConfig(num_targets=4)
+
+
+def test_the_same_name_or_an_unknown_one_changes_nothing(registry):
+    notes: list[str] = []
+    same = load_recipe(QUICKSTART, registry, ["masker.name=multiblock"], notes)
+    assert same == load_recipe(QUICKSTART, registry) and notes == []
+    with pytest.raises(RecipeError) as info:
+        load_recipe(QUICKSTART, registry, ["masker.name=randon"], notes)
+    [(where, message)] = info.value.problems  # only the name: not every key as unknown
+    assert where == "$.masker.name" and "Did you mean 'random'?" in message
+
+
+@attrs.frozen
+class AltConfig:
+    """A second component of every kind, sharing some keys with the first-party ones."""
+
+    img_size: int = 32
+    depth: int = 1
+    momentum: tuple[float, float] = (0.99, 1.0)
+
+
+def _register_alt(register):
+    register("alt", AltConfig, lambda config, **context: None)  # never built here
+
+
+class Alternatives:
+    """Registers `alt` for every kind of component, so every section can be switched."""
+
+    @hookimpl
+    def register_methods(self, register):
+        _register_alt(register)
+
+    @hookimpl
+    def register_encoders(self, register):
+        _register_alt(register)
+
+    @hookimpl
+    def register_predictors(self, register):
+        _register_alt(register)
+
+    @hookimpl
+    def register_maskers(self, register):
+        _register_alt(register)
+
+    @hookimpl
+    def register_target_updaters(self, register):
+        _register_alt(register)
+
+    @hookimpl
+    def register_losses(self, register):
+        _register_alt(register)
+
+    @hookimpl
+    def register_data_sources(self, register):
+        _register_alt(register)
+
+
+@pytest.mark.parametrize("section", sorted(component_sections()))
+def test_every_component_section_switches_by_name(section):
+    registry = make_plugin_manager(["jepa_image.plugin", "jepa_vit.plugin",
+                                    "jepa_objectives.plugin"], autoload=False,
+                                   objects=[("alternatives", Alternatives())])
+    data = read_yaml(QUICKSTART)
+    data.setdefault(section, {"name": "ijepa"})  # the quickstart has no method section
+    old_keys = [k for k in data[section] if k != "name"]
+    notes: list[str] = []
+    recipe = recipe_from_dict(data, registry, "r.yaml", [f"{section}.name=alt"], notes)
+    component = getattr(recipe, section)
+    assert component.name == "alt"
+    kept = {k: data[section][k] for k in old_keys if k in ("img_size", "depth", "momentum")}
+    assert attrs.asdict(component.config) == {**attrs.asdict(AltConfig()),
+                                              **{k: tuple(v) if isinstance(v, list) else v
+                                                 for k, v in kept.items()}}
+    dropped = [k for k in old_keys if k not in kept]
+    if dropped:
+        [note] = notes
+        assert note.startswith(f"{section}.name=alt: the {section} section starts again")
+        assert f"does not have (from {data[section]['name']!r}): {', '.join(dropped)}" in note
+    else:
+        assert notes == []
 
 
 def test_override_list_value(registry):

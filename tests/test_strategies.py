@@ -7,6 +7,9 @@ import subprocess
 import sys
 import textwrap
 
+from typing import Literal
+
+import attrs
 import pytest
 from hypothesis import HealthCheck, find, given, settings
 
@@ -14,6 +17,12 @@ from jepa_core.errors import PluginError
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.testing import check_masker
 from jepa_core.testing import strategies as js
+from jepa_core.validate import Bounds, at_least, at_most, between, greater, range_pair
+
+@attrs.frozen
+class Inner:
+    size: int = 0
+
 
 PLUGIN = '''
 from typing import ClassVar
@@ -122,12 +131,64 @@ def test_a_broken_hypothesis_configs_names_the_plugin(tmp_path, monkeypatch, str
     assert problem in message and "Set it to a \"module:function\" string" in message
 
 
-def test_a_masker_without_a_strategy_gets_its_default_config(tmp_path, monkeypatch):
+def test_a_masker_without_a_strategy_gets_varied_configs_from_its_fields(tmp_path, monkeypatch):
     spec = _band(tmp_path, monkeypatch, "band_strategies:band_configs")
     monkeypatch.delattr(spec.config_class, "hypothesis_configs")
     assert js.config_strategy(spec) is None
-    assert find(js.masker_configs(spec, (4, 4)), lambda c: True) == spec.config_class()
-    assert js.masker_configs(spec, (1, 4)).is_empty  # the factory refuses the default there
+    strategy = js.masker_configs(spec, (4, 4))
+    assert find(strategy, lambda c: True) == spec.config_class()  # shrinks to the default
+    drawn = set()
+
+    @settings(max_examples=60, database=None, derandomize=True, deadline=None,
+              suppress_health_check=[HealthCheck.filter_too_much])
+    @given(strategy)
+    def collect(config):
+        drawn.add(config.rows)
+
+    collect()
+    assert {1, 2, 3} <= drawn and drawn <= {0, 1, 2, 3}  # more than the default; all build
+
+
+@attrs.frozen
+class Knobs:
+    """Every kind of field configs_from_fields draws, with validators limiting them."""
+
+    mode: Literal["a", "b", "c"] = "a"
+    flag: bool = False
+    count: int = attrs.field(default=3, validator=at_least(1))
+    ratio: float = attrs.field(default=0.5, validator=[greater(0), at_most(1)])
+    span: tuple[float, float] = attrs.field(default=(0.2, 0.4), validator=range_pair(0, 1))
+    group: int | None = attrs.field(default=None, validator=between(2, 6))
+    label: str = "fixed"
+    inner: Inner = Inner()
+
+
+def test_configs_from_fields_draw_every_field_within_its_validators():
+    seen = {field.name: set() for field in attrs.fields(Knobs)}
+
+    @settings(max_examples=150, database=None, derandomize=True, deadline=None)
+    @given(js.configs_from_fields(Knobs))
+    def collect(config):
+        assert config.count >= 1 and 0 < config.ratio <= 1
+        assert 0 <= config.span[0] <= config.span[1] <= 1
+        assert config.group is None or 2 <= config.group <= 6
+        assert config.inner.size >= 0
+        for name in seen:
+            seen[name].add(repr(getattr(config, name)))
+
+    collect()
+    assert seen["label"] == {"'fixed'"}  # strings keep their default
+    assert seen["flag"] == {"True", "False"}
+    assert [name for name, values in seen.items()
+            if len(values) < 3 and name not in ("label", "flag")] == []
+    assert {repr(v) for v in ("a", "b", "c")} <= seen["mode"]
+
+
+def test_configs_from_fields_reads_the_limits_of_combined_validators():
+    ratio = next(f for f in attrs.fields(Knobs) if f.name == "ratio")
+    assert js.field_bounds(ratio) == Bounds(lo=0, hi=1, lo_open=True)
+    span = next(f for f in attrs.fields(Knobs) if f.name == "span")
+    assert js.field_bounds(span) == Bounds(lo=0, hi=1, pair=True)
 
 
 def test_multiblock_configs_still_works_but_is_deprecated():

@@ -107,10 +107,24 @@ def _registry(args: argparse.Namespace) -> Any:
     return make_plugin_manager(args.plugin)
 
 
+def print_notes(notes: list[str]) -> None:
+    """Notes from loading a recipe (a component switched by an override), on stderr."""
+    if notes:
+        from rich.markup import escape
+
+        console = _console(stderr=True)
+        for note in notes:
+            console.print(f"[yellow]note:[/yellow] {escape(note)}")
+
+
 def _load(args: argparse.Namespace, registry: Any) -> Any:
     from jepa_core.recipe import load_recipe
 
-    return load_recipe(args.recipe, registry, args.overrides)
+    notes: list[str] = []
+    try:
+        return load_recipe(args.recipe, registry, args.overrides, notes)
+    finally:  # also before the problems of a recipe that does not load
+        print_notes(notes)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

@@ -344,7 +344,15 @@ def load_source(source: str) -> tuple[Path, dict]:
 def eval_command(source: str, registry: Any, overrides: list[str], baseline: bool,
                  console: Any) -> int:
     path, state = load_source(source)
-    recipe = recipe_from_dict(state["recipe"], registry, f"recipe saved in {path}", overrides)
+    notes: list[str] = []
+    try:
+        recipe = recipe_from_dict(state["recipe"], registry, f"recipe saved in {path}",
+                                  overrides, notes)
+    finally:  # a component switched by an override (see jepa_core.recipe.switch_component)
+        from rich.markup import escape
+
+        for note in notes:
+            console.print(f"[yellow]note:[/yellow] {escape(note)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = state["eval_module"]
     results = evaluate(recipe, registry, state["modules"][module], device, baseline, module,

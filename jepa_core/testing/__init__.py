@@ -1,11 +1,16 @@
 """Test helpers for plugin authors: the masker contract and hypothesis strategies.
 
-    from jepa_core.testing import check_masker, strategies
+    from jepa_core.testing import check_masker, strategies as js
 
-`check_masker(masker, batch_size, seed, ...)` runs every check a `Masker` must pass (see
-`jepa_core.testing.contract`); `strategies` holds hypothesis strategies for grids, batch sizes,
-seeds and masker configs. `pytest -p jepa_core.testing.pytest_plugin` adds the fixtures
-`jepa_registry`, `masker_contract` and `jepa_mask_generator`.
+Public API:
+    check_masker(masker, batch_size=8, seed=0, **declared)
+                    run every check a `Masker` must pass; AssertionError naming the check
+    MaskerTimeout   raised when one masker call runs past `time_limit_s` (stopped in place)
+    strategies      hypothesis strategies: grids, square_grids, batch_sizes, seeds, and
+                    masker_configs(spec, grid) / configs_from_fields(config_class) for configs
+    contract        the contract's single checks (check_structure, check_deterministic, ...)
+    pytest_plugin   `pytest -p jepa_core.testing.pytest_plugin`: the fixtures jepa_registry,
+                    masker_contract and jepa_mask_generator
 
 Importing this package is cheap: torch and hypothesis load on first use of an attribute.
 """
@@ -15,12 +20,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["check_masker", "contract", "strategies"]
+__all__ = ["MaskerTimeout", "check_masker", "contract", "strategies"]
+
+_MODULES = ("contract", "strategies", "pytest_plugin", "deadline")
+_FROM_CONTRACT = ("check_masker", "MaskerTimeout")
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("contract", "strategies"):
+    """Loads the public names on first use (so `import jepa_core.testing` stays cheap)."""
+    if name in _MODULES:
         return importlib.import_module(f"{__name__}.{name}")
-    if name == "check_masker":
-        return importlib.import_module(f"{__name__}.contract").check_masker
+    if name in _FROM_CONTRACT:
+        return getattr(importlib.import_module(f"{__name__}.contract"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names too, so that help() and dir() show them."""
+    return sorted({*globals(), *__all__})

@@ -6,32 +6,63 @@
 Always checked: output types and shapes, int64 indices in [0, N), unique indices per target
 block and per context row (among valid positions), a `context_valid` / `targets_valid`
 consistent with the context / targets (bool, same shape, at least one valid index per row /
-block), termination within `time_limit_s`, and determinism: the same generator seed gives the
-same masks even when the global RNGs are in other states, and torch's, Python's and numpy's
-global RNGs are left untouched. The checks themselves live in `jepa_core.maskcheck`; the
-trainer runs the same ones on the first steps of every run.
+block), and:
+
+- termination: every call returns within `time_limit_s` (5 s by default). A call that runs
+  past it is stopped where it is (nothing is left running) and `MaskerTimeout` is raised;
+- repeatability: repeated calls with identically seeded generators, in different orders and
+  interleaved with other seeds, give identical masks (no state kept between calls), the same
+  generator seed gives the same masks even when the global RNGs are in other states, and
+  torch's, Python's and numpy's global RNGs are left untouched;
+- generator dependence: different generator seeds give different masks (a masker that
+  re-seeds a generator of its own gives the same masks at every step). A masker that is
+  deterministic by design passes `deterministic=True`, and must then ignore the seed.
+
+The structural checks live in `jepa_core.maskcheck`; the trainer runs the same ones on the
+first steps of every run.
 
 Checked when declared: `min_keep` (valid context patches per row), `allow_overlap=False`
 (context and targets disjoint), `scale_range` / `aspect_range` (each target block is a
 rectangle whose size can come from a scale and an aspect ratio in the ranges, up to rounding),
 `claims_reachable` (every patch lands in some context and in some target over many draws).
 
-Each failure raises AssertionError with a message naming the masker, the check, the sample.
+Each failure raises AssertionError with a message naming the masker, the check, the sample;
+a call past the time limit raises `MaskerTimeout` (a BaseException, see there).
 """
 
 from __future__ import annotations
 
-import threading
+import random
 from typing import Any
 
+import attrs
+import numpy as np
 import torch
 
 from jepa_core.interfaces import MaskBatch
 from jepa_core.maskcheck import (overlap_problem, redraw_problem, structure_problem,
                                  target_membership, target_sizes, valid_counts)
+from jepa_core.testing.deadline import Expired, deadline
 
-__all__ = ["check_masker", "check_structure", "check_disjoint", "check_block_ranges",
-           "check_deterministic", "check_reachable", "draw_in_time", "valid_counts",
+DEFAULT_TIME_LIMIT_S = 5.0
+# Seeds drawn before "the masks never change with the seed" is believed: a masker with two
+# equally likely outcomes passes this many with probability 1 - 2**-31.
+SEEDS_FOR_VARIETY = 32
+
+
+class MaskerTimeout(BaseException):
+    """A masker call ran past `time_limit_s` and was stopped.
+
+    A BaseException, not an AssertionError, on purpose: hypothesis shrinks a failing example
+    by re-running smaller ones, and each of those would hang for the whole limit again. An
+    exception it does not treat as a test failure stops it at once; pytest still reports the
+    test as failed, with this message.
+    """
+
+
+__all__ = ["check_masker", "MaskerTimeout", "check_structure", "check_disjoint",
+           "check_block_ranges", "check_deterministic", "check_uses_generator",
+           "check_reachable", "call_in_time", "draw_in_time", "valid_counts",
            "target_membership"]
 
 
@@ -43,26 +74,27 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def draw_in_time(masker: Any, batch_size: int, seed: int, time_limit_s: float) -> MaskBatch:
-    """masker(batch_size, generator(seed)), or AssertionError if it runs past the limit (the
-    call is left running in a daemon thread: Python cannot stop it)."""
-    result: dict[str, Any] = {}
+def call_in_time(masker: Any, batch_size: int, generator: torch.Generator, seed: int,
+                 time_limit_s: float) -> MaskBatch:
+    """masker(batch_size, generator), stopped after `time_limit_s` seconds with
+    `MaskerTimeout` naming the masker (see `jepa_core.testing.deadline`: nothing is left
+    running). `seed` is the generator's seed, for the message."""
+    try:
+        with deadline(time_limit_s):
+            return masker(batch_size, generator)
+    except Expired as exc:
+        raise MaskerTimeout(
+            f"{masker!r} fails 'terminates': a batch of {batch_size} (generator seed {seed}) "
+            f"ran past time_limit_s={time_limit_s} s and was stopped (the traceback above "
+            f"shows where). A sampler must never loop unboundedly: bound its redraws, and "
+            f"have the factory raise ConfigError for a config that cannot produce masks on the "
+            f"grid. If the masker is merely slow, pass a larger time_limit_s.") from exc
 
-    def target() -> None:
-        try:
-            result["masks"] = masker(batch_size, _generator(seed))
-        except BaseException as exc:  # re-raised in the caller's thread
-            result["error"] = exc
 
-    thread = threading.Thread(target=target, daemon=True, name="check_masker")
-    thread.start()
-    thread.join(time_limit_s)
-    if thread.is_alive():
-        raise _fail(masker, "terminates", f"batch of {batch_size} (seed {seed}) took longer "
-                    f"than {time_limit_s} s; a sampler must never loop unboundedly")
-    if "error" in result:
-        raise result["error"]
-    return result["masks"]
+def draw_in_time(masker: Any, batch_size: int, seed: int,
+                 time_limit_s: float = DEFAULT_TIME_LIMIT_S) -> MaskBatch:
+    """masker(batch_size, generator(seed)) under `call_in_time`'s time limit."""
+    return call_in_time(masker, batch_size, _generator(seed), seed, time_limit_s)
 
 
 def _raise(masker: Any, problem: Any) -> None:
@@ -130,20 +162,121 @@ def _check_interval(masker, check, lo, hi, declared, h, w) -> None:
                     f"patches, which no value in {list(declared)} gives")
 
 
-def check_deterministic(masker: Any, batch_size: int, seed: int, first: MaskBatch) -> None:
-    """Same seed -> same masks, even with torch's, Python's and numpy's global RNGs set to
-    other states before the second draw; and those global RNGs left untouched."""
-    _raise(masker, redraw_problem(first, lambda: masker(batch_size, _generator(seed))))
+# The order of the calls after the first (0: the seed under test, 1-3: other seeds): the seed
+# comes back after another seed, after itself, and late, four more times in all.
+REPEAT_ORDER = (1, 0, 2, 0, 0, 1, 3, 0, 2)
 
 
-def check_reachable(masker: Any, batch_size: int, seed: int, samples: int) -> None:
+def _other_seed(seed: int, i: int) -> int:
+    """The i-th seed besides `seed` (i >= 1): distinct for every i < 2**63, below 2**63."""
+    return (seed + i * 0x9E3779B97F4A7C15) % 2**63
+
+
+def _differs(a: MaskBatch, b: MaskBatch) -> str | None:
+    """The name of the first MaskBatch field in which `a` and `b` differ, or None."""
+    for field in attrs.fields(MaskBatch):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+            if x.shape != y.shape or not torch.equal(x, y):
+                return field.name
+        elif (x is None) != (y is None) or (x is not None and x != y):
+            return field.name
+    return None
+
+
+def _rng_states() -> tuple[Any, ...]:
+    return torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+
+
+def check_deterministic(masker: Any, batch_size: int, seed: int, first: MaskBatch,
+                        time_limit_s: float = DEFAULT_TIME_LIMIT_S) -> dict[int, MaskBatch]:
+    """Same seed -> same masks, over four more calls with that seed in different orders,
+    interleaved with three other seeds (so state kept between calls shows); torch's, Python's
+    and numpy's global RNGs left untouched. Returns {seed: masks} of the seeds drawn."""
+    seeds = [seed] + [_other_seed(seed, i) for i in (1, 2, 3)]
+    drawn, seen = {seed: first}, {seed: 1}
+    before = _rng_states()
+    for call, k in enumerate(REPEAT_ORDER, start=2):
+        s = seeds[k]
+        masks = call_in_time(masker, batch_size, _generator(s), s, time_limit_s)
+        seen[s] = seen.get(s, 0) + 1
+        if s not in drawn:
+            drawn[s] = masks
+            continue
+        name = _differs(drawn[s], masks)
+        if name is not None:
+            order = ", ".join("s" if seeds[j] == seed else f"o{j}" for j in REPEAT_ORDER)
+            raise _fail(masker, "same masks for the same generator seed", (
+                f"call {call} (call number {seen[s]} with generator seed {s}) gave a different "
+                f"`{name}` from the first call with that seed (calls: s, {order}; s = seed "
+                f"{seed}, o1-o3 = other seeds). The masks depend on something besides the "
+                f"generator, such as state kept from one call to the next: draw every random "
+                f"number from the generator argument and keep the masker's state fixed after "
+                f"construction"))
+    after = _rng_states()
+    if not torch.equal(before[0], after[0]) or before[1] != after[1] or \
+            not np.array_equal(before[2], after[2]):
+        raise _fail(masker, "never touches the global RNG", "torch's, Python's or numpy's "
+                    "global RNG state changed; draw only from the generator argument")
+    # global-RNG use that restores the state it found: redraw with the global RNGs elsewhere
+    _raise(masker, redraw_problem(first, lambda: call_in_time(
+        masker, batch_size, _generator(seed), seed, time_limit_s)))
+    return drawn
+
+
+def check_uses_generator(masker: Any, batch_size: int, seed: int, drawn: dict[int, MaskBatch],
+                         time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+                         deterministic: bool = False) -> None:
+    """Different generator seeds give different masks (drawing up to SEEDS_FOR_VARIETY
+    seeds), unless `deterministic`, which requires the opposite. Identical masks for every
+    seed pass only while the masker does draw from the generator it is given (its state
+    moves, differently for each seed): a config with a single possible outcome on this grid.
+    `drawn`: {seed: masks} already drawn (see check_deterministic), extended here."""
+    first = drawn[seed]
+    varied = next((s for s, m in drawn.items() if _differs(first, m) is not None), None)
+    if deterministic:
+        if varied is not None:
+            raise _fail(masker, "deterministic=True", (
+                f"generator seeds {seed} and {varied} give different masks, so the masker is "
+                f"random; leave out deterministic=True"))
+        return
+    while varied is None and len(drawn) < SEEDS_FOR_VARIETY:
+        s = _other_seed(seed, len(drawn))
+        drawn[s] = call_in_time(masker, batch_size, _generator(s), s, time_limit_s)
+        varied = s if _differs(first, drawn[s]) is not None else None
+    if varied is not None:
+        return
+    untouched, ends = [], []
+    for s in (seed, _other_seed(seed, 1)):
+        generator = _generator(s)
+        start = generator.get_state()
+        call_in_time(masker, batch_size, generator, s, time_limit_s)
+        untouched.append(torch.equal(start, generator.get_state()))
+        ends.append(generator.get_state())
+    if all(untouched):
+        how = "and it never draws from the generator it is given"
+    elif torch.equal(ends[0], ends[1]):
+        how = "and it re-seeds the generator it is given (every seed ends in the same state)"
+    else:
+        return
+    raise _fail(masker, "masks depend on the generator", (
+        f"the same masks for {len(drawn)} different generator seeds (batch {batch_size}), {how}: "
+        f"every training step would get the same masks. Draw every random number from the "
+        f"generator argument (the trainer seeds it from the recipe's seed and the step), not "
+        f"from a generator the masker makes or re-seeds itself. For a masker deterministic by "
+        f"design, pass deterministic=True"))
+
+
+def check_reachable(masker: Any, batch_size: int, seed: int, samples: int,
+                    time_limit_s: float = DEFAULT_TIME_LIMIT_S) -> None:
     """Every patch is in some valid context position and in some target over `samples`."""
     gh, gw = masker.grid
     n = gh * gw
     in_context = torch.zeros(n, dtype=torch.bool)
     in_target = torch.zeros(n, dtype=torch.bool)
     for i in range(max(1, samples // batch_size)):
-        masks = masker(batch_size, _generator(seed + 1 + i))
+        masks = call_in_time(masker, batch_size, _generator(seed + 1 + i), seed + 1 + i,
+                             time_limit_s)
         ctx = masks.context if masks.context_valid is None else masks.context[masks.context_valid]
         in_context[ctx.flatten()] = True
         in_target |= target_membership(masks, n).any(0)
@@ -161,11 +294,15 @@ def check_masker(masker: Any, batch_size: int = 8, seed: int = 0, *,
                  claims_reachable: bool = False, scale_range: Any = None,
                  aspect_range: Any = None, min_keep: int | None = None,
                  allow_overlap: bool | None = None, rectangular_targets: bool | None = None,
-                 time_limit_s: float = 10.0, reach_samples: int = 4096) -> MaskBatch:
-    """Run the masker contract (see the module docstring); returns the first batch drawn.
+                 deterministic: bool = False, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+                 reach_samples: int = 4096) -> MaskBatch:
+    """Run the masker contract (see `jepa_core.testing.contract`); returns the first batch.
 
-    rectangular_targets: require target blocks to be filled rectangles (implied by a scale or
-    aspect range). reach_samples: samples drawn for `claims_reachable`.
+    deterministic: the masker draws nothing at random (its masks must not depend on the
+    seed). time_limit_s: the most any one call may take; past it the call is stopped and
+    `MaskerTimeout` raised. rectangular_targets: require target blocks to be filled
+    rectangles (implied by a scale or aspect range). reach_samples: samples drawn for
+    `claims_reachable`.
     """
     if not (isinstance(masker.grid, tuple) and len(masker.grid) == 2 and min(masker.grid) >= 1):
         raise _fail(masker, "grid", f"grid must be a (gh, gw) tuple, got {masker.grid!r}")
@@ -178,7 +315,8 @@ def check_masker(masker: Any, batch_size: int = 8, seed: int = 0, *,
         check_disjoint(masker, masks)
     if rectangular_targets or scale_range is not None or aspect_range is not None:
         check_block_ranges(masker, masks, scale_range, aspect_range)  # rectangles first
-    check_deterministic(masker, batch_size, seed, masks)
+    drawn = check_deterministic(masker, batch_size, seed, masks, time_limit_s)
+    check_uses_generator(masker, batch_size, seed, drawn, time_limit_s, deterministic)
     if claims_reachable:
-        check_reachable(masker, max(batch_size, 64), seed, reach_samples)
+        check_reachable(masker, max(batch_size, 64), seed, reach_samples, time_limit_s)
     return masks
