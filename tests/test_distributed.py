@@ -71,8 +71,10 @@ def _write(tmp_path, name, dist=None, method="ijepa", **train):
     return path, tmp_path / name / "tiny"
 
 
-def _jepa(*args):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def _jepa(*args, threads="1"):
+    env = dict(os.environ, OMP_NUM_THREADS=threads)
+    if threads is None:
+        env.pop("OMP_NUM_THREADS")
     out = subprocess.run([sys.executable, "-m", "jepa_core", *args], capture_output=True,
                          text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -81,6 +83,20 @@ def _jepa(*args):
 
 def _final(run_dir):
     return ckpt.load(ckpt.list_checkpoints(run_dir / "checkpoints")[-1])
+
+
+def test_workers_share_the_cores():
+    from jepa_core.runtime.launch import worker_threads
+
+    assert [worker_threads(n, 16) for n in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
+    assert worker_threads(2, None) == 1
+
+
+@pytest.mark.slow
+def test_nproc_prints_no_torchrun_thread_banner(tmp_path):
+    recipe, _ = _write(tmp_path, "quiet")
+    out = _jepa("run", str(recipe), "--nproc", "2", "train.max_steps=1", threads=None)
+    assert "OMP_NUM_THREADS" not in out.stdout + out.stderr
 
 
 @pytest.mark.slow

@@ -185,6 +185,21 @@ def test_export_loads_in_timm_with_identical_features(tmp_path, imported, source
     assert model(images).shape == (4, 32)
 
 
+@torch.no_grad()
+def test_the_usage_hint_is_runnable_with_the_real_arguments(tmp_path, imported, registry):
+    out = tmp_path / "tiny.safetensors"
+    info = export_timm(imported, out, registry=registry)
+    assert "**kwargs" not in info["usage"]
+    for key, value in info["kwargs"].items():
+        assert f"{key}={value!r}" in info["usage"]
+    scope: dict = {}
+    exec(info["usage"], scope)  # the printed line, as a user would paste it
+    expected = timm.create_model(info["model_name"], pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(out)), **info["kwargs"])
+    images = _images(2, seed=3)
+    assert torch.equal(scope["model"].eval()(images), expected.eval()(images))
+
+
 def test_export_refuses_what_timm_cannot_load(tmp_path, imported, registry):
     with pytest.raises(ConfigError, match="must end in .safetensors"):
         export_timm(imported, tmp_path / "tiny.pt", registry=registry)

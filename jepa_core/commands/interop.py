@@ -324,6 +324,14 @@ def _write_atomic(path: Path, write: Any) -> None:
                        f"Nothing was written in its place.") from None
 
 
+def timm_usage(name: str, weights: str | os.PathLike, kwargs: dict) -> str:
+    """A runnable line that loads exported weights in timm, with the real keyword arguments
+    written out (not `**kwargs`): `import timm` first, then the `create_model` call."""
+    args = "".join(f", {key}={value!r}" for key, value in kwargs.items())
+    return (f"import timm; model = timm.create_model({name!r}, pretrained=True, "
+            f"pretrained_cfg_overlay=dict(file={str(weights)!r}){args})")
+
+
 def export_timm(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, *,
                 which: str | None = None, registry: Any = None) -> dict:
     """Write one encoder of a jepa checkpoint as timm weights: `out_path` (.safetensors, timm
@@ -358,8 +366,7 @@ def export_timm(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike,
     _check_against_timm(name, kwargs, weights)
     info = {"model_name": name, "kwargs": kwargs, "weights": out_path.name, "which": which,
             "source": str(checkpoint_path), "step": int(state.get("step", 0)),
-            "usage": f"timm.create_model({name!r}, pretrained=True, pretrained_cfg_overlay="
-                     f"dict(file={str(out_path)!r}), **kwargs)"}
+            "usage": timm_usage(name, out_path, kwargs)}
     meta = {"format": "pt", "jepa_which": which, "jepa_model_name": name}
     _write_atomic(out_path, lambda p: save_file(weights, str(p), metadata=meta))
     _write_atomic(out_path.with_suffix(".json"),

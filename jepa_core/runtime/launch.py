@@ -158,6 +158,9 @@ def _run_launcher(argv: list[str], n: int) -> int:
     from torch.distributed.run import main as torchrun_main
 
     os.environ[LAUNCHER_ENV] = str(os.getpid())  # workers stop when this process dies
+    threads_set = "OMP_NUM_THREADS" not in os.environ
+    if threads_set:  # ours, so torchrun sets none and prints no banner about it
+        os.environ["OMP_NUM_THREADS"] = str(worker_threads(n, os.cpu_count()))
     try:
         torchrun_main(argv)
     except SignalException as exc:  # the workers got the signal too and have exited by now
@@ -176,7 +179,15 @@ def _run_launcher(argv: list[str], n: int) -> int:
         raise RunError(f"a worker process failed: {exc}") from exc
     finally:
         os.environ.pop(LAUNCHER_ENV, None)
+        if threads_set:
+            os.environ.pop("OMP_NUM_THREADS", None)
     return 0
+
+
+def worker_threads(nproc: int, cpus: int | None) -> int:
+    """Threads per worker of `jepa run --nproc`: the machine's cores shared out, at least 1
+    (a user's OMP_NUM_THREADS is kept as it is)."""
+    return max(1, (cpus or 1) // max(1, nproc))
 
 
 def die_with_launcher() -> None:
