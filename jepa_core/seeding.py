@@ -1,14 +1,18 @@
 """Seeds derived from (seed, purpose, step, sample, ...) so every random draw is reproducible.
 
-Nothing in jepa draws from torch's or Python's global RNG during training. Each draw has its
-own generator, seeded by hashing the run seed with what the draw is for:
+Masks, data order and augmentations never draw from torch's, numpy's or Python's global RNG:
+each draw has its own generator, seeded by hashing the run seed with what the draw is for:
 
     mask generator of step s          derive_seed(seed, "masks", s)
     data order of epoch e             derive_seed(seed, "order", e)
     augmentation of sample i, epoch e derive_seed(seed, "augment", e, i)
     model init                        derive_seed(seed, "init")
 
-so the numbers do not depend on the number of workers, processes or GPUs.
+so the numbers do not depend on the number of workers, processes or GPUs. Two exceptions
+use torch's global RNG: model init runs inside `torch.random.fork_rng` with the global RNG
+seeded from derive_seed(seed, "init") (timm's init functions take no generator), and
+stochastic layers (timm's drop_path, dropout; off in the shipped recipes) draw from it during
+training, so a run with them on is not bit-identical across a resume.
 """
 
 from __future__ import annotations
