@@ -6,15 +6,16 @@
 "fast" is the recipe as written (fused SDPA attention, foreach EMA, fused/foreach AdamW; with
 --compile also torch.compile); "baseline" is the same step with those features off: explicit
 softmax attention ("math"), a per-tensor EMA loop, eager mode. Both use the real trainer's
-`train_step` on the same batches. Prints median ms per step, img/s and the ratio.
+`train_step` on the same batches, their steps interleaved (bench/timing.py). Prints median,
+IQR and min-max ms per step, img/s, the ratio, the machine's load, and a warning when the
+spread makes the ratio meaningless.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
+from pathlib import Path
 
 import torch
 
@@ -23,29 +24,31 @@ from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import load_recipe
 from jepa_core.runtime.trainer import setup, train_step
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import interleave, report  # noqa: E402  (bench/ is not a package)
+
 SLOW = ["encoder.attention=math", "predictor.attention=math",
         "target_updater.implementation=loop", "train.compile=false"]
 
 
-def time_steps(recipe, registry, iters: int, warmup: int) -> list[float]:
+def step_function(recipe, registry, iters: int, warmup: int):
+    """A callable running training step i of the recipe (batches drawn beforehand: data
+    loading is not what this measures)."""
     from jepa_core.runtime.distributed import DistEnv
 
     run = setup(recipe, registry, DistEnv())
     loader = train_loader(run.parts.source, run.parts.masker, run.layout, seed=recipe.seed,
                           steps_per_epoch=run.parts.steps_per_epoch, start_step=0,
                           stop_step=iters + warmup, num_workers=0)
-    batches = list(loader)  # data loading is not what this measures
-    times = []
-    for i in range(0, len(batches), run.layout.accum_steps):
-        micro = batches[i:i + run.layout.accum_steps]
+    batches = list(loader)
+    accum = run.layout.accum_steps
+
+    def step(i: int) -> None:
+        train_step(run, batches[i * accum:(i + 1) * accum])
         if run.device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        train_step(run, micro)
-        if run.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return times[warmup:]
+
+    return step
 
 
 def main(argv: list[str]) -> int:
@@ -65,14 +68,10 @@ def main(argv: list[str]) -> int:
     batch = variants["fast"].train.global_batch_size
     print(f"recipe {args.recipe}  batch {batch}  threads {torch.get_num_threads()}  "
           f"torch {torch.__version__}")
-    results = {}
-    for name, recipe in variants.items():
-        times = time_steps(recipe, registry, args.iters, args.warmup)
-        med = statistics.median(times)
-        results[name] = med
-        print(f"{name:>9}: median {1000 * med:8.1f} ms/step  {batch / med:8.1f} img/s  "
-              f"(min {1000 * min(times):.1f}, max {1000 * max(times):.1f}, n={len(times)})")
-    print(f"speed-up fast vs baseline: {results['baseline'] / results['fast']:.2f}x")
+    steps = {name: step_function(recipe, registry, args.iters, args.warmup)
+             for name, recipe in variants.items()}
+    times = interleave(steps, args.iters, args.warmup)
+    print(report(times, "fast", "baseline", items=batch))
     return 0
 
 
