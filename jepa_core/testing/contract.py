@@ -32,15 +32,13 @@ a call past the time limit raises `MaskerTimeout` (a BaseException, see there).
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
-import attrs
-import numpy as np
 import torch
 
 from jepa_core.interfaces import MaskBatch
-from jepa_core.maskcheck import (overlap_problem, redraw_problem, structure_problem,
+from jepa_core.maskcheck import (differing_field, global_rng_states, overlap_problem,
+                                 redraw_problem, same_global_rng_states, structure_problem,
                                  target_membership, target_sizes, valid_counts)
 from jepa_core.testing.deadline import Expired, deadline
 
@@ -172,22 +170,6 @@ def _other_seed(seed: int, i: int) -> int:
     return (seed + i * 0x9E3779B97F4A7C15) % 2**63
 
 
-def _differs(a: MaskBatch, b: MaskBatch) -> str | None:
-    """The name of the first MaskBatch field in which `a` and `b` differ, or None."""
-    for field in attrs.fields(MaskBatch):
-        x, y = getattr(a, field.name), getattr(b, field.name)
-        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
-            if x.shape != y.shape or not torch.equal(x, y):
-                return field.name
-        elif (x is None) != (y is None) or (x is not None and x != y):
-            return field.name
-    return None
-
-
-def _rng_states() -> tuple[Any, ...]:
-    return torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
-
-
 def check_deterministic(masker: Any, batch_size: int, seed: int, first: MaskBatch,
                         time_limit_s: float = DEFAULT_TIME_LIMIT_S) -> dict[int, MaskBatch]:
     """Same seed -> same masks, over four more calls with that seed in different orders,
@@ -195,7 +177,7 @@ def check_deterministic(masker: Any, batch_size: int, seed: int, first: MaskBatc
     and numpy's global RNGs left untouched. Returns {seed: masks} of the seeds drawn."""
     seeds = [seed] + [_other_seed(seed, i) for i in (1, 2, 3)]
     drawn, seen = {seed: first}, {seed: 1}
-    before = _rng_states()
+    before = global_rng_states()
     for call, k in enumerate(REPEAT_ORDER, start=2):
         s = seeds[k]
         masks = call_in_time(masker, batch_size, _generator(s), s, time_limit_s)
@@ -203,7 +185,7 @@ def check_deterministic(masker: Any, batch_size: int, seed: int, first: MaskBatc
         if s not in drawn:
             drawn[s] = masks
             continue
-        name = _differs(drawn[s], masks)
+        name = differing_field(drawn[s], masks)
         if name is not None:
             order = ", ".join("s" if seeds[j] == seed else f"o{j}" for j in REPEAT_ORDER)
             raise _fail(masker, "same masks for the same generator seed", (
@@ -213,9 +195,7 @@ def check_deterministic(masker: Any, batch_size: int, seed: int, first: MaskBatc
                 f"generator, such as state kept from one call to the next: draw every random "
                 f"number from the generator argument and keep the masker's state fixed after "
                 f"construction"))
-    after = _rng_states()
-    if not torch.equal(before[0], after[0]) or before[1] != after[1] or \
-            not np.array_equal(before[2], after[2]):
+    if not same_global_rng_states(before, global_rng_states()):
         raise _fail(masker, "never touches the global RNG", "torch's, Python's or numpy's "
                     "global RNG state changed; draw only from the generator argument")
     # global-RNG use that restores the state it found: redraw with the global RNGs elsewhere
@@ -233,7 +213,7 @@ def check_uses_generator(masker: Any, batch_size: int, seed: int, drawn: dict[in
     moves, differently for each seed): a config with a single possible outcome on this grid.
     `drawn`: {seed: masks} already drawn (see check_deterministic), extended here."""
     first = drawn[seed]
-    varied = next((s for s, m in drawn.items() if _differs(first, m) is not None), None)
+    varied = next((s for s, m in drawn.items() if differing_field(first, m) is not None), None)
     if deterministic:
         if varied is not None:
             raise _fail(masker, "deterministic=True", (
@@ -243,7 +223,7 @@ def check_uses_generator(masker: Any, batch_size: int, seed: int, drawn: dict[in
     while varied is None and len(drawn) < SEEDS_FOR_VARIETY:
         s = _other_seed(seed, len(drawn))
         drawn[s] = call_in_time(masker, batch_size, _generator(s), s, time_limit_s)
-        varied = s if _differs(first, drawn[s]) is not None else None
+        varied = s if differing_field(first, drawn[s]) is not None else None
     if varied is not None:
         return
     untouched, ends = [], []
