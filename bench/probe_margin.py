@@ -40,7 +40,9 @@ def run_seed(recipe: str, overrides: list[str], seed: int, out_dir: Path,
     if proc.returncode != 0:
         raise SystemExit(f"seed {seed}: `{' '.join(cmd)}` failed (exit {proc.returncode}):\n"
                          f"{proc.stderr[-3000:] or proc.stdout[-3000:]}")
-    return json.loads((out_dir / name / "eval.json").read_text())
+    from jepa_core.evaluation.runner import headline
+
+    return headline(json.loads((out_dir / name / "eval.json").read_text()))
 
 
 def margins(results: list[dict]) -> dict[str, list[float]]:

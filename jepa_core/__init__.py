@@ -6,4 +6,5 @@ need them (the trainer, the models), so that `jepa --help` and `jepa plugins` st
 
 __version__ = "0.1.0"
 
-KINDS = ("method", "encoder", "predictor", "masker", "target_updater", "loss", "data_source")
+KINDS = ("method", "encoder", "predictor", "masker", "target_updater", "loss", "data_source",
+         "eval_protocol")

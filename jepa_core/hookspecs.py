@@ -87,6 +87,15 @@ def register_data_sources(register: Register) -> None:
 
 
 @hookspec
+def register_eval_protocols(register: Register) -> None:
+    """Register evaluation protocols (kNN, linear probe, ...). factory(config) -> `EvalProtocol`
+    (see `jepa_core.interfaces.EvalProtocol`): a protocol reads the feature cache that
+    `jepa eval` writes once per encoder, and returns its results; recipes list the protocols
+    to run under `eval.protocols`.
+    """
+
+
+@hookspec
 def on_train_start(run: Any) -> None:
     """Called once after every component is built and before the first step (or resumed step)."""
 
@@ -115,4 +124,5 @@ REGISTRATION_HOOKS = {
     "target_updater": "register_target_updaters",
     "loss": "register_losses",
     "data_source": "register_data_sources",
+    "eval_protocol": "register_eval_protocols",
 }

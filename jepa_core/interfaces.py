@@ -110,6 +110,8 @@ class Encoder(Protocol):
     forward(images [B, C, H, W], keep [B, K] int64 | None, keep_valid [B, K] bool | None)
         -> [B, K, D] tokens of the kept patches (all N patches when keep is None), in the order
         of `keep`. Positional embeddings are added before tokens are dropped.
+    Optional, for the "last4" features of `jepa eval`: layer_tokens(images, n) -> list of the
+        last n blocks' outputs [B, N, D], oldest first, each through the final norm.
     """
 
     embed_dim: int
@@ -183,6 +185,82 @@ class DataSource(Protocol):
 
     def get(self, index: int,
             generator: "torch.Generator | None") -> tuple["torch.Tensor", int]: ...
+
+
+FEATURE_KINDS = ("pooled", "last4", "tokens")
+
+
+@runtime_checkable
+class FeatureSet(Protocol):
+    """Frozen features of one split, as the feature cache holds them (in shards on disk).
+
+    kind: "pooled" ([n, D] mean of the last layer's tokens), "last4" ([n, 4D] the means of the
+        last 4 layers, concatenated) or "tokens" ([n, N, D] the last layer's tokens).
+    labels: [n] int64, all of them (small). item_shape: the shape of one sample's features.
+    shards() -> iterator of (x [b, ...] float32, y [b]) in a fixed order, one shard in memory
+        at a time: protocols that stream stay within bounded memory. shard_sizes: images per
+        shard; shard(s) -> (x, y) of shard s alone (for shuffled passes).
+    take(rows) -> x [len(rows), ...] of those rows (sorted positions in [0, n)).
+    load() -> x [n, ...]: everything at once, for sets known to be small.
+    """
+
+    kind: str
+    labels: "torch.Tensor"
+    item_shape: tuple[int, ...]
+
+    def __len__(self) -> int: ...
+
+    @property
+    def shard_sizes(self) -> list[int]: ...
+
+    def shard(self, s: int) -> tuple["torch.Tensor", "torch.Tensor"]: ...
+
+    def shards(self) -> Any: ...
+
+    def take(self, rows: "torch.Tensor") -> "torch.Tensor": ...
+
+    def load(self) -> "torch.Tensor": ...
+
+
+@attrs.frozen
+class EvalContext:
+    """What a protocol is told besides its features.
+
+    num_classes: labels are in [0, num_classes). seed: the recipe's seed (derive generators
+    from it: `jepa_core.seeding.generator(seed, "my-protocol", ...)`). device: where to train
+    heads. console: a rich console for progress (None: silent); `progress(description, total,
+    unit)` gives a context manager with `.advance(n)`.
+    """
+
+    num_classes: int
+    seed: int
+    device: Any
+    console: Any = None
+
+    def progress(self, description: str, total: int, unit: str) -> Any:
+        """A progress ticker on `console` (silent without one)."""
+        from jepa_core.runtime.progress import Ticker
+
+        return Ticker(self.console, description, total, unit)
+
+
+@runtime_checkable
+class EvalProtocol(Protocol):
+    """An evaluation protocol on frozen features, registered with `register_eval_protocols`.
+
+    feature_kinds: the kinds of `FeatureSet` it reads (see `FEATURE_KINDS`); `jepa eval`
+        extracts each kind any listed protocol needs, once per encoder, into the cache.
+    run(features, context) -> list of results. `features` maps each of its kinds that the
+        encoder offers to (train FeatureSet, test FeatureSet) of that kind (raw pixels offer
+        "pooled" and "tokens" only; skip a missing kind). A result is a dict:
+        {"protocol": name, "feature_kind": kind, "params": {hyper-parameters},
+         "accuracy": {"val": ..., "test": ...}} for a classifier (a fraction in [0, 1], per
+        split it was measured on), or {..., "value": float} for a diagnostic.
+    """
+
+    feature_kinds: tuple[str, ...]
+
+    def run(self, features: dict, context: EvalContext) -> list[dict]: ...
 
 
 @attrs.frozen

@@ -25,6 +25,7 @@ import yaml
 from jepa_core import safe_yaml
 from jepa_core.errors import RecipeError
 from jepa_core.structure import (COMPONENT_KIND, FAILED, Component, Structurer,
+                                 component_list_field,
                                  component_field, unstructure)
 from jepa_core.validate import at_least, at_most, between, greater, plain_name, range_pair
 
@@ -74,13 +75,34 @@ class TrainConfig:
 
 @attrs.frozen
 class EvalConfig:
-    """Linear probe and kNN on frozen, average-pooled target-encoder features."""
+    """`jepa eval` (and the evaluation after training): the protocols to run on frozen
+    features of the method's eval module, a random-init encoder and raw pixels.
+
+    protocols: registered eval protocols, `[knn, {name: linear, epochs: 50}, ...]`; left out:
+        DEFAULT_PROTOCOLS. Features are extracted once per encoder into a cache of shards
+        (`cache_dir`, default RUN_DIR/features/step_N), which every protocol reads.
+    batch_size: images per forward pass when extracting. shard_size: images per cache shard
+        (the most features held in memory at once while extracting).
+    max_images: a seeded random subset of each split (None: all of them).
+    """
 
     after_train: bool = True
-    probe_epochs: int = attrs.field(default=100, validator=at_least(1))  # L-BFGS iterations
+    protocols: tuple[Component, ...] | None = component_list_field("eval_protocol")
     batch_size: int = attrs.field(default=256, validator=at_least(1))
-    knn_k: int = attrs.field(default=20, validator=at_least(1))
+    shard_size: int = attrs.field(default=4096, validator=at_least(1))
     max_images: int | None = attrs.field(default=None, validator=at_least(2))
+    cache_dir: str | None = None
+
+
+# The protocols of a recipe without `eval.protocols` (names of registered eval protocols, as
+# DEFAULT_METHOD is a method's name).
+DEFAULT_PROTOCOLS = ("knn", "linear", "rankme")
+# Keys of the L-BFGS probe that protocols replaced: accepted in old recipes with a note.
+RETIRED_EVAL_KEYS = {
+    "probe_epochs": "the L-BFGS probe is replaced by the `linear` protocol "
+                    "(eval.protocols: [{name: linear, epochs: ...}])",
+    "knn_k": "set k on the knn protocol (eval.protocols: [{name: knn, k: ...}])",
+}
 
 
 @attrs.frozen
@@ -292,6 +314,8 @@ def recipe_from_dict(data: dict, registry: Any, source: str = "recipe",
     data = interpolate(data, "$", problems)
     if isinstance(data, dict) and data.get("method") is None:
         data["method"] = {"name": DEFAULT_METHOD}
+    if isinstance(data, dict):
+        retire_eval_keys(data, notes)
     structurer = Structurer(registry)
     recipe = structurer.structure_attrs(data, Recipe, "$")
     problems.extend(structurer.problems)
@@ -300,6 +324,23 @@ def recipe_from_dict(data: dict, registry: Any, source: str = "recipe",
     if problems or recipe is FAILED:
         raise RecipeError(source, problems)
     return recipe
+
+
+def retire_eval_keys(data: dict, notes: list[str] | None) -> None:
+    """Fill in the default protocols, and drop the retired keys of the old probe (recipes
+    saved in older checkpoints have them) with a note saying what replaced each."""
+    section = data.get("eval")
+    if section is None:
+        section = data["eval"] = {}
+    if not isinstance(section, dict):
+        return  # reported by the structurer
+    for key, instead in RETIRED_EVAL_KEYS.items():
+        if key in section:
+            value = section.pop(key)
+            if notes is not None:
+                notes.append(f"eval.{key}={value} is no longer used: {instead}")
+    if section.get("protocols") is None:
+        section["protocols"] = list(DEFAULT_PROTOCOLS)
 
 
 def method_section_problems(data: dict, registry: Any) -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ from jepa_core.validate import Invalid
 
 NoneType = type(None)
 COMPONENT_KIND = "jepa_component_kind"  # attrs field metadata key for component sections
+COMPONENT_LIST = "jepa_component_list"  # ... for a list of component sections
 
 
 @attrs.frozen
@@ -36,6 +37,12 @@ def component_field(kind: str, *, optional: bool = False) -> Any:
     if optional:
         return attrs.field(default=None, metadata={COMPONENT_KIND: kind})
     return attrs.field(metadata={COMPONENT_KIND: kind})
+
+
+def component_list_field(kind: str) -> Any:
+    """A list of recipe sections `[{name: ..., ...}, ...]` of a registered `kind`, e.g.
+    `eval.protocols`. Default: None (the loader fills in the kernel's default list)."""
+    return attrs.field(default=None, metadata={COMPONENT_KIND: kind, COMPONENT_LIST: True})
 
 
 class _Failed:
@@ -178,7 +185,9 @@ class Structurer:
             if kind is not None and value[name] is None and field.default is None:
                 kwargs[name] = None  # `predictor: null`: an optional section left out
                 continue
-            if kind is not None:
+            if kind is not None and field.metadata.get(COMPONENT_LIST):
+                result = self.structure_component_list(value[name], kind, fpath)
+            elif kind is not None:
                 result = self.structure_component(value[name], kind, fpath)
             else:
                 result = self.structure(value[name], field.type, fpath)
@@ -212,6 +221,17 @@ class Structurer:
         near = difflib.get_close_matches(key, valid, n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
         self.problem(path, f"unknown key; {hint}valid keys: {', '.join(valid)}")
+
+    def structure_component_list(self, value: Any, kind: str, path: str) -> Any:
+        """A list of component sections; a bare name stands for `{name: that}`."""
+        if value is None:
+            return None
+        if not isinstance(value, (list, tuple)):
+            return self.problem(path, f"must be a list of {kind} sections, e.g. "
+                                      f"[{{name: ...}}, ...] (got {value!r})")
+        items = [self.structure_component({"name": v} if isinstance(v, str) else v, kind,
+                                          f"{path}[{i}]") for i, v in enumerate(value)]
+        return FAILED if any(i is FAILED for i in items) else tuple(items)
 
     def structure_component(self, value: Any, kind: str, path: str) -> Any:
         if not isinstance(value, dict) or "name" not in value:

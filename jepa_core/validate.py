@@ -104,3 +104,21 @@ def plain_name() -> Validator:
                 f"elsewhere. Choose the parent folder with out_dir instead")
 
     return _skip_none(check)
+
+
+def each(validator: Validator, allow_empty: bool = False) -> Validator:
+    """A list (non-empty unless `allow_empty`) whose every item passes `validator`;
+    `$.x.lrs[2]: must be > 0`."""
+    def check(inst: Any, attr: Any, value: Any) -> None:
+        if value is None:
+            return
+        if len(value) == 0 and not allow_empty:
+            raise Invalid("must list at least one value")
+        for i, item in enumerate(value):
+            try:
+                validator(inst, attr, item)
+            except Invalid as exc:
+                raise Invalid(exc.message, f"[{i}]{exc.subpath}") from None
+
+    check.bounds = getattr(validator, "bounds", None)  # type: ignore[attr-defined]
+    return check

@@ -86,7 +86,7 @@ def test_a_format_1_checkpoint_resumes_evaluates_and_exports(tiny_dict, tmp_path
     assert run.step == 6
 
     out = io.StringIO()
-    assert eval_command(str(FIXTURE), registry, ["eval.max_images=16", "eval.probe_epochs=3"],
+    assert eval_command(str(FIXTURE), registry, ["eval.max_images=16", "eval.protocols=[knn]"],
                         baseline=False, console=Console(file=out, width=300)) == 0
     import re
 

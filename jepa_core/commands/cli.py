@@ -5,7 +5,7 @@
                                           data; --no-data skips the data), print it and the plan
     jepa run RECIPE [key=value ...]       train (CPU, one GPU, all local GPUs, torchrun, SLURM)
     jepa masks RECIPE --out masks.png     picture and statistics of the recipe's masker
-    jepa eval RUN_OR_CHECKPOINT           linear probe + kNN on frozen target-encoder features
+    jepa eval RUN_OR_CHECKPOINT           the recipe's eval protocols on frozen features
 
 Global options come before the command: `jepa -p my_plugin.module check recipe.yaml`;
 `jepa -p no:NAME ...` leaves an installed plugin out.
@@ -76,12 +76,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="batch size for the statistics (default: the recipe's global batch)")
     m.add_argument("--seed", type=int, default=None, help="default: the recipe's seed")
 
-    e = sub.add_parser("eval", help="linear probe and kNN on frozen target-encoder features")
+    e = sub.add_parser("eval", help="evaluation protocols (kNN, linear, ...) on frozen features")
     e.add_argument("source", help="a run directory or a checkpoint file")
     e.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="overrides of the run's recipe, e.g. data.name=digits")
     e.add_argument("--no-baseline", action="store_true",
-                   help="skip the randomly initialised encoder used for comparison")
+                   help="skip the randomly initialised encoder and raw pixels used for "
+                        "comparison")
+    e.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="extract features with N processes (each its share of the shards)")
     i = sub.add_parser("import-checkpoint",
                        help="convert an official I-JEPA checkpoint to a jepa checkpoint")
     i.add_argument("official", help="the official .pth.tar (encoder, predictor, target_encoder)")
@@ -209,8 +212,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     registry.raise_if_broken()
     from jepa_core.commands.evaluate import eval_command  # torch: only once the plugins are sound
 
+    argv = [*sum((["-p", m] for m in args.plugin), []), "eval", args.source, *args.overrides,
+            *(["--no-baseline"] if args.no_baseline else [])]
     return eval_command(args.source, registry, args.overrides, baseline=not args.no_baseline,
-                        console=_console())
+                        console=_console(), nproc=args.nproc, argv=argv)
 
 
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:

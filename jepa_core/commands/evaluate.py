@@ -1,62 +1,39 @@
-"""`jepa eval`: linear probe and kNN on frozen, average-pooled encoder features.
+"""`jepa eval`: the recipe's evaluation protocols on frozen features of a trained encoder.
 
 The I-JEPA paper evaluates the target encoder, average-pooled over all patch tokens (no cls
-token). For context, the same probes run on a randomly initialised encoder of the same
-architecture and on raw pixels, so "it learned something" is a measured statement.
+token). For context, the same protocols run on a randomly initialised encoder of the same
+architecture and on raw pixels, so "it learned something" is a measured statement. Features
+are extracted once per encoder into a cache of shards (`jepa_core.evaluation`), resumable and
+shared by every protocol; `--nproc N` extracts with N processes.
 
 The probes are fit on the data source's training images and tested on its evaluation images
 (`build(..., train=False)`: a validation folder, a held-out split); which ones, and how many
-unreadable images were skipped, go into the results under "data".
+unreadable images were skipped, go into eval.json under "data".
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from jepa_core.errors import RunError
+from jepa_core.evaluation.features import _Images, collate
+from jepa_core.evaluation.runner import (PIXELS, RANDOM, NoLabels, eval_indices, evaluate,
+                                         headline, no_labels_message)
+from jepa_core.recipe import EvalConfig, recipe_from_dict
 from jepa_core.runtime import checkpoint as ckpt
-from jepa_core.runtime.build import build, build_encoder
 from jepa_core.runtime.progress import Ticker
-from jepa_core.errors import BadSample, RunError
-from jepa_core.recipe import EvalConfig, Recipe, recipe_from_dict
-from jepa_core.seeding import generator
 
-
-class _Subset(torch.utils.data.Dataset):
-    """Evaluation view of a data source: the images at `indices`, evaluation transform."""
-
-    def __init__(self, source: Any, indices: list[int]):
-        self.source, self.indices = source, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
-        try:
-            return self.source.get(self.indices[i], None)
-        except BadSample:  # unreadable: left out and counted, as in training
-            return None
-
-
-def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
-    """(images [b, C, H, W], labels [b], unreadable images left out); None, None if all were."""
-    kept = [item for item in items if item is not None]
-    if not kept:
-        return None, None, len(items)
-    return (torch.stack([x for x, _ in kept]), torch.tensor([y for _, y in kept]),
-            len(items) - len(kept))
-
-
-def eval_indices(n: int, limit: int | None, seed: int) -> list[int]:
-    """All of 0..n-1, or a seeded random subset of `limit` (files are sorted by class, so the
-    first `limit` would cover a few classes only)."""
-    if limit is None or limit >= n:
-        return list(range(n))
-    return sorted(torch.randperm(n, generator=generator(seed, "eval"))[:limit].tolist())
+__all__ = ["NoLabels", "eval_indices", "evaluate", "headline", "no_labels_message", "extract",
+           "knn_accuracy", "comparison_notes", "print_results", "evaluate_run", "load_source",
+           "eval_command"]
 
 
 @torch.no_grad()
@@ -64,15 +41,14 @@ def extract(encoders: dict[str, torch.nn.Module], source: Any, indices: list[int
             cfg: EvalConfig, device: torch.device, num_workers: int = 0,
             pixels: bool = False, ticker: Ticker | None = None
             ) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
-    """One streamed pass over the images: {name: [n, D] patch-averaged features}, labels [n],
-    and the number of unreadable images skipped (n = len(indices) minus that).
-    With `pixels`, also "raw pixels": images pooled to at most 16x16, flattened.
-    `ticker` advances by the images of each batch."""
-    loader = torch.utils.data.DataLoader(_Subset(source, indices), batch_size=cfg.batch_size,
-                                         num_workers=num_workers, collate_fn=_collate)
+    """In memory, for small sets (the evaluation during training): {name: [n, D]
+    patch-averaged features}, labels [n], and the unreadable images skipped. With `pixels`,
+    also "raw pixels" (images pooled to at most 16x16, flattened)."""
+    loader = torch.utils.data.DataLoader(_Images(source, indices), batch_size=cfg.batch_size,
+                                         num_workers=num_workers, collate_fn=collate)
     feats: dict[str, list[torch.Tensor]] = {name: [] for name in encoders}
     if pixels:
-        feats["raw pixels"] = []
+        feats[PIXELS] = []
     labels, skipped = [], 0
     for model in encoders.values():
         model.eval()
@@ -87,7 +63,7 @@ def extract(encoders: dict[str, torch.nn.Module], source: Any, indices: list[int
             feats[name].append(model(x).float().mean(dim=1).cpu())
         if pixels:
             side = min(16, images.shape[-1])
-            feats["raw pixels"].append(F.adaptive_avg_pool2d(images, side).flatten(1))
+            feats[PIXELS].append(F.adaptive_avg_pool2d(images, side).flatten(1))
         labels.append(y)
     if not labels:
         raise RunError(f"none of the {len(indices)} evaluation images of "
@@ -96,145 +72,17 @@ def extract(encoders: dict[str, torch.nn.Module], source: Any, indices: list[int
     return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels), skipped
 
 
-L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # weight penalties tried, chosen on held-out data
-
-
-def _fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float,
-                  iters: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multinomial logistic regression, full batch L-BFGS from a fixed start."""
-    g = torch.Generator().manual_seed(0)
-    w = (torch.randn(x.shape[1], num_classes, generator=g) * 0.01).requires_grad_()
-    b = torch.zeros(num_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ w + b, y) + l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach(), b.detach()
-
-
-def _accuracy(x: torch.Tensor, y: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor]) -> float:
-    return float(((x @ wb[0] + wb[1]).argmax(1) == y).float().mean())
-
-
-def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                 test_y: torch.Tensor, num_classes: int, cfg: EvalConfig,
-                 tick: Any = None) -> float:
-    """Test accuracy of a logistic regression on standardised features; its weight penalty
-    is chosen from L2_GRID on a seeded 20% of the training features, then refit on all.
-    `tick()`, if given, is called after each of the len(L2_GRID) + 1 fits."""
-    tick = tick or (lambda: None)
-
-    def fit(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
-        wb = _fit_logistic(x, y, num_classes, l2, cfg.probe_epochs)
-        tick()
-        return wb
-
-    mean, std = train_x.mean(0), train_x.std(0)
-    std = std.clamp_min(1e-2 * float(std.mean()) + 1e-8)  # near-constant inputs stay small
-    xtr, xte = (train_x - mean) / std, (test_x - mean) / std
-    order = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))
-    cut = max(1, len(xtr) // 5)
-    held, rest = order[:cut], order[cut:]
-    scores = {l2: _accuracy(xtr[held], train_y[held], fit(xtr[rest], train_y[rest], l2))
-              for l2 in L2_GRID}
-    best = max(L2_GRID, key=lambda l2: (scores[l2], l2))  # ties: the stronger penalty
-    return _accuracy(xte, test_y, fit(xtr, train_y, best))
-
-
 def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                 test_y: torch.Tensor, num_classes: int, k: int) -> float:
-    """Cosine-similarity kNN with similarity-weighted votes (temperature 0.07), on features
-    centred by the training mean (a shared offset would make every cosine close to 1)."""
+                 test_y: torch.Tensor, num_classes: int, k: int,
+                 temperature: float = 0.07) -> float:
+    """In-memory weighted kNN (cosine, votes exp(sim / temperature)) on features centred by
+    the training mean, for small sets; the `knn` protocol streams the cache instead."""
     mean = train_x.mean(0, keepdim=True)
     a, b = F.normalize(train_x - mean, dim=1), F.normalize(test_x - mean, dim=1)
-    sim = b @ a.T
-    k = min(k, a.shape[0])
-    top, idx = sim.topk(k, dim=1)
-    votes = torch.zeros(b.shape[0], num_classes)
-    votes.scatter_add_(1, train_y[idx], torch.exp(top / 0.07))
+    top, idx = (b @ a.T).topk(min(k, a.shape[0]), dim=1)
+    votes = torch.zeros(b.shape[0], num_classes, dtype=torch.float64)
+    votes.scatter_add_(1, train_y[idx], torch.exp(top.double() / temperature))
     return float((votes.argmax(1) == test_y).float().mean())
-
-
-FITS_PER_FEATURES = len(L2_GRID) + 2  # the linear probe's fits, and the kNN
-
-
-def probe_all(features: dict[str, tuple[torch.Tensor, torch.Tensor]], labels: tuple,
-              num_classes: int, cfg: EvalConfig,
-              console: Any = None) -> dict[str, dict[str, float]]:
-    """{name: {"linear_probe": acc, "knn": acc}} for each set of features; progress on
-    `console` (None: silent)."""
-    ytr, yte = labels
-    results = {}
-    with Ticker(console, "fitting probes", FITS_PER_FEATURES * len(features), "fits") as t:
-        for name, (xtr, xte) in features.items():
-            linear = linear_probe(xtr, ytr, xte, yte, num_classes, cfg, tick=t.advance)
-            results[name] = {"linear_probe": linear,
-                             "knn": knn_accuracy(xtr, ytr, xte, yte, num_classes, cfg.knn_k)}
-            t.advance()
-    return results
-
-
-def _side(source: Any, images: int, skipped: int) -> dict[str, Any]:
-    return {"split": getattr(source, "split", "") or type(source).__name__, "images": images,
-            "skipped": skipped}
-
-
-class NoLabels(RunError):
-    """The data source has no labels, so there is nothing to probe."""
-
-
-def no_labels_message(recipe: Recipe, source: Any) -> str:
-    """Why the probes cannot run on an unlabelled source, and how to give them labels."""
-    where = getattr(source, "split", "") or recipe.data.name
-    return (f"the probes need labels, and the data source {recipe.data.name!r} has none "
-            f"({where}). To evaluate, point `jepa eval RUN data.root=...` at a labelled folder "
-            f"(root/<class>/<image>, data.val_root for its test images) or use a labelled "
-            f"source such as data.name=digits.")
-
-
-def evaluate(recipe: Recipe, registry: Any, target_state: dict, device: torch.device,
-             baseline: bool = True, module: str = "target_encoder",
-             console: Any = None) -> dict[str, dict[str, Any]]:
-    """Probe the encoder given by `target_state` (the method's `module`, e.g. the target
-    encoder); with baselines (random init, pixels). Progress on `console` (None: silent).
-    An unlabelled data source raises `NoLabels`.
-
-    {features: {"linear_probe": acc, "knn": acc}, "data": {"train"/"test": {"split": which
-    images, "images": used, "skipped": unreadable}, "skipped_images": total}}."""
-    trained = build_encoder(recipe, registry)
-    size = tuple(trained.image_size)
-    train_src = build("data_source", recipe, registry, "data", image_size=size, train=True)
-    if not train_src.num_classes:
-        raise NoLabels(no_labels_message(recipe, train_src))
-    test_src = build("data_source", recipe, registry, "data", image_size=size, train=False)
-    encoders = {f"trained {module.replace('_', ' ')}": trained}
-    if baseline:  # same architecture and seed, never trained
-        encoders["random init"] = build_encoder(recipe, registry)
-    trained.load_state_dict(target_state)
-    for model in encoders.values():
-        model.to(device)
-    workers = recipe.train.num_workers
-    limit = recipe.eval.max_images
-    sides = []
-    for src, what, offset in ((train_src, "probe-training", 0), (test_src, "test", 1)):
-        indices = eval_indices(len(src), limit, recipe.seed + offset)
-        with Ticker(console, f"extracting features of the {what} images", len(indices),
-                    "images") as ticker:
-            sides.append(extract(encoders, src, indices, recipe.eval, device, workers,
-                                 pixels=baseline, ticker=ticker))
-    (ftr, ytr, bad_tr), (fte, yte, bad_te) = sides
-    features = {name: (ftr[name], fte[name]) for name in ftr}
-    results: dict[str, dict[str, Any]] = probe_all(features, (ytr, yte), train_src.num_classes,
-                                                   recipe.eval, console)
-    results["data"] = {"train": _side(train_src, len(ytr), bad_tr),
-                       "test": _side(test_src, len(yte), bad_te),
-                       "skipped_images": bad_tr + bad_te}
-    return results
 
 
 def _points(a: float, b: float) -> str:
@@ -244,16 +92,17 @@ def _points(a: float, b: float) -> str:
 def comparison_notes(results: dict, data_name: str = "") -> list[str]:
     """What the table shows, worked out from its figures: what training added over the same
     architecture at random init (the comparison that measures training), and where raw
-    pixels stand."""
-    trained = next((k for k in results if k.startswith("trained ")), None)
+    pixels stand. `results`: a format-2 eval.json, or {features: {"linear_probe", "knn"}}."""
+    rows = headline(results) if "results" in results else results
+    trained = next((k for k in rows if k.startswith("trained ")), None)
     if trained is None:
         return []
-    t = results[trained]
+    t = rows[trained]
     tested = results.get("data", {}).get("test", {}).get("images", 0)
     grain = f" (one test image is {100 / tested:.2g} points)" if tested else ""
     probes = {"linear_probe": "linear", "knn": "kNN"}
     notes = []
-    random = results.get("random init")
+    random = rows.get(RANDOM)
     if random is not None:
         better = [name for key, name in probes.items() if t[key] > random[key]]
         if len(better) == 2:
@@ -267,7 +116,7 @@ def comparison_notes(results: dict, data_name: str = "") -> list[str]:
                      f"{_points(t['linear_probe'], random['linear_probe'])} points linear, "
                      f"{_points(t['knn'], random['knn'])} kNN{grain}: {verdict}. This is the "
                      f"comparison that shows what training learned.")
-    pixels = results.get("raw pixels")
+    pixels = rows.get(PIXELS)
     if pixels is not None:
         ahead = [name for key, name in probes.items() if pixels[key] > t[key]]
         gaps = (f"{_points(pixels['linear_probe'], t['linear_probe'])} points linear, "
@@ -285,16 +134,53 @@ def comparison_notes(results: dict, data_name: str = "") -> list[str]:
     return notes
 
 
+def setting(result: dict) -> str:
+    """The hyper-parameters of a result that tell its row apart, in a few words."""
+    p = result.get("params", {})
+    proto = result["protocol"]
+    if proto == "knn":
+        return f"k={p.get('k')}"
+    if proto == "lowshot":
+        return str(p.get("labels", ""))
+    return ""
+
+
+def cell(result: dict) -> str:
+    """A result's figure: test accuracy in % (± std over splits), or a diagnostic's value."""
+    if "value" in result:
+        return f"{result['value']:.1f}"
+    acc = 100 * result["accuracy"]["test"]
+    std = result.get("std", {}).get("test")
+    return f"{acc:.1f}% ± {100 * std:.1f}" if std is not None else f"{acc:.1f}%"
+
+
+def table_rows(results: dict) -> tuple[list[str], list[tuple[str, str, str, dict]]]:
+    """(feature names, [(protocol, feature kind, setting, {features: cell})]) of eval.json."""
+    names: list[str] = []
+    rows: dict[tuple[str, str, str], dict[str, str]] = {}
+    for r in results.get("results", []):
+        if r["features"] not in names:
+            names.append(r["features"])
+        key = (r["protocol"], r["feature_kind"], setting(r))
+        rows.setdefault(key, {})[r["features"]] = cell(r)
+    return names, [(*k, v) for k, v in rows.items()]
+
+
 def print_results(results: dict, console: Any, title: str, data_name: str = "") -> None:
+    """The protocols' table (one row per protocol setting, one column per set of features),
+    where the images came from, and what the figures say."""
     from rich.table import Table
 
+    names, rows = table_rows(results)
     table = Table(title=title, title_justify="left")
-    for col in ("features", "linear probe acc", "kNN acc"):
+    for col in ("protocol", "features", "setting", *names):
         table.add_column(col)
-    for name, r in results.items():
-        if name != "data":
-            table.add_row(name, f"{100 * r['linear_probe']:.1f}%", f"{100 * r['knn']:.1f}%")
+    for proto, kind, what, cells in rows:
+        table.add_row(proto, kind, what, *(cells.get(n, "-") for n in names))
     console.print(table)
+    console.print("accuracy on the test images (linear, attentive: the head best on the "
+                  "held-out part of the training images; low-shot: mean ± std over splits); "
+                  "rankme: effective rank of the features", soft_wrap=True)
     data = results.get("data")
     if data:  # soft_wrap: paths stay whole, to copy
         train, test = data["train"], data["test"]
@@ -310,19 +196,20 @@ def print_results(results: dict, console: Any, title: str, data_name: str = "") 
 
 
 def evaluate_run(run: Any, console: Any = None) -> dict | None:
-    """The evaluation after training: probes, eval.json, the table. An unlabelled data source
-    skips it with a note (None): the training itself succeeded."""
+    """The evaluation after training: protocols, eval.json, the table. An unlabelled data
+    source skips it with a note (None): the training itself succeeded."""
     from rich.console import Console
 
     console = console or Console(highlight=False)
+    origin = {"run_dir": str(run.run_dir), "step": run.step, "checkpoint": "end of training"}
     try:
         results = evaluate(run.recipe, run.registry, run.target_state, run.device,
-                           module=run.method.eval_module, console=console)
+                           module=run.method.eval_module, console=console, origin=origin)
     except NoLabels as exc:
         console.print(f"[yellow]note:[/yellow] evaluation skipped: {exc}", soft_wrap=True)
         return None
     (run.run_dir / "eval.json").write_text(json.dumps(results, indent=2))
-    print_results(results, console, f"{run.recipe.name}: probes after {run.step} steps",
+    print_results(results, console, f"{run.recipe.name}: evaluation after {run.step} steps",
                   run.recipe.data.name)
     return results
 
@@ -341,8 +228,40 @@ def load_source(source: str) -> tuple[Path, dict]:
     return path, ckpt.load(path)
 
 
+def _rank_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def spawn_extractors(argv: list[str], n: int) -> list[subprocess.Popen]:
+    """Processes 1..n-1 of an `--nproc n` evaluation: the same command, each told its rank, to
+    extract its share of the shards (torch threads split between the processes)."""
+    threads = max(1, (os.cpu_count() or 1) // n)
+    procs = []
+    for rank in range(1, n):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(n), "LOCAL_RANK": str(rank),
+               "OMP_NUM_THREADS": str(threads)}
+        procs.append(subprocess.Popen([sys.executable, "-m", "jepa_core", *argv], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True))
+    torch.set_num_threads(threads)
+    return procs
+
+
+def wait_extractors(procs: list[subprocess.Popen]) -> None:
+    """Wait for the other extracting processes; RunError with the first one's error."""
+    for rank, proc in enumerate(procs, start=1):
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RunError(f"extracting process {rank} of {len(procs) + 1} failed (exit "
+                           f"{proc.returncode}): {err.strip()[-2000:]}. The shards already "
+                           f"written stay; the same command resumes.")
+
+
 def eval_command(source: str, registry: Any, overrides: list[str], baseline: bool,
-                 console: Any) -> int:
+                 console: Any, nproc: int | None = None, argv: list[str] | None = None) -> int:
+    """`jepa eval SOURCE [overrides]`: evaluate, write eval.json beside the run's checkpoints
+    (or the checkpoint file), print the table. With nproc > 1, `argv` (this command's own
+    arguments) starts the other extracting processes."""
     path, state = load_source(source)
     notes: list[str] = []
     try:
@@ -353,9 +272,33 @@ def eval_command(source: str, registry: Any, overrides: list[str], baseline: boo
 
         for note in notes:
             console.print(f"[yellow]note:[/yellow] {escape(note)}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = _rank_world()
+    procs = []
+    if nproc and nproc > 1 and world == 1:
+        procs, rank, world = spawn_extractors(argv or [], nproc), 0, nproc
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local % max(1, torch.cuda.device_count())}"
+                          if torch.cuda.is_available() else "cpu")
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    cache_root = (recipe.eval.cache_dir if recipe.eval.cache_dir is not None
+                  else run_dir / "features")
     module = state["eval_module"]
-    results = evaluate(recipe, registry, state["modules"][module], device, baseline, module,
-                       console=console)
+    origin = {"run_dir": str(run_dir), "checkpoint": str(path), "step": state["step"]}
+    try:
+        results = evaluate(recipe, registry, state["modules"][module], device, baseline, module,
+                           console=console if rank == 0 else None, cache_root=cache_root,
+                           origin=origin, rank=rank, world=world,
+                           before_wait=(lambda: wait_extractors(procs)) if procs else None)
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
+    if results is None:  # another rank's share is done; rank 0 reports
+        return 0
+    out = run_dir / "eval.json"
+    try:
+        out.write_text(json.dumps(results, indent=2))
+    except OSError as exc:
+        console.print(f"[yellow]note:[/yellow] could not write {out}: {exc.strerror}")
     print_results(results, console, f"{path}: step {state['step']}", recipe.data.name)
     return 0

@@ -173,6 +173,19 @@ class ViTEncoder(nn.Module):
         x = self.run_blocks(x, key_padding_mask(keep_valid))
         return self.norm(x)
 
+    def layer_tokens(self, images: torch.Tensor, n: int) -> list[torch.Tensor]:
+        """The outputs [B, N, D] of the last n blocks on all patches, oldest first, each
+        through the final norm (the last one equals `forward(images)`): the "last4" features
+        of `jepa eval`."""
+        x = self.norm_pre(self.embed(images))
+        outs = []
+        first = len(self.blocks) - n
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i >= first:
+                outs.append(self.norm(x))
+        return outs
+
     def to_timm_state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict under timm's key names (identical to ours): loads strictly into
         `timm.create_model(**timm_kwargs(config))`."""

@@ -1,0 +1,150 @@
+"""What each set of features is made of: an encoder's kinds, raw pixels, and one streamed
+extraction pass that fills the cache (`jepa_core.evaluation.cache`) shard by shard."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from jepa_core.errors import BadSample, RunError
+from jepa_core.evaluation import cache
+
+Extract = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+PIXEL_KINDS = ("pooled", "tokens")  # raw pixels have no layers
+
+
+class _Images(torch.utils.data.Dataset):
+    """The images at `indices` of a data source, evaluation transform; None if unreadable."""
+
+    def __init__(self, source: Any, indices: list[int]):
+        self.source, self.indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+        try:
+            return self.source.get(self.indices[i], None)
+        except BadSample:  # unreadable: left out and counted, as in training
+            return None
+
+
+def collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+    """(images [b, C, H, W], labels [b], unreadable images left out); None, None if all were."""
+    kept = [item for item in items if item is not None]
+    if not kept:
+        return None, None, len(items)
+    return (torch.stack([x for x, _ in kept]), torch.tensor([y for _, y in kept]),
+            len(items) - len(kept))
+
+
+def encoder_kinds(model: torch.nn.Module, kinds: set[str]) -> tuple[str, ...]:
+    """The kinds of `kinds` this encoder can give ("last4" needs `layer_tokens`)."""
+    return tuple(k for k in ("pooled", "last4", "tokens")
+                 if k in kinds and (k != "last4" or hasattr(model, "layer_tokens")))
+
+
+def encoder_extract(model: torch.nn.Module, kinds: tuple[str, ...], device: torch.device
+                    ) -> Extract:
+    """images -> {kind: features} of one encoder (eval mode, no grad, float32 on the CPU;
+    tokens as float16, the one kind that is large)."""
+    model.eval()
+
+    @torch.no_grad()
+    def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = images.to(device)
+        if "last4" in kinds:
+            layers = model.layer_tokens(x, 4)
+            last = layers[-1]
+        else:
+            layers, last = None, model(x)
+        out = {}
+        if "pooled" in kinds:
+            out["pooled"] = last.float().mean(dim=1).cpu()
+        if "last4" in kinds:
+            out["last4"] = torch.cat([t.float().mean(dim=1) for t in layers], dim=1).cpu()
+        if "tokens" in kinds:
+            out["tokens"] = last.half().cpu()
+        return out
+
+    return run
+
+
+def pixel_extract(kinds: tuple[str, ...], patch: tuple[int, int]) -> Extract:
+    """Raw pixels: "pooled" = the image pooled to at most 16x16 and flattened; "tokens" = its
+    patches (the encoder's patch size) flattened, one token per patch."""
+    def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        if "pooled" in kinds:
+            side = min(16, images.shape[-1])
+            out["pooled"] = F.adaptive_avg_pool2d(images, side).flatten(1).float()
+        if "tokens" in kinds:
+            ph, pw = patch
+            t = F.unfold(images, kernel_size=(ph, pw), stride=(ph, pw))  # [b, C*ph*pw, N]
+            out["tokens"] = t.transpose(1, 2).half()
+        return out
+
+    return run
+
+
+def extract_split(extractors: dict[str, tuple[Extract, tuple[str, ...], Path]], source: Any,
+                  indices: list[int], shard_size: int, batch_size: int, num_workers: int,
+                  rank: int = 0, world: int = 1, ticker: Any = None) -> None:
+    """Fill the cache folders of every extractor {name: (extract, kinds, folder)} with the
+    shards of this process (s % world == rank) that are not on disk yet, reading each image
+    once for all of them."""
+    shards = cache.num_shards(len(indices), shard_size)
+    for s in range(rank, shards, world):
+        part = indices[s * shard_size:(s + 1) * shard_size]
+        todo = {name: spec for name, spec in extractors.items()
+                if not cache.shard_done(spec[2], spec[1], s)}
+        if not todo:
+            if ticker is not None:
+                ticker.advance(len(part))
+            continue
+        loader = torch.utils.data.DataLoader(_Images(source, part), batch_size=batch_size,
+                                             num_workers=num_workers, collate_fn=collate)
+        got: dict[tuple[str, str], list[torch.Tensor]] = {}
+        labels, skipped = [], 0
+        for images, y, bad in loader:
+            skipped += bad
+            if ticker is not None:
+                ticker.advance(bad + (0 if images is None else len(images)))
+            if images is None:
+                continue
+            labels.append(y)
+            for name, (extract, _, _) in todo.items():
+                for kind, feats in extract(images).items():
+                    got.setdefault((name, kind), []).append(feats)
+        y_all = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+        for name, (_, kinds, folder) in todo.items():
+            folder.mkdir(parents=True, exist_ok=True)
+            for kind in kinds:
+                parts = got.get((name, kind))
+                x = torch.cat(parts) if parts else torch.zeros(0)
+                cache.write_shard(folder, kind, s, x, y_all, skipped)
+
+
+def wait_for_shards(folders: list[tuple[Path, tuple[str, ...]]], shards: int,
+                    stall_s: float = 600.0, poll_s: float = 0.5) -> None:
+    """Block until every shard of every folder is on disk (the other processes' share);
+    RunError if none appears for `stall_s` seconds (a peer died)."""
+    def missing() -> int:
+        return sum(not cache.shard_done(f, kinds, s) for f, kinds in folders
+                   for s in range(shards))
+
+    left, since = missing(), time.monotonic()
+    while left:
+        time.sleep(poll_s)
+        now_left = missing()
+        if now_left < left:
+            left, since = now_left, time.monotonic()
+        elif time.monotonic() - since > stall_s:
+            raise RunError(f"{left} feature shard(s) under {folders[0][0].parent} did not "
+                           f"appear for {stall_s:.0f} s: another extracting process has "
+                           f"stopped. Run the same command again; it resumes at the missing "
+                           f"shards.")

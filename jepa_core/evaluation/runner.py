@@ -1,0 +1,180 @@
+"""`jepa eval`'s engine: extract each encoder's features once into the cache, then run every
+protocol of `eval.protocols` on them; the result is the format-2 eval.json.
+
+Features come from the method's eval module (e.g. the target encoder), and, as baselines, the
+same architecture at its seeded random init and the raw pixels, so "training added something"
+is a measured statement. With several processes (`jepa eval --nproc N`, or torchrun), each
+extracts its share of the shards; rank 0 waits for the others' shards and runs the protocols.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jepa_core.errors import RunError
+from jepa_core.evaluation import cache
+from jepa_core.evaluation.features import (PIXEL_KINDS, encoder_extract, encoder_kinds,
+                                           extract_split, pixel_extract, wait_for_shards)
+from jepa_core.interfaces import EvalContext
+from jepa_core.recipe import Recipe, recipe_to_dict
+from jepa_core.runtime.build import build, build_encoder
+from jepa_core.runtime.progress import Ticker
+from jepa_core.seeding import generator
+
+FORMAT = 2
+RANDOM, PIXELS = "random init", "raw pixels"
+
+
+class NoLabels(RunError):
+    """The data source has no labels, so there is nothing to probe."""
+
+
+def no_labels_message(recipe: Recipe, source: Any) -> str:
+    """Why the probes cannot run on an unlabelled source, and how to give them labels."""
+    where = getattr(source, "split", "") or recipe.data.name
+    return (f"the probes need labels, and the data source {recipe.data.name!r} has none "
+            f"({where}). To evaluate, point `jepa eval RUN data.root=...` at a labelled folder "
+            f"(root/<class>/<image>, data.val_root for its test images) or use a labelled "
+            f"source such as data.name=digits.")
+
+
+def eval_indices(n: int, limit: int | None, seed: int) -> list[int]:
+    """All of 0..n-1, or a seeded random subset of `limit` (files are sorted by class, so the
+    first `limit` would cover a few classes only)."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(torch.randperm(n, generator=generator(seed, "eval"))[:limit].tolist())
+
+
+def build_protocols(recipe: Recipe, registry: Any) -> list[tuple[str, Any]]:
+    """(name, protocol) of each entry of eval.protocols."""
+    out = []
+    for component in recipe.eval.protocols or ():
+        spec = registry.get("eval_protocol", component.name)
+        out.append((component.name, spec.build(component.config)))
+    return out
+
+
+def _side(source: Any, images: int, skipped: int) -> dict[str, Any]:
+    return {"split": getattr(source, "split", "") or type(source).__name__, "images": images,
+            "skipped": skipped}
+
+
+def evaluate(recipe: Recipe, registry: Any, target_state: dict, device: torch.device,
+             baseline: bool = True, module: str = "target_encoder", console: Any = None,
+             cache_root: str | Path | None = None, origin: dict | None = None,
+             rank: int = 0, world: int = 1, before_wait: Any = None) -> dict | None:
+    """Extract (this process's share of) the features and, on rank 0, run the protocols.
+
+    target_state: the weights of the `module` to evaluate. origin: where they come from
+    ({"checkpoint": path, "step": n, ...}), part of the cache fingerprint and of eval.json.
+    Returns the format-2 eval.json dict on rank 0, None on the other ranks. `before_wait()`
+    runs on rank 0 between its own share and waiting for the others'. An unlabelled data
+    source raises `NoLabels`."""
+    protocols = build_protocols(recipe, registry)
+    wanted = {k for _, p in protocols for k in p.feature_kinds}
+    trained = build_encoder(recipe, registry)
+    size = tuple(trained.image_size)
+    train_src = build("data_source", recipe, registry, "data", image_size=size, train=True)
+    if not train_src.num_classes:
+        raise NoLabels(no_labels_message(recipe, train_src))
+    test_src = build("data_source", recipe, registry, "data", image_size=size, train=False)
+    trained.load_state_dict(target_state)
+    encoders: dict[str, Any] = {f"trained {module.replace('_', ' ')}": trained}
+    if baseline:  # same architecture and seed, never trained
+        encoders[RANDOM] = build_encoder(recipe, registry)
+    for model in encoders.values():
+        model.to(device)
+    origin = dict(origin or {})
+    root = Path(cache_root) if cache_root is not None else Path(recipe.run_dir) / "features"
+    cfg = recipe.eval
+    layout = recipe_to_dict(recipe)
+    extractors: dict[str, tuple[Any, tuple[str, ...], str]] = {}
+    for name, model in encoders.items():
+        kinds = encoder_kinds(model, wanted)
+        weights = origin if name != RANDOM else {"random init": layout["encoder"],
+                                                  "seed": recipe.seed}
+        extractors[name] = (encoder_extract(model, kinds, device), kinds,
+                            {"weights": weights, "encoder": layout["encoder"], "kinds": kinds})
+    if baseline:
+        kinds = tuple(k for k in PIXEL_KINDS if k in wanted)
+        patch = _patch_size(trained)
+        extractors[PIXELS] = (pixel_extract(kinds, patch), kinds,
+                              {"pixels": patch, "kinds": kinds})
+
+    sides = []
+    for src, split, offset in ((train_src, "train", 0), (test_src, "test", 1)):
+        indices = eval_indices(len(src), cfg.max_images, recipe.seed + offset)
+        images = {"data": layout["data"], "split": split, "which": getattr(src, "split", ""),
+                  "n": len(src), "indices": indices, "shard_size": cfg.shard_size}
+        folders = {name: (fn, kinds, cache.folder_for(root, name, split, what=parts,
+                                                      images=images))
+                   for name, (fn, kinds, parts) in extractors.items()}
+        shards = cache.num_shards(len(indices), cfg.shard_size)
+        what = "probe-training" if split == "train" else "test"
+        share = len(range(rank, shards, world))
+        mine = sum(len(indices[s * cfg.shard_size:(s + 1) * cfg.shard_size])
+                   for s in range(rank, shards, world))
+        label = (f"extracting features of the {what} images" + (
+            f" (process {rank + 1} of {world}: {share} of {shards} shards)" if world > 1 else ""))
+        with Ticker(console if rank == 0 else None, label, mine, "images") as ticker:
+            extract_split(folders, src, indices, cfg.shard_size, cfg.batch_size,
+                          recipe.train.num_workers, rank, world, ticker)
+        sides.append((src, folders, shards))
+    if rank != 0:
+        return None
+    if before_wait is not None:  # e.g. wait for the processes `jepa eval --nproc` started
+        before_wait()
+    for _, folders, shards in sides:
+        wait_for_shards([(f, kinds) for _, kinds, f in folders.values()], shards)
+        for _, _, folder in folders.values():
+            cache.prune_others(folder)
+
+    results = []
+    context = EvalContext(num_classes=train_src.num_classes, seed=recipe.seed, device=device,
+                          console=console)
+    (_, train_folders, train_shards), (_, test_folders, test_shards) = sides
+    for fname in extractors:
+        _, kinds, train_folder = train_folders[fname]
+        test_folder = test_folders[fname][2]
+        features = {kind: (cache.CachedFeatures(train_folder, kind, train_shards),
+                           cache.CachedFeatures(test_folder, kind, test_shards))
+                    for kind in kinds}
+        for pname, protocol in protocols:
+            for result in protocol.run({k: v for k, v in features.items()
+                                        if k in protocol.feature_kinds}, context):
+                results.append({"features": fname, **result, "protocol": result.get(
+                    "protocol", pname)})
+    first = next(iter(extractors))
+    tr = cache.CachedFeatures(train_folders[first][2], extractors[first][1][0], train_shards)
+    te = cache.CachedFeatures(test_folders[first][2], extractors[first][1][0], test_shards)
+    return {"format": FORMAT,
+            "source": {**origin, "method": recipe.method.name if recipe.method else None,
+                       "module": module, "cache": str(root)},
+            "data": {"name": recipe.data.name,
+                     "train": _side(train_src, len(tr), tr.skipped),
+                     "test": _side(test_src, len(te), te.skipped),
+                     "skipped_images": tr.skipped + te.skipped},
+            "results": results}
+
+
+def _patch_size(encoder: Any) -> tuple[int, int]:
+    (h, w), (gh, gw) = encoder.image_size, encoder.patch_grid
+    return h // gh, w // gw
+
+
+def headline(results: dict) -> dict[str, dict[str, float]]:
+    """{features: {"linear_probe": best linear test accuracy over its kinds, "knn": kNN test
+    accuracy}} of a format-2 result: the two figures the comparison notes and the benchmarks
+    quote."""
+    out: dict[str, dict[str, float]] = {}
+    for r in results.get("results", []):
+        if r["protocol"] == "linear":
+            row = out.setdefault(r["features"], {})
+            row["linear_probe"] = max(row.get("linear_probe", 0.0), r["accuracy"]["test"])
+        elif r["protocol"] == "knn":
+            out.setdefault(r["features"], {})["knn"] = r["accuracy"]["test"]
+    return {k: v for k, v in out.items() if {"linear_probe", "knn"} <= set(v)}

@@ -1,0 +1,1 @@
+"""First-party evaluation protocols: kNN, linear probe grid, attentive probe, low-shot, RankMe."""
