@@ -158,12 +158,12 @@ def first_of_rows(flat: np.ndarray, counts: np.ndarray, lengths: np.ndarray,
     starts = np.cumsum(counts) - counts
     width = int(lengths.max())
     columns = np.arange(width)
-    index = starts[:, None] + columns
     valid = None
     if int(lengths.min()) < width:  # padding: back to the row's start (branch-free)
         valid = columns < lengths[:, None]
-        index *= valid
-        index += starts[:, None] * ~valid
+        index = starts[:, None] + columns * valid
+    else:
+        index = starts[:, None] + columns
     rows = flat[index]
     rows -= n_patches * np.arange(len(counts))[:, None]
     return rows, valid
