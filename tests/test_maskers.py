@@ -267,6 +267,16 @@ def test_first_of_rows_takes_each_rows_first_entries_and_pads_with_its_first():
     assert valid.tolist() == [[True, True, True], [True, False, False]]
     rows, valid = first_of_rows(flat, counts, np.array([1, 1]), 5)
     assert rows.tolist() == [[1], [0]] and valid is None
+    full = np.array([[1, 0, 1], [0, 1, 1]], dtype=bool)  # rows of equal length: a reshape
+    rows, valid = first_of_rows(np.flatnonzero(full), full.sum(1), full.sum(1), 3)
+    assert rows.tolist() == [[0, 2], [1, 2]] and valid is None
+    # 2 + 6 + 4 + 4 entries = 4 rows of 4, but rows are cut to 2, 2, 4, 4 (two groups)
+    mixed = np.zeros((4, 8), dtype=bool)
+    for i, n in enumerate((2, 6, 4, 4)):
+        mixed[i, :n] = True
+    rows, valid = first_of_rows(np.flatnonzero(mixed), mixed.sum(1), np.array([2, 2, 4, 4]), 8)
+    assert rows.tolist() == [[0, 1, 0, 0], [0, 1, 0, 0], [0, 1, 2, 3], [0, 1, 2, 3]]
+    assert valid.sum(1).tolist() == [2, 2, 4, 4]
 
 
 def test_smallest_keys_takes_exactly_length_and_breaks_ties_in_raster_order():

@@ -155,8 +155,12 @@ def first_of_rows(flat: np.ndarray, counts: np.ndarray, lengths: np.ndarray,
     np.flatnonzero of a [B, N] mask whose rows hold `counts`): the first lengths[i] of row i,
     padded to the longest with the row's first index. -> ([B, width] int64, valid [B, width]
     bool, or None when every row is full)."""
-    starts = np.cumsum(counts) - counts
     width = int(lengths.max())
+    if int(counts.min()) == width == int(counts.max()):  # rows of `width` each: no gather
+        rows = flat.reshape(len(counts), width)
+        rows -= n_patches * np.arange(len(counts))[:, None]
+        return rows, None
+    starts = np.cumsum(counts) - counts
     columns = np.arange(width)
     valid = None
     if int(lengths.min()) < width:  # padding: back to the row's start (branch-free)
