@@ -57,3 +57,13 @@ def test_train_step_bench_runs_interleaved(tmp_path):
                          cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "speed-up fast vs baseline" in out.stdout and "IQR" in out.stdout
+
+
+@pytest.mark.slow
+def test_masks_bench_prints_ratios_and_the_thread_figures(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "masks.py"), "--iters", "1"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "loop/vec" in out.stdout and "reference/16" in out.stdout
+    assert "draw_masks / one thread" in out.stdout and "3. statistics" in out.stdout

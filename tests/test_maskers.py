@@ -255,19 +255,83 @@ def test_loop_baseline_draws_like_the_vectorised_sampler(config):
 
 
 # -- index helpers -----------------------------------------------------------------------
-def test_ranked_positions_lists_each_rows_ones_in_raster_order():
-    from jepa_image.multiblock import ranked_positions
+def test_first_of_rows_takes_each_rows_first_entries_and_pads_with_its_first():
+    import numpy as np
 
-    positions, counts = ranked_positions(torch.tensor([[0., 1, 1, 0, 1], [1, 0, 0, 0, 0]]))
-    assert positions.tolist() == [[1, 2, 4], [0, 0, 0]] and counts.tolist() == [3, 1]
+    from jepa_image.multiblock import first_of_rows
+
+    mask = np.array([[0, 1, 1, 0, 1], [1, 0, 0, 0, 0]], dtype=bool)
+    flat, counts = np.flatnonzero(mask), mask.sum(1)
+    rows, valid = first_of_rows(flat, counts, counts, 5)
+    assert rows.tolist() == [[1, 2, 4], [0, 0, 0]]
+    assert valid.tolist() == [[True, True, True], [True, False, False]]
+    rows, valid = first_of_rows(flat, counts, np.array([1, 1]), 5)
+    assert rows.tolist() == [[1], [0]] and valid is None
+    full = np.array([[1, 0, 1], [0, 1, 1]], dtype=bool)  # rows of equal length: a reshape
+    rows, valid = first_of_rows(np.flatnonzero(full), full.sum(1), full.sum(1), 3)
+    assert rows.tolist() == [[0, 2], [1, 2]] and valid is None
+    # 2 + 6 + 4 + 4 entries = 4 rows of 4, but rows are cut to 2, 2, 4, 4 (two groups)
+    mixed = np.zeros((4, 8), dtype=bool)
+    for i, n in enumerate((2, 6, 4, 4)):
+        mixed[i, :n] = True
+    rows, valid = first_of_rows(np.flatnonzero(mixed), mixed.sum(1), np.array([2, 2, 4, 4]), 8)
+    assert rows.tolist() == [[0, 1, 0, 0], [0, 1, 0, 0], [0, 1, 2, 3], [0, 1, 2, 3]]
+    assert valid.sum(1).tolist() == [2, 2, 4, 4]
 
 
-def test_select_smallest_takes_exactly_length_and_breaks_ties_in_raster_order():
-    from jepa_image.multiblock import select_smallest
+def test_smallest_keys_takes_exactly_length_and_breaks_ties_in_raster_order():
+    import numpy as np
 
-    keys = torch.tensor([[0.5, 0.1, 0.5, 0.5, 0.9], [0.2, 0.2, 0.2, 0.2, 0.2]])
-    assert select_smallest(keys, 2).tolist() == [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0]]
-    assert select_smallest(keys, 5).sum().item() == 10
+    from jepa_image.multiblock import smallest_keys
+
+    keys = np.array([[5, 1, 5, 5, 9], [2, 2, 2, 2, 2]], dtype=np.int32)
+    none = np.zeros(keys.shape, dtype=np.uint8)
+    assert smallest_keys(keys, none, 2).astype(int).tolist() == [[1, 1, 0, 0, 0],
+                                                                 [1, 1, 0, 0, 0]]
+    assert smallest_keys(keys, none, 5).sum() == 10
+    dropped = np.array([[0, 1, 0, 0, 0], [1, 1, 0, 0, 0]], dtype=np.uint8)  # never chosen
+    assert smallest_keys(keys, dropped, 2).astype(int).tolist() == [[1, 0, 1, 0, 0],
+                                                                    [0, 0, 1, 1, 0]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(gh=st.integers(1, 9), gw=st.integers(1, 150), data=st.data())
+def test_bit_rows_hold_exactly_the_patches_of_the_blocks(gh, gw, data):
+    # Blocks as bit rows (one bit per column, in 64-bit words per grid row: several words
+    # past 64 columns) must expand to the patches a naive [gh, gw] mask gives.
+    import numpy as np
+
+    from jepa_image.multiblock import BlockTables, bit_counts, bits_to_patches
+
+    h, w = data.draw(st.integers(1, gh)), data.draw(st.integers(1, gw))
+    n, k = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    tops = np.array(data.draw(st.lists(st.integers(0, gh - h), min_size=n * k,
+                                       max_size=n * k))).reshape(n, k)
+    lefts = np.array(data.draw(st.lists(st.integers(0, gw - w), min_size=n * k,
+                                        max_size=n * k))).reshape(n, k)
+    naive = np.zeros((n, k, gh, gw), dtype=bool)
+    for i in range(n):
+        for j in range(k):
+            naive[i, j, tops[i, j]:tops[i, j] + h, lefts[i, j]:lefts[i, j] + w] = True
+    tables = BlockTables((gh, gw))
+    blocks = tables.blocks(tops, lefts, (h, w))
+    expanded = np.stack([bits_to_patches(blocks[:, j], gw) for j in range(k)], axis=1)
+    assert np.array_equal(expanded.reshape(naive.shape), naive)
+    union = tables.union(tops, lefts, (h, w))
+    assert np.array_equal(bits_to_patches(union, gw).reshape(n, gh, gw), naive.any(1))
+    assert bit_counts(union).tolist() == naive.any(1).sum((1, 2)).tolist()
+    carved = union & ~blocks[:, 0]  # differences keep no stray bits past the last column
+    assert np.array_equal(bits_to_patches(carved, gw).reshape(n, gh, gw),
+                          naive.any(1) & ~naive[:, 0])
+    assert bit_counts(carved).tolist() == (naive.any(1) & ~naive[:, 0]).sum((1, 2)).tolist()
+
+
+@pytest.mark.parametrize("style", ["reference", "corrected"])
+@pytest.mark.parametrize("grid", [(4, 70), (3, 130), (70, 3)])
+def test_grids_wider_than_a_word_honour_the_contract(style, grid):
+    config = MultiBlockConfig(style=style, min_keep=4)
+    check_masker(build_masker(config, grid), 16, 0, min_keep=4, time_limit_s=5,
+                 claims_reachable=style == "corrected")
 
 
 @pytest.mark.parametrize("style", ["reference", "corrected"])

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from jepa_core.runtime.build import encoder_geometry
-from jepa_core.runtime.data import mask_generator
+from jepa_core.runtime.data import draw_masks
 from jepa_core.runtime.tokens import TOKEN_BATCHES, draw_token_counts
 from jepa_core.errors import PluginError
 from jepa_core.interfaces import MaskBatch, MaskerWithStats, MaskStats
@@ -45,10 +45,9 @@ def _summary(values: torch.Tensor) -> dict[str, float]:
 def _draw(masker: Any, batch_size: int, seed: int,
           step: int) -> tuple[MaskBatch, MaskStats | None]:
     """The masks of batch `step`, and their statistics when the masker reports them."""
-    generator = mask_generator(seed, step)
     if not isinstance(masker, MaskerWithStats):
-        return masker(batch_size, generator), None
-    drawn = masker.sample_with_stats(batch_size, generator)
+        return draw_masks(masker, batch_size, seed, step), None
+    drawn = draw_masks(masker, batch_size, seed, step, with_stats=True)
     problem = _stats_problem(drawn, batch_size)
     if problem:
         kind = type(masker)

@@ -9,10 +9,12 @@ number of DataLoader workers.
 - augmentation: generator (seed, "augment", epoch, dataset index);
 - masks: the masker draws the whole global batch with generator (seed, "masks", step) and each
   micro-batch keeps its rows (sizes stay shared across ranks, as one process would draw them).
+  Masks are drawn on one torch thread wherever they are drawn (`draw_masks`), as in a worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 from typing import Any, Iterator
@@ -177,6 +179,35 @@ def mask_generator(seed: int, step: int) -> torch.Generator:
     return generator(seed, "masks", step)
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread inside the block, as in a DataLoader worker (torch gives
+    each worker one), then the previous count again, also when the block raises.
+
+    Masks are drawn inside it wherever they are drawn, so a masker costs the same in the
+    trainer's own process (`num_workers: 0`) as in a worker: its small ops gain nothing from
+    the pool, and on a busy machine waiting for the pool's threads costs far more than they do.
+    """
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def draw_masks(masker: Any, batch_size: int, seed: int, step: int, *,
+               with_stats: bool = False) -> Any:
+    """masker(batch_size, generator of `step`) on one thread (`one_thread`); with_stats:
+    masker.sample_with_stats(...) instead (a `MaskerWithStats`)."""
+    with one_thread():
+        draw = masker.sample_with_stats if with_stats else masker
+        return draw(batch_size, mask_generator(seed, step))
+
+
 def _trim(index: torch.Tensor, valid: torch.Tensor | None):
     """(index, valid) without the trailing columns that are padding everywhere; a `valid`
     that is then all True becomes None (the encoders' and predictor's fast path)."""
@@ -215,7 +246,7 @@ class MaskingCollate:
         if self.masker is None:
             return {}
         if self._cache is None or self._cache[0] != step:
-            masks = self.masker(self.global_batch, mask_generator(self.seed, step))
+            masks = draw_masks(self.masker, self.global_batch, self.seed, step)
             if isinstance(masks, MaskBatch):
                 masks = {DEFAULT_MASKS: masks}
             self._cache = (step, dict(masks))

@@ -30,7 +30,7 @@ from jepa_core.maskcheck import (MaskProblem, differing_field, global_rng_states
                                  overlap_problem, redraw_problem, same_global_rng_states,
                                  set_global_rng_states, structure_problem, RNG_FIX)
 from jepa_core.plugins import _describe, code_roots, raised_at
-from jepa_core.runtime.data import DEFAULT_MASKS, BatchLayout, _take_rows, mask_generator
+from jepa_core.runtime.data import DEFAULT_MASKS, BatchLayout, _take_rows, draw_masks
 
 CHECK_STEPS = 3  # steps whose masks are checked at the start of a run
 GUIDE = ("Test the masker with jepa_core.testing.check_masker (see docs/writing_a_masker.md), "
@@ -64,9 +64,10 @@ class MaskGuard:
 
     # -- the masker's own draws ----------------------------------------------------------
     def draw(self, step: int) -> Any:
-        """masker(global batch, generator of `step`); an exception names the masker."""
+        """masker(global batch, generator of `step`) on one thread, as the loader draws it;
+        an exception names the masker."""
         try:
-            return self.masker(self.layout.global_batch, mask_generator(self.seed, step))
+            return draw_masks(self.masker, self.layout.global_batch, self.seed, step)
         except JepaError:
             raise
         except Exception as exc:
@@ -111,8 +112,8 @@ class MaskGuard:
     def fallbacks(self, step: int) -> int:
         """The fallbacks a MaskerWithStats reports for this step (0 if it reports nonsense)."""
         try:
-            _, stats = self.masker.sample_with_stats(self.layout.global_batch,
-                                                     mask_generator(self.seed, step))
+            _, stats = draw_masks(self.masker, self.layout.global_batch, self.seed, step,
+                                  with_stats=True)
             return int(stats.fallbacks)
         except Exception:
             return 0

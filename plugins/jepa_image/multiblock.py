@@ -10,6 +10,11 @@ One call draws, for a batch of B images on a (gh, gw) patch grid:
    the samples left with fewer than `min_keep` context patches (at most `MAX_REDRAWS` rounds);
 4. one [B, Nc] context tensor out of rows of unequal length.
 
+Every random draw is a torch call on the caller's generator, in the order above; the set
+operations in between are numpy on bit rows (one bit per patch, a few 64-bit words per grid
+row), so a batch costs O(B * gh) word operations until the patches are listed once at the
+end, and no call uses torch's intra-op thread pool.
+
 Two styles (see the "official sampler's quirks" in the project reference):
 
 - "reference" reproduces the official sampler's distribution: one uniform draw u sets both the
@@ -78,39 +83,109 @@ def block_size(scale: float, aspect: float, grid: Size, cap: Size, *,
     return min(h, cap[0]), min(w, cap[1])
 
 
-# -- index helpers (shared by the styles) --------------------------------------------------
-def ranked_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions of the ones of each row of `mask` [B, N] (float 0/1), in raster order:
-    ([B, max count] int64, padded with 0 after a row's count; counts [B] int64).
-
-    A scatter by running count, because torch's CPU sort costs ~5 us per row on short rows;
-    float32 because it is the fastest CPU dtype here (counts stay exact below 2**24).
-    """
-    rank = mask.cumsum(1)
-    counts = rank[:, -1].long()
-    rank.mul_(mask)  # j-th one -> j (1-based); zeros -> 0, a scratch column
-    out = torch.zeros(mask.shape[0], int(counts.max()) + 1, dtype=torch.int64)
-    out.scatter_(1, rank.long(), torch.arange(mask.shape[1]).expand_as(mask))
-    return out[:, 1:], counts
+# -- bit rows (shared by the styles) -------------------------------------------------------
+# A set of patches is held as one bit per column in little-endian uint64 words, `words` per
+# grid row: [n, gh, words]. Blocks are rectangles, so unions, differences and counts are a few
+# operations on [n, k, gh, words] words instead of on [n, k, gh * gw] patches; the patches are
+# expanded once, at the end (`bits_to_patches`).
+WORD = 64
+_LOW_BITS = np.array([(1 << k) - 1 for k in range(WORD + 1)], dtype="<u8")  # k low bits set
 
 
-def select_smallest(keys: torch.Tensor, length: int) -> torch.Tensor:
-    """[B, N] float 0/1 marking the `length` smallest keys of each row of `keys` [B, N];
-    equal keys at a row's threshold are taken in raster order.
+def column_bits(lefts: np.ndarray, width: int, gw: int) -> np.ndarray:
+    """[..., words] uint64: bits lefts .. lefts + width - 1 of a row of gw columns."""
+    base = lefts[..., None] - WORD * np.arange(-(-gw // WORD))
+    lo = np.minimum(np.maximum(base, 0), WORD)
+    hi = np.minimum(np.maximum(base + width, 0), WORD)
+    return _LOW_BITS[hi] ^ _LOW_BITS[lo]
 
-    numpy finds the thresholds and compares: torch's CPU sort and selection are ~10x slower
-    on short rows, and its bool-to-float conversion several times slower than numpy's.
-    """
-    values = keys.numpy()
-    threshold = np.partition(values, length - 1, axis=1)[:, length - 1:length]
-    chosen = torch.from_numpy((values <= threshold).astype(np.float32))
-    if int(chosen.sum()) == keys.shape[0] * length:
+
+class BlockTables:
+    """Memoised tables of one grid (a grid has few block sizes): for a block height h, the
+    rows it spans from each top ([tops, gh] uint64, all ones or zero); for a width w, its
+    column bits from each left ([lefts, words] uint64)."""
+
+    def __init__(self, grid: Size):
+        self.grid = grid
+        self._rows: dict[int, np.ndarray] = {}
+        self._cols: dict[int, np.ndarray] = {}
+
+    def rows(self, height: int) -> np.ndarray:
+        if height not in self._rows:
+            gh = self.grid[0]
+            offset = np.arange(gh)[None, :] - np.arange(gh - height + 1)[:, None]
+            spans = (offset >= 0) & (offset < height)
+            self._rows[height] = np.where(spans, np.uint64(_LOW_BITS[WORD]), np.uint64(0))
+        return self._rows[height]
+
+    def cols(self, width: int) -> np.ndarray:
+        if width not in self._cols:
+            gw = self.grid[1]
+            self._cols[width] = column_bits(np.arange(gw - width + 1), width, gw)
+        return self._cols[width]
+
+    def blocks(self, tops: np.ndarray, lefts: np.ndarray, size: Size) -> np.ndarray:
+        """[n, k, gh, words] uint64: each of k blocks of `size` (corners [n, k])."""
+        return self.rows(size[0])[tops][..., None] & self.cols(size[1])[lefts][:, :, None, :]
+
+    def union(self, tops: np.ndarray, lefts: np.ndarray, size: Size) -> np.ndarray:
+        """[n, gh, words] uint64: the patches covered by any of the k blocks."""
+        blocks = self.blocks(tops, lefts, size)
+        out = blocks[:, 0]
+        for k in range(1, blocks.shape[1]):
+            out |= blocks[:, k]
+        return out
+
+
+def bit_counts(bits: np.ndarray) -> np.ndarray:
+    """[...] int64: patches in each [..., gh, words] set."""
+    return np.bitwise_count(bits).sum((-2, -1), dtype=np.int64)
+
+
+def bits_to_patches(bits: np.ndarray, gw: int) -> np.ndarray:
+    """[n, gh, words] uint64 -> [n, gh * gw] uint8 0/1 in raster order."""
+    n, gh, words = bits.shape
+    octets = bits.astype("<u8", copy=False).view(np.uint8).reshape(n, gh, 8 * words)
+    return np.unpackbits(octets, axis=-1, count=gw, bitorder="little").reshape(n, gh * gw)
+
+
+def first_of_rows(flat: np.ndarray, counts: np.ndarray, lengths: np.ndarray,
+                  n_patches: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows of `lengths[i]` entries of the raster-ordered patch indices `flat` (the
+    np.flatnonzero of a [B, N] mask whose rows hold `counts`): the first lengths[i] of row i,
+    padded to the longest with the row's first index. -> ([B, width] int64, valid [B, width]
+    bool, or None when every row is full)."""
+    width = int(lengths.max())
+    if int(counts.min()) == width == int(counts.max()):  # rows of `width` each: no gather
+        rows = flat.reshape(len(counts), width)
+        rows -= n_patches * np.arange(len(counts))[:, None]
+        return rows, None
+    starts = np.cumsum(counts) - counts
+    columns = np.arange(width)
+    valid = None
+    if int(lengths.min()) < width:  # padding: back to the row's start (branch-free)
+        valid = columns < lengths[:, None]
+        index = starts[:, None] + columns * valid
+    else:
+        index = starts[:, None] + columns
+    rows = flat[index]
+    rows -= n_patches * np.arange(len(counts))[:, None]
+    return rows, valid
+
+
+def smallest_keys(keys: np.ndarray, dropped: np.ndarray, length: int) -> np.ndarray:
+    """[B, N] bool marking, in each row, the `length` smallest `keys` where `dropped` is 0
+    (each row holds at least `length` such); equal keys at a row's threshold are taken in
+    raster order. keys: [B, N] non-negative int32; dropped: [B, N] uint8 0/1."""
+    keyed = keys | (dropped.astype(np.int32) << 30)  # dropped: above every kept key
+    threshold = np.partition(keyed, length - 1, axis=1)[:, length - 1:length]
+    chosen = keyed <= threshold
+    if int(np.count_nonzero(chosen)) == keys.shape[0] * length:
         return chosen
-    threshold = torch.from_numpy(threshold)  # rare with float32 keys (~1e-5 per row): ties
-    below = keys < threshold
-    ties = keys == threshold
-    missing = length - below.sum(1, keepdim=True)
-    return (below | (ties & (ties.cumsum(1) <= missing))).float()
+    below = keyed < threshold  # ties at a threshold: rare (~1e-4 per row on 28x28)
+    ties = keyed == threshold
+    missing = length - below.sum(1, keepdims=True)
+    return below | (ties & (np.cumsum(ties, axis=1) <= missing))
 
 
 class MultiBlockMasker:
@@ -119,6 +194,10 @@ class MultiBlockMasker:
     grid: (gh, gw) patches. __call__(B, generator) -> MaskBatch with context [B, Nc] int64
     (sorted, raster order), targets [B, M, h*w] int64 (raster order inside each block),
     context_valid [B, Nc] bool only with context_equalize="pad" in the corrected style.
+
+    Every random draw is a torch call on `generator` (sizes, corners, subset keys); the rest
+    is numpy on bit rows (above), which uses no thread pool, so a call costs the same in a
+    DataLoader worker and in the trainer's own process.
     """
 
     def __init__(self, config: MultiBlockConfig, grid: Size):
@@ -127,8 +206,8 @@ class MultiBlockMasker:
         self.reference = config.style == "reference"
         self.allow_overlap = config.allow_overlap  # the trainer's mask guard reads it
         self.cap = (self.grid[0] - 1, self.grid[1] - 1) if self.reference else self.grid
-        self._spans: dict[tuple[int, int], torch.Tensor] = {}  # memo of span_table
-        self._offsets: dict[Size, torch.Tensor] = {}  # memo of block_offsets
+        self._offsets: dict[Size, np.ndarray] = {}  # memo of block_offsets
+        self.tables = BlockTables(self.grid)
 
     # -- sizes ---------------------------------------------------------------------------
     def size_for(self, u_scale: float, u_aspect: float, scale: tuple[float, float],
@@ -153,134 +232,108 @@ class MultiBlockMasker:
 
     # -- positions -----------------------------------------------------------------------
     def draw_corners(self, n: int, k: int, size: Size,
-                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                     generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Top-left corners of k blocks for n samples: (tops [n, k], lefts [n, k]) int64."""
         slack = 0 if self.reference else 1  # reference: corners in [0, grid - size) exclusive
         tops = torch.randint(0, self.grid[0] - size[0] + slack, (n, k), generator=generator)
         lefts = torch.randint(0, self.grid[1] - size[1] + slack, (n, k), generator=generator)
-        return tops, lefts
+        return tops.numpy(), lefts.numpy()
 
-    def span_table(self, axis: int, size: int) -> torch.Tensor:
-        """[starts, g] float: row t marks the cells t .. t+size-1 of an axis of g cells
-        (memoised: a grid has few block sizes)."""
-        key = (axis, size)
-        if key not in self._spans:
-            g = self.grid[axis]
-            starts = g - size + (0 if self.reference else 1)
-            offset = torch.arange(g)[None, :] - torch.arange(starts)[:, None]
-            self._spans[key] = ((offset >= 0) & (offset < size)).float()
-        return self._spans[key]
-
-    def block_offsets(self, size: Size) -> torch.Tensor:
+    def block_offsets(self, size: Size) -> np.ndarray:
         """[h*w] int64: patch indices of an (h, w) block at the top-left corner (memoised)."""
         if size not in self._offsets:
-            rows, cols = torch.arange(size[0]), torch.arange(size[1])
-            self._offsets[size] = (rows[:, None] * self.grid[1] + cols).flatten()
+            rows, cols = np.arange(size[0]), np.arange(size[1])
+            self._offsets[size] = (rows[:, None] * self.grid[1] + cols).ravel()
         return self._offsets[size]
 
-    def axis_cover(self, tops: torch.Tensor, lefts: torch.Tensor,
-                   size: Size) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows [n, k, gh] and columns [n, k, gw] (float 0/1) that each block spans."""
-        return self.span_table(0, size[0])[tops], self.span_table(1, size[1])[lefts]
-
-    def cover(self, tops: torch.Tensor, lefts: torch.Tensor, size: Size) -> torch.Tensor:
-        """[n, k, N] bool: which patches each of k blocks covers (corners [n, k])."""
-        in_rows, in_cols = self.axis_cover(tops, lefts, size)
-        return (in_rows[..., :, None] * in_cols[..., None, :]).flatten(-2).bool()
-
-    def coverage(self, tops: torch.Tensor, lefts: torch.Tensor, size: Size) -> torch.Tensor:
-        """[n, N] float: how many of the k blocks (corners [n, k]) cover each patch.
-
-        A batched product of row and column indicators ([n, gh, k] @ [n, k, gw]), which
-        does not materialise the [n, k, N] covers.
-        """
-        in_rows, in_cols = self.axis_cover(tops, lefts, size)
-        return torch.bmm(in_rows.transpose(1, 2), in_cols).flatten(1)
-
     def place(self, n: int, tsize: Size, csize: Size, generator: torch.Generator):
-        """Draw positions for n samples: (target tops, lefts [n, M], context tops, lefts
-        [n, num_context], kept context [n, N] float 0/1)."""
+        """Draw positions for n samples: [target tops, lefts [n, M], context tops, lefts
+        [n, num_context], kept context [n, gh, words] bit rows]."""
         c = self.config
         tops, lefts = self.draw_corners(n, c.num_targets, tsize, generator)
         ctops, clefts = self.draw_corners(n, c.num_context, csize, generator)
-        keep = self.coverage(ctops, clefts, csize).clamp_(max=1)
-        if not c.allow_overlap:  # keep *= 1 - [covered by a target]
-            keep.mul_(self.coverage(tops, lefts, tsize).clamp_(max=1).neg_().add_(1))
+        keep = self.tables.union(ctops, clefts, csize)
+        if not c.allow_overlap:
+            keep &= ~self.tables.union(tops, lefts, tsize)
         return [tops, lefts, ctops, clefts, keep]
 
     def place_with_redraws(self, batch_size: int, tsize: Size, csize: Size,
                            generator: torch.Generator):
         """Positions for the batch, redrawing short samples: (target tops, lefts [B, M],
-        kept context [B, N] float 0/1, redraw rounds, fallbacks)."""
+        kept context [B, gh, words] bit rows, counts [B], redraw rounds, fallbacks)."""
+        min_keep = self.config.min_keep
         drawn = self.place(batch_size, tsize, csize, generator)
         rounds = 0
-        counts = drawn[-1].sum(1)
-        while float(counts.min()) < self.config.min_keep and rounds < MAX_REDRAWS:
-            rows = (counts < self.config.min_keep).nonzero().squeeze(1)
+        counts = bit_counts(drawn[-1])
+        while int(counts.min()) < min_keep and rounds < MAX_REDRAWS:
+            rows = np.flatnonzero(counts < min_keep)
             for old, new in zip(drawn, self.place(len(rows), tsize, csize, generator)):
                 old[rows] = new
-            counts = drawn[-1].sum(1)
+            counts = bit_counts(drawn[-1])
             rounds += 1
         tops, lefts, ctops, clefts, keep = drawn
-        short = counts < self.config.min_keep
+        short = counts < min_keep
         fallbacks = int(short.sum())
         if fallbacks:
-            ccover = self.coverage(ctops[short], clefts[short], csize).bool()
-            tcover = self.cover(tops[short], lefts[short], tsize)
-            keep[short] = self.partial_carve(ccover, tcover).float()
-        return tops, lefts, keep, rounds, fallbacks
+            ccover = self.tables.union(ctops[short], clefts[short], csize)
+            tcover = self.tables.blocks(tops[short], lefts[short], tsize)
+            keep[short] = self.partial_carve(ccover, tcover)
+            counts = bit_counts(keep)
+        return tops, lefts, keep, counts, rounds, fallbacks
 
-    def partial_carve(self, ccover: torch.Tensor, tcover: torch.Tensor) -> torch.Tensor:
-        """[n, N] context with the longest prefix of target blocks removed that leaves at
-        least min_keep patches (ccover [n, N], tcover [n, M, N])."""
-        removed = tcover.to(torch.uint8).cumsum(1) > 0  # [n, M, N]: union of the first k+1
-        carved = ccover[:, None, :] & ~removed
-        ok = carved.sum(-1) >= self.config.min_keep  # [n, M], True on a prefix
+    def partial_carve(self, ccover: np.ndarray, tcover: np.ndarray) -> np.ndarray:
+        """[n, gh, words] context with the longest prefix of target blocks removed that leaves
+        at least min_keep patches (ccover [n, gh, words], tcover [n, M, gh, words])."""
+        removed = np.bitwise_or.accumulate(tcover, axis=1)  # [n, M, ...]: the first k+1
+        carved = ccover[:, None] & ~removed
+        ok = bit_counts(carved) >= self.config.min_keep  # [n, M], True on a prefix
         k = ok.sum(1)  # number of targets we can remove
-        full = torch.cat([ccover[:, None, :], carved], dim=1)  # [n, M+1, N]
-        return full[torch.arange(len(k)), k]
+        full = np.concatenate([ccover[:, None], carved], axis=1)  # [n, M+1, ...]
+        return full[np.arange(len(k)), k]
 
     # -- equalisation --------------------------------------------------------------------
-    def equalize(self, keep: torch.Tensor, generator: torch.Generator):
-        """Rows of a [B, N] float 0/1 mask -> (context [B, Nc] int64 in raster order,
-        context_valid [B, Nc] bool | None, row counts [B] int64 before equalisation)."""
-        group = self.config.equalize_group
-        padded = not self.reference and self.config.context_equalize == "pad"
-        if group is None or group >= keep.shape[0] or padded:
-            return self.equalize_rows(keep, generator)
-        parts = [self.equalize_rows(keep[i:i + group], generator)
-                 for i in range(0, keep.shape[0], group)]
-        width = max(p[0].shape[1] for p in parts)
-        lengths = torch.cat([torch.full((p[0].shape[0],), p[0].shape[1]) for p in parts])
-        context = torch.cat([torch.cat([c, c[:, :1].expand(-1, width - c.shape[1])], dim=1)
-                             for c, _, _ in parts])  # padding repeats a real index
-        valid = torch.arange(width) < lengths[:, None]
-        return context, (None if bool(valid.all()) else valid), torch.cat([p[2] for p in parts])
+    def equalize(self, keep: np.ndarray, counts: np.ndarray, generator: torch.Generator):
+        """Rows of kept patches (bit rows [B, gh, words], counts [B]) -> (context [B, Nc]
+        int64 in raster order, context_valid [B, Nc] bool | None).
 
-    def equalize_rows(self, keep: torch.Tensor, generator: torch.Generator):
-        """`equalize` for one group of rows: all cut (or padded) to one length."""
-        if self.reference or self.config.context_equalize == "pad":
-            positions, counts = ranked_positions(keep)  # [B, max count], padded with 0
-            if self.reference:  # the first indices in raster order
-                return positions[:, : int(counts.min())], None, counts
-            valid = torch.arange(positions.shape[1]) < counts[:, None]
-            return torch.where(valid, positions, positions[:, :1]), valid, counts
-        counts = keep.sum(1).long()
-        keys = torch.rand(keep.shape, generator=generator).sub_(keep)  # kept < 0 <= dropped
-        context, _ = ranked_positions(select_smallest(keys, int(counts.min())))
-        return context, None, counts
+        Rows are cut to the shortest of their group (`equalize_group`, else the batch) and
+        groups padded to the longest with a row's first index; "pad" pads every row to the
+        longest instead and always returns context_valid."""
+        batch, gw = keep.shape[0], self.grid[1]
+        n_patches = self.grid[0] * gw
+        padded = not self.reference and self.config.context_equalize == "pad"
+        group = self.config.equalize_group
+        group = batch if group is None or padded else min(group, batch)
+        lengths = counts if padded else np.repeat(np.minimum.reduceat(
+            counts, np.arange(0, batch, group)), group)[:batch]
+        if self.reference or padded:
+            mask = bits_to_patches(keep, gw).view(bool)
+        else:
+            # A uniform subset: the kept patches with the smallest torch.rand keys, drawn for
+            # the whole batch at once (the same stream as one draw per group in turn). The
+            # bits of a float32 in [0, 1) as int32 sort like the float.
+            keys = torch.rand((batch, n_patches), generator=generator).numpy().view(np.int32)
+            dropped = bits_to_patches(~keep, gw)
+            parts = [smallest_keys(keys[i:i + group], dropped[i:i + group], int(lengths[i]))
+                     for i in range(0, batch, group)]
+            mask = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            counts = lengths
+        context, valid = first_of_rows(np.flatnonzero(mask), counts, lengths, n_patches)
+        if padded and valid is None:
+            valid = np.ones(context.shape, dtype=bool)
+        return torch.from_numpy(context), None if valid is None else torch.from_numpy(valid)
 
     # -- the call ------------------------------------------------------------------------
     def sample_with_stats(self, batch_size: int,
                           generator: torch.Generator) -> tuple[MaskBatch, MaskDrawStats]:
         """One batch of masks and what happened while drawing it."""
         tsize, csize = self.draw_sizes(generator)
-        tops, lefts, keep, rounds, fallbacks = self.place_with_redraws(
+        tops, lefts, keep, counts, rounds, fallbacks = self.place_with_redraws(
             batch_size, tsize, csize, generator)
         targets = (tops * self.grid[1] + lefts)[..., None] + self.block_offsets(tsize)
-        context, valid, counts = self.equalize(keep, generator)
-        stats = MaskDrawStats(counts, tsize, csize, rounds, fallbacks)
-        return MaskBatch(context, targets, valid), stats
+        context, valid = self.equalize(keep, counts, generator)
+        stats = MaskDrawStats(torch.from_numpy(counts), tsize, csize, rounds, fallbacks)
+        return MaskBatch(context, torch.from_numpy(targets), valid), stats
 
     def __call__(self, batch_size: int, generator: torch.Generator) -> MaskBatch:
         return self.sample_with_stats(batch_size, generator)[0]
