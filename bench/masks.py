@@ -107,7 +107,8 @@ def timing_table() -> None:
             masker = build_masker(MultiBlockConfig(style=style), (side, side))
             for batch in (16, 64, 128):
                 fast = per_batch_seconds(masker, batch, 0.15)
-                slow = per_batch_seconds(lambda b, g: loop_masks(masker, b, g), batch, 0.3)
+                slow = per_batch_seconds(lambda b, g, masker=masker: loop_masks(masker, b, g),
+                                         batch, 0.3)
                 print(f"{side:>3}x{side:<2} {style:>9} {batch:>5} {fast * 1e3:>8.3f} ms "
                       f"{slow * 1e3:>7.2f} ms {slow / fast:>7.1f}x")
 

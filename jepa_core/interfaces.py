@@ -42,10 +42,10 @@ class MaskBatch:
     context (`jepa_core.runtime.mask_guard`).
     """
 
-    context: "torch.Tensor"
-    targets: "torch.Tensor"
-    context_valid: "torch.Tensor | None" = None
-    targets_valid: "torch.Tensor | None" = None
+    context: torch.Tensor
+    targets: torch.Tensor
+    context_valid: torch.Tensor | None = None
+    targets_valid: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -68,7 +68,7 @@ class Masker(Protocol):
 
     grid: tuple[int, int]
 
-    def __call__(self, batch_size: int, generator: "torch.Generator") -> MaskBatch: ...
+    def __call__(self, batch_size: int, generator: torch.Generator) -> MaskBatch: ...
 
 
 @runtime_checkable
@@ -82,7 +82,7 @@ class MaskStats(Protocol):
     Any other attribute is the masker's own (an attrs class is the usual record).
     """
 
-    context_sizes: "torch.Tensor"
+    context_sizes: torch.Tensor
     fallbacks: int
 
 
@@ -94,11 +94,12 @@ class MaskerWithStats(Masker, Protocol):
         `__call__` returns for the same generator state, plus their statistics. `jepa masks`
         (`jepa_core.commands.mask_preview`) uses it when `isinstance(masker,
         MaskerWithStats)` and shows "context before equalisation" and the fallback count;
-        without it the first reads "n/a" and the second is left out. A malformed result is a PluginError naming the masker.
+        without it the first reads "n/a" and the second is left out. A malformed result is a
+        PluginError naming the masker.
     """
 
     def sample_with_stats(self, batch_size: int,
-                          generator: "torch.Generator") -> tuple[MaskBatch, MaskStats]: ...
+                          generator: torch.Generator) -> tuple[MaskBatch, MaskStats]: ...
 
 
 @runtime_checkable
@@ -117,8 +118,8 @@ class Encoder(Protocol):
     image_size: tuple[int, int]
     patch_grid: tuple[int, int]
 
-    def __call__(self, images: "torch.Tensor", keep: "torch.Tensor | None" = None,
-                 keep_valid: "torch.Tensor | None" = None) -> "torch.Tensor": ...
+    def __call__(self, images: torch.Tensor, keep: torch.Tensor | None = None,
+                 keep_valid: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -133,9 +134,9 @@ class Predictor(Protocol):
         are ignored.
     """
 
-    def __call__(self, context_tokens: "torch.Tensor", context_idx: "torch.Tensor",
-                 target_idx: "torch.Tensor", context_valid: "torch.Tensor | None" = None,
-                 targets_valid: "torch.Tensor | None" = None) -> "torch.Tensor": ...
+    def __call__(self, context_tokens: torch.Tensor, context_idx: torch.Tensor,
+                 target_idx: torch.Tensor, context_valid: torch.Tensor | None = None,
+                 targets_valid: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -161,8 +162,8 @@ class Loss(Protocol):
         target positions (`MaskBatch.targets_valid`): the loss is then over valid tokens only.
     """
 
-    def __call__(self, predictions: "torch.Tensor", targets: "torch.Tensor",
-                 valid: "torch.Tensor | None" = None) -> "torch.Tensor": ...
+    def __call__(self, predictions: torch.Tensor, targets: torch.Tensor,
+                 valid: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -182,7 +183,7 @@ class DataSource(Protocol):
     def __len__(self) -> int: ...
 
     def get(self, index: int,
-            generator: "torch.Generator | None") -> tuple["torch.Tensor", int]: ...
+            generator: torch.Generator | None) -> tuple[torch.Tensor, int]: ...
 
 
 @attrs.frozen
@@ -196,9 +197,9 @@ class MethodOutput:
         health figures (std across the batch, effective rank) in metrics.jsonl.
     """
 
-    loss: "torch.Tensor"
+    loss: torch.Tensor
     metrics: dict = attrs.Factory(dict)
-    features: "torch.Tensor | None" = None
+    features: torch.Tensor | None = None
 
 
 @runtime_checkable

@@ -9,7 +9,8 @@ and block) and how to fix it. Sample numbers are rows of the batch that was chec
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import numpy as np
@@ -35,7 +36,7 @@ def _first(flags: torch.Tensor) -> tuple[int, ...]:
 
 def _where(index: tuple[int, ...]) -> str:
     names = ("sample", "block", "position")
-    return ", ".join(f"{n} {i}" for n, i in zip(names, index))
+    return ", ".join(f"{n} {i}" for n, i in zip(names, index, strict=False))
 
 
 def _tensor_problem(name: str, t: Any, dims: int, batch_size: int, n: int,

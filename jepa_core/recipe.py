@@ -24,8 +24,14 @@ import yaml
 
 from jepa_core import safe_yaml
 from jepa_core.errors import RecipeError
-from jepa_core.structure import (COMPONENT_KIND, FAILED, Component, Structurer,
-                                 component_field, unstructure)
+from jepa_core.structure import (
+    COMPONENT_KIND,
+    FAILED,
+    Component,
+    Structurer,
+    component_field,
+    unstructure,
+)
 from jepa_core.validate import at_least, at_most, between, greater, plain_name, range_pair
 
 # The largest learning rate accepted: AdamW hands lr / (1 - beta1) to float32 as a scalar, so
@@ -145,9 +151,11 @@ def apply_override(data: dict, override: str) -> None:
     try:
         value = safe_yaml.load(raw) if raw.strip() else ""
     except safe_yaml.YamlProblem as exc:
-        raise RecipeError("command line", [("$." + key + p[1:], m) for p, m in exc.problems])
+        problems = [("$." + key + p[1:], m) for p, m in exc.problems]
+        raise RecipeError("command line", problems) from exc
     except yaml.YAMLError as exc:
-        raise RecipeError("command line", [("$." + key, f"value {raw!r} is not valid YAML: {exc}")])
+        problem = ("$." + key, f"value {raw!r} is not valid YAML: {exc}")
+        raise RecipeError("command line", [problem]) from exc
     node[parts[-1]] = value
 
 
@@ -232,7 +240,8 @@ def read_yaml(path: str | os.PathLike) -> dict:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RecipeError(source, [("$", f"must be a mapping of sections (got {type(data).__name__})")])
+        raise RecipeError(source, [("$", "must be a mapping of sections "
+                                         f"(got {type(data).__name__})")])
     return data
 
 

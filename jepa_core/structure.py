@@ -72,7 +72,8 @@ class Structurer:
         if origin is Literal:
             if value in args:
                 return value
-            return self.problem(path, f"must be one of {', '.join(map(repr, args))} (got {value!r})")
+            return self.problem(path, f"must be one of {', '.join(map(repr, args))} "
+                                      f"(got {value!r})")
         if origin is tuple:
             return self._tuple(value, args, path)
         if origin is list:
@@ -152,7 +153,7 @@ class Structurer:
             if len(value) != len(args):
                 return self.problem(path, f"must have {len(args)} items (got {len(value)})")
             items = [self.structure(v, t, f"{path}[{i}]") for i, (v, t) in
-                     enumerate(zip(value, args))]
+                     enumerate(zip(value, args, strict=True))]
         return FAILED if any(i is FAILED for i in items) else tuple(items)
 
     # -- attrs classes ------------------------------------------------------------------

@@ -11,7 +11,8 @@ Each validator carries its limits as `validator.bounds` (a `Bounds`), so that
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 

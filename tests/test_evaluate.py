@@ -9,12 +9,11 @@ import sys
 
 import pytest
 import torch
+from conftest import load_bench
 
 from jepa_core.commands.evaluate import eval_indices, knn_accuracy, linear_probe
 from jepa_core.recipe import EvalConfig
 from jepa_core.runtime.trainer import train
-
-from conftest import load_bench
 
 
 def test_eval_indices_are_a_seeded_subset():
@@ -170,9 +169,9 @@ def test_unreadable_images_are_skipped_and_counted_in_evaluation(tmp_path, tiny_
 
 
 def test_digits_results_say_which_split(tiny_dict):
+    from jepa_core.commands.evaluate import evaluate_run
     from jepa_core.plugins import make_plugin_manager
     from jepa_core.recipe import recipe_from_dict
-    from jepa_core.commands.evaluate import evaluate_run
 
     tiny_dict["data"] = {"name": "digits"}
     tiny_dict["train"]["max_steps"] = 1
@@ -186,9 +185,9 @@ def test_digits_results_say_which_split(tiny_dict):
 
 # -- what the end of a run says -------------------------------------------------------------
 def _results(trained, random, pixels, tested=359):
-    return {"trained target encoder": dict(zip(("linear_probe", "knn"), trained)),
-            "random init": dict(zip(("linear_probe", "knn"), random)),
-            "raw pixels": dict(zip(("linear_probe", "knn"), pixels)),
+    return {"trained target encoder": dict(zip(("linear_probe", "knn"), trained, strict=True)),
+            "random init": dict(zip(("linear_probe", "knn"), random, strict=True)),
+            "raw pixels": dict(zip(("linear_probe", "knn"), pixels, strict=True)),
             "data": {"test": {"images": tested}}}
 
 

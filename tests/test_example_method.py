@@ -14,10 +14,10 @@ import sys
 
 import pytest
 import yaml
+from conftest import TINY, install_example
 
 from jepa_core.runtime import checkpoint as ckpt
 
-from conftest import TINY, install_example
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):

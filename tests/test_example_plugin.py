@@ -14,12 +14,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import install_example
 
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.testing import check_masker
-
-from conftest import install_example
-
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""`jepa check`'s plan and the cost model behind it (jepa_core.commands.plan, jepa_core.commands.costs).
+"""`jepa check`'s plan and the cost model behind it (jepa_core.commands.plan,
+jepa_core.commands.costs).
 
 The cost model is checked three ways: against the project reference's numbers, against
 torch's own FLOP counter on the real models (meta device), and, for activation memory, against

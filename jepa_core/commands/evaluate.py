@@ -18,11 +18,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from jepa_core.errors import BadSample, RunError
+from jepa_core.recipe import EvalConfig, Recipe, recipe_from_dict
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime.build import build, build_encoder
 from jepa_core.runtime.progress import Ticker
-from jepa_core.errors import BadSample, RunError
-from jepa_core.recipe import EvalConfig, Recipe, recipe_from_dict
 from jepa_core.seeding import generator
 
 

@@ -26,10 +26,10 @@ from typing import Any
 import attrs
 import torch
 
-from jepa_core.runtime import checkpoint as ckpt
-from jepa_core.runtime.build import build, build_models
 from jepa_core.errors import ConfigError, RunError
 from jepa_core.recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_dict
+from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime.build import build, build_models
 from jepa_core.runtime.rundir import ensure_writable
 
 MODELS = ("encoder", "predictor", "target_encoder")

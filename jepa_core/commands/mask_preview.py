@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from jepa_core.runtime.build import encoder_geometry
-from jepa_core.runtime.data import mask_generator
-from jepa_core.runtime.tokens import TOKEN_BATCHES, draw_token_counts
 from jepa_core.errors import PluginError
 from jepa_core.interfaces import MaskBatch, MaskerWithStats, MaskStats
 from jepa_core.maskcheck import target_membership, target_sizes
+from jepa_core.runtime.build import encoder_geometry
+from jepa_core.runtime.data import mask_generator
+from jepa_core.runtime.tokens import TOKEN_BATCHES, draw_token_counts
 
 BACKGROUND = (235, 235, 235)
 PICTURE_KEY = ("top row, a few samples: blue = context, one colour per target block, grey = "

@@ -18,12 +18,17 @@ import attrs
 import torch
 
 from jepa_core.commands import costs, measure
-from jepa_core.runtime.build import (MethodParts, build, encoder_geometry, steps_per_epoch,
-                             total_steps)
-from jepa_core.runtime.data import BatchLayout, batch_layout
-from jepa_core.runtime.tokens import TokenCounts, draw_token_counts
 from jepa_core.errors import ConfigError, PluginFailed, RunError
 from jepa_core.recipe import Recipe, recipe_to_yaml
+from jepa_core.runtime.build import (
+    MethodParts,
+    build,
+    encoder_geometry,
+    steps_per_epoch,
+    total_steps,
+)
+from jepa_core.runtime.data import BatchLayout, batch_layout
+from jepa_core.runtime.tokens import TokenCounts, draw_token_counts
 
 # Training images of the data sets the paper recipes name, used when their folder is absent.
 IMAGENET_1K = ("ImageNet-1K", 1_281_167)
@@ -252,12 +257,12 @@ def _measure_on_cpu(recipe: Recipe, registry: Any, method: Any, flops: Any,
 def _si(value: float, unit: str = "", top: float = 1e15) -> str:
     """630.7M, 22.3M, 1.23P: one decimal, three significant digits below 10; no prefix above
     `top` (parameters stay in millions)."""
-    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    prefix = ""
+    for scale, letter in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= scale and scale <= top:
             value /= scale
+            prefix = letter
             break
-    else:
-        prefix = ""
     if value == 0:
         return "0"
     return (f"{value:#.3g}" if abs(value) < 10 else f"{value:,.1f}") + prefix + unit
@@ -440,7 +445,8 @@ def print_check(recipe: Recipe, registry: Any, console: Any, gpus: int | None = 
 
     plan = check(recipe, registry, gpus, read_data=read_data)  # nothing printed before it passes
     console.print(f"[green]recipe {recipe.name!r} is valid[/green]")
-    console.print(Syntax(recipe_to_yaml(recipe), "yaml", theme="ansi_dark", background_color="default"))
+    console.print(Syntax(recipe_to_yaml(recipe), "yaml", theme="ansi_dark",
+                         background_color="default"))
     for kind in COMPONENT_SECTIONS:
         comp = getattr(recipe, kind)
         if comp is None:  # a section the method does without

@@ -20,8 +20,8 @@ import pickle
 import re
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from jepa_core.errors import CheckpointError, RunError
 

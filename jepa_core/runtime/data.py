@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import signal
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import attrs
 import torch
@@ -160,7 +161,7 @@ class Batch:
                              f"({', '.join(self.masks) or 'none'}), not one")
         return next(iter(self.masks.values()))
 
-    def to(self, device: Any) -> "Batch":
+    def to(self, device: Any) -> Batch:
         """The same batch with every tensor on `device` (non-blocking copies)."""
         def move(t: Any) -> Any:
             return None if t is None else t.to(device, non_blocking=True)

@@ -10,8 +10,8 @@ Modes, detected in this order (never silently degraded):
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Mapping
 
 import attrs
 

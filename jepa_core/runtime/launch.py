@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jepa_core.errors import ConfigError, Preempted, RunError
+from jepa_core.recipe import Recipe, recipe_to_dict
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime import rundir
 from jepa_core.runtime.distributed import DistEnv, destroy, detect, init_process_group
-from jepa_core.errors import ConfigError, Preempted, RunError
-from jepa_core.recipe import Recipe, recipe_to_dict
 
 # Recipe keys that may change between a checkpoint and its resumption.
 SAFE_TO_CHANGE = ("train.max_steps", "train.num_workers", "train.log_every",

@@ -22,13 +22,22 @@ sample and the fix; a masker that raises while drawing is a `PluginFailed` namin
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from jepa_core.errors import JepaError, MaskerOutputError, PluginFailed
 from jepa_core.interfaces import MaskBatch, MaskerWithStats
-from jepa_core.maskcheck import (MaskProblem, differing_field, global_rng_states,
-                                 overlap_problem, redraw_problem, same_global_rng_states,
-                                 set_global_rng_states, structure_problem, RNG_FIX)
+from jepa_core.maskcheck import (
+    RNG_FIX,
+    MaskProblem,
+    differing_field,
+    global_rng_states,
+    overlap_problem,
+    redraw_problem,
+    same_global_rng_states,
+    set_global_rng_states,
+    structure_problem,
+)
 from jepa_core.plugins import _describe, code_roots, raised_at
 from jepa_core.runtime.data import DEFAULT_MASKS, BatchLayout, _take_rows, mask_generator
 
@@ -129,7 +138,7 @@ class MaskGuard:
                                        "numpy's global RNG state changed while drawing",
                                        RNG_FIX) if touched else None)
                 sets = self.check_step(step, out)
-                problem = problem or redraw_problem(out, lambda: self.draw(step))
+                problem = problem or redraw_problem(out, functools.partial(self.draw, step))
                 if problem:
                     self.refuse(step, "", problem, False)
             else:

@@ -25,13 +25,18 @@ class Ticker:
         self.progress = self.task = None
         self._t0 = self._t_last = 0.0
 
-    def __enter__(self) -> "Ticker":
+    def __enter__(self) -> Ticker:
         self._t0 = self._t_last = runlog.now()
         if self.console is None:
             return self
         if self.console.is_terminal:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self.progress = Progress(TextColumn(self.description), BarColumn(),
                                      MofNCompleteColumn(), TextColumn(self.unit),

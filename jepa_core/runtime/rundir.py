@@ -24,12 +24,13 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.errors import JepaError, RunError
+from jepa_core.runtime import checkpoint as ckpt
 
 LOCK_NAME = ".lock"
 METRICS_NAME = "metrics.jsonl"
@@ -172,7 +173,7 @@ def drop_rows_after(metrics: Path, step: int) -> int:
     except FileNotFoundError:
         return 0
     steps = [_row_step(line) for line in lines]
-    keep = [line for line, s in zip(lines, steps) if s is not None and s <= step]
+    keep = [line for line, s in zip(lines, steps, strict=True) if s is not None and s <= step]
     if len(keep) == len(lines) and all(line.endswith(b"\n") for line in keep):
         return 0
     tmp = metrics.with_name(f".{metrics.name}.tmp-{os.getpid()}")

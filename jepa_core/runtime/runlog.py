@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.errors import RunError
+from jepa_core.runtime import checkpoint as ckpt
 
 COLLAPSE_STD = 1e-2  # pooled target features this flat across a batch mean collapse
 
@@ -59,13 +59,18 @@ class RunLogger:
         self._images_since = 0
         self._warned = False
 
-    def __enter__(self) -> "RunLogger":
+    def __enter__(self) -> RunLogger:
         if not self.main:
             return self
         self.file = MetricsFile(self.run.run_dir / "metrics.jsonl")
         if self.console.is_terminal:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                                      MofNCompleteColumn(), TextColumn("{task.fields[info]}"),

@@ -85,8 +85,11 @@ def full_states(method: Any, optimizer: torch.optim.Optimizer, sharded: bool) ->
     if not sharded:
         return {"modules": {name: unwrap(m).state_dict() for name, m in method.modules.items()},
                 "optimizer": optimizer.state_dict()}
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return {"modules": {name: get_model_state_dict(unwrap(m), options=opts)
@@ -104,8 +107,11 @@ def load_full_states(state: dict, method: Any, optimizer: torch.optim.Optimizer,
         if state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])
         return
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     opts = StateDictOptions(full_state_dict=True)
     for name, m in method.modules.items():

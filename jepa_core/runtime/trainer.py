@@ -23,17 +23,17 @@ from typing import Any
 import attrs
 import torch
 
+from jepa_core.errors import ConfigError, Preempted, RunError
+from jepa_core.recipe import Recipe, recipe_to_dict, recipe_to_yaml
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime import schedules
 from jepa_core.runtime.build import Components, build_components
 from jepa_core.runtime.data import Batch, BatchLayout, batch_layout, train_loader
 from jepa_core.runtime.distributed import DistEnv
 from jepa_core.runtime.mask_guard import MaskGuard, describe_masker
-from jepa_core.errors import ConfigError, Preempted, RunError
 from jepa_core.runtime.runlog import RunLogger
-from jepa_core.recipe import Recipe, recipe_to_dict, recipe_to_yaml
-from jepa_core.seeding import derive_seed
 from jepa_core.runtime.sharding import full_states, load_full_states, no_gradient_sync, wrap_models
+from jepa_core.seeding import derive_seed
 
 
 @attrs.define
@@ -158,7 +158,7 @@ def _reduce_step(run: RunContext, loss_sum: torch.Tensor, grad_norm: torch.Tenso
         run.stop_signal = run.stop_signal or int(signal.SIGTERM)
     values = both.tolist()
     loss = values[0]
-    return loss, math.isfinite(loss) and values[1] == 0.0, dict(zip(terms, values[3:]))
+    return loss, math.isfinite(loss) and values[1] == 0.0, dict(zip(terms, values[3:], strict=True))
 
 
 def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
@@ -346,7 +346,7 @@ class StopOnSignal:
                 os.write(2, self.FIRST_CTRL_C)  # not print: a handler may interrupt a print
         self.run.stop_signal = self.run.stop_signal or signum  # the first one sets the exit code
 
-    def __enter__(self) -> "StopOnSignal":
+    def __enter__(self) -> StopOnSignal:
         for sig in self.SIGNALS:
             self.previous[sig] = signal.signal(sig, self._handle)
         return self

@@ -37,9 +37,17 @@ from typing import Any
 import torch
 
 from jepa_core.interfaces import MaskBatch
-from jepa_core.maskcheck import (differing_field, global_rng_states, overlap_problem,
-                                 redraw_problem, same_global_rng_states, structure_problem,
-                                 target_membership, target_sizes, valid_counts)
+from jepa_core.maskcheck import (
+    differing_field,
+    global_rng_states,
+    overlap_problem,
+    redraw_problem,
+    same_global_rng_states,
+    structure_problem,
+    target_membership,
+    target_sizes,
+    valid_counts,
+)
 from jepa_core.testing.deadline import Expired, deadline
 
 DEFAULT_TIME_LIMIT_S = 5.0

@@ -11,7 +11,8 @@ Fixtures (none is function-scoped, so all work inside hypothesis `@given` tests)
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 

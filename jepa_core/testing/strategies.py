@@ -26,7 +26,8 @@ import math
 import types
 import typing
 import warnings
-from typing import Any, Callable, Literal, Union
+from collections.abc import Callable
+from typing import Any, Literal, Union
 
 import attrs
 from hypothesis import reject
@@ -57,7 +58,7 @@ def seeds() -> st.SearchStrategy[int]:
     return st.integers(0, 2**63 - 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _registry() -> Any:
     from jepa_core.plugins import make_plugin_manager
 
