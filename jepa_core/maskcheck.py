@@ -110,7 +110,7 @@ def structure_problem(masks: Any, grid: tuple[int, int], batch_size: int) -> Mas
             return problem
     for name, like in (("context_valid", ctx), ("targets_valid", tgt)):
         valid = getattr(masks, name)
-        problem = valid is not None and _valid_problem(name, valid, like)
+        problem = None if valid is None else _valid_problem(name, valid, like)
         if problem:
             return problem
     return (duplicate_problem("unique indices per target block", tgt, masks.targets_valid)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -123,7 +124,13 @@ class Recipe:
 
     @property
     def run_dir(self) -> Path:
+        """The run's folder, `out_dir/name`."""
         return Path(self.out_dir) / self.name
+
+    @property
+    def method_name(self) -> str:
+        """The name of the recipe's method ("" before a method section is filled in)."""
+        return self.method.name if self.method is not None else ""
 
 
 # -- overrides and interpolation ---------------------------------------------------------
@@ -275,7 +282,7 @@ def switch_component(data: dict, section: str, old: Any, registry: Any) -> str |
                                                   if kept else ""))
 
 
-def apply_overrides(data: dict, overrides: list[str], registry: Any,
+def apply_overrides(data: dict, overrides: Sequence[str], registry: Any,
                     notes: list[str] | None = None) -> None:
     """Apply `key=value` overrides in order (see `apply_override`); one that renames a
     component section switches the component (see `switch_component`), its note appended to
@@ -292,7 +299,7 @@ def apply_overrides(data: dict, overrides: list[str], registry: Any,
 
 
 def recipe_from_dict(data: dict, registry: Any, source: str = "recipe",
-                     overrides: list[str] = (), notes: list[str] | None = None) -> Recipe:
+                     overrides: Sequence[str] = (), notes: list[str] | None = None) -> Recipe:
     """The Recipe of YAML data, overrides applied (their notes appended to `notes`), or
     RecipeError listing every problem by path."""
     data = copy.deepcopy(data)  # overrides write into nested sections: never the caller's
@@ -338,7 +345,7 @@ def method_section_problems(data: dict, registry: Any) -> list[tuple[str, str]]:
     return problems
 
 
-def load_recipe(path: str | os.PathLike, registry: Any, overrides: list[str] = (),
+def load_recipe(path: str | os.PathLike, registry: Any, overrides: Sequence[str] = (),
                 notes: list[str] | None = None) -> Recipe:
     """The recipe file at `path` with `overrides` (see `recipe_from_dict`)."""
     return recipe_from_dict(read_yaml(path), registry, str(path), list(overrides), notes)

@@ -207,7 +207,7 @@ def evaluate(recipe: Recipe, registry: Any, target_state: dict, device: torch.de
     {features: {"linear_probe": acc, "knn": acc}, "data": {"train"/"test": {"split": which
     images, "images": used, "skipped": unreadable}, "skipped_images": total}}."""
     trained = build_encoder(recipe, registry)
-    size = tuple(trained.image_size)
+    size = tuple(trained.image_size)  # type: ignore[arg-type]  # an Encoder attribute
     train_src = build("data_source", recipe, registry, "data", image_size=size, train=True)
     if not train_src.num_classes:
         raise NoLabels(no_labels_message(recipe, train_src))

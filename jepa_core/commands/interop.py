@@ -212,7 +212,7 @@ def import_official(path_in: str | os.PathLike, recipe: Recipe | str | os.PathLi
 
 def _imported_state(models: dict, recipe: Recipe, registry: Any, data: dict,
                     report: ImportReport) -> dict:
-    origin = {k: _plain(data.get(k)) for k in EXTRAS if k not in ("opt", "scaler")}
+    origin: dict[str, Any] = {k: _plain(data.get(k)) for k in EXTRAS if k not in ("opt", "scaler")}
     origin.update(path=report.source, format="official-ijepa", complete=report.complete,
                   not_imported={m.model: m.missing + [k for k, _, _ in m.mismatched]
                                 for m in report.models if not m.complete})
@@ -259,7 +259,7 @@ def to_official_layout(our_state: dict) -> dict:
     out as the official I-JEPA training code saves it: DDP `module.` key prefixes and its
     top-level keys. The optimizer and scaler states are empty. Used to test the import."""
     modules = our_state.get("modules", our_state)
-    official = {m: {PREFIX + k: v for k, v in modules[m].items()} for m in MODELS}
+    official: dict[str, Any] = {m: {PREFIX + k: v for k, v in modules[m].items()} for m in MODELS}
     official.update(opt={"state": {}, "param_groups": []}, scaler=None,
                     epoch=int(our_state.get("epoch", 0)), loss=0.0, batch_size=1, world_size=1,
                     lr=0.0)

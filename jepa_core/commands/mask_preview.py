@@ -118,13 +118,13 @@ def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0,
         valid = _valid(masks)
         after.append(valid.sum(1))
         has_stats = has_stats and info is not None
-        if has_stats:
+        if has_stats and info is not None:
             before.append(info.context_sizes)
             fallbacks += int(info.fallbacks)
         sizes.append(target_sizes(masks).flatten())  # valid indices of each block
         block_aspects = _aspects(masks, gw)
         rectangles = rectangles and block_aspects is not None
-        if rectangles:
+        if rectangles and block_aspects is not None:
             aspects.append(block_aspects)
         member = target_membership(masks, n)  # [B, N]: in some target (valid positions)
         overlap.append((member.gather(1, masks.context) & valid).sum() / valid.sum())

@@ -72,7 +72,7 @@ def count_parameters(module: torch.nn.Module) -> tuple[int, int]:
 def transformer_shape(module: torch.nn.Module) -> costs.TransformerShape | None:
     """Depth, width and MLP ratio of a model made of timm-layout blocks (`attn.qkv`,
     `mlp.fc1`); None for any other architecture (the cost model does not describe it)."""
-    blocks = [m for m in module.modules()
+    blocks: list[Any] = [m for m in module.modules()
               if isinstance(getattr(getattr(m, "attn", None), "qkv", None), torch.nn.Linear)
               and isinstance(getattr(getattr(m, "mlp", None), "fc1", None), torch.nn.Linear)]
     if not blocks:
@@ -81,7 +81,7 @@ def transformer_shape(module: torch.nn.Module) -> costs.TransformerShape | None:
     return costs.TransformerShape(len(blocks), width, blocks[0].mlp.fc1.out_features / width)
 
 
-def patch_dim(encoder: torch.nn.Module) -> int:
+def patch_dim(encoder: Any) -> int:  # an Encoder module: .modules() and .patch_grid
     """Pixel values per patch, C * p * p, from the first convolution (3 channels otherwise)."""
     for m in encoder.modules():
         if isinstance(m, torch.nn.Conv2d):
@@ -172,7 +172,7 @@ def data_size(recipe: Recipe, registry: Any, image_size: tuple[int, int],
                   f"data.max_images or train.steps_per_epoch to plan for another size)")
 
 
-def cost_model(recipe: Recipe, encoder: torch.nn.Module, predictor: torch.nn.Module,
+def cost_model(recipe: Recipe, encoder: Any, predictor: torch.nn.Module,
                tokens: tuple[float, float, int], layout: BatchLayout, world: int
                ) -> tuple[costs.StepFlops | None, dict[str, float] | None]:
     """FLOPs per image and bytes per GPU of one step; (None, None) for models the cost model
@@ -226,7 +226,7 @@ def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None, *,
                          "attn.qkv and mlp.fc1 (timm's layout); these models have none")
     elif not ijepa_shaped(method):
         notes.append(f"no FLOPs or memory: the cost model describes I-JEPA-shaped methods "
-                     f"(encoder, predictor, target_encoder); method {recipe.method.name!r} "
+                     f"(encoder, predictor, target_encoder); method {recipe.method_name!r} "
                      f"has {', '.join(method.modules)}")
     measured = None
     if device == "cpu":
@@ -287,7 +287,7 @@ def _table(title: str, *columns: str, note: str = "") -> Any:
     table = Table(title=title, title_justify="left", title_style="bold")
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right")
-    table.note = note
+    table.note = note  # type: ignore[attr-defined]  # our own attribute, printed under it
     return table
 
 
@@ -319,6 +319,7 @@ def token_table(plan: Plan, recipe: Recipe) -> Any:
 
 def flops_table(plan: Plan, recipe: Recipe) -> Any:
     f = plan.flops
+    assert f is not None, "a FLOPs table needs the plan's FLOPs"
     table = _table("FLOPs per step", "part", "per image", "share", note=(
         "matmul FLOPs, multiply-add = 2, backward = 2x forward (jepa_core/commands/costs.py)"))
     rows = [("target encoder forward, N tokens", f.target),
@@ -339,6 +340,7 @@ def memory_table(plan: Plan, recipe: Recipe) -> Any:
                          f"activations kept for backward when it starts "
                          f"(jepa_core/commands/costs.py). "
                          f"Add ~10% for the CUDA context, temporaries and allocator slack."))
+    assert plan.memory is not None, "a memory table needs the plan's memory figures"
     for name, value in plan.memory.items():
         table.add_row(name, _gib(value))
     total = sum(plan.memory.values())
@@ -377,6 +379,7 @@ def time_table(plan: Plan, recipe: Recipe) -> Any:
                    "bf16 peak", "at", "img/s per GPU", "wall clock", "GPU time", note=(
                        "compute only, at the stated fraction of the dense bf16 peak; the "
                        "official I-JEPA code ran at ~20% on A100s (93 img/s)"))
+    assert plan.flops is not None, "a time table needs the plan's FLOPs"
     for name, peak, util in PLAN_GPUS:
         seconds = costs.run_seconds(images, plan.flops.total, g, peak, util)
         rate = peak * util / plan.flops.total
@@ -387,6 +390,7 @@ def time_table(plan: Plan, recipe: Recipe) -> Any:
 
 def measured_table(plan: Plan, recipe: Recipe) -> Any:
     m = plan.measured
+    assert m is not None, "a measured table needs the plan's measured steps"
     steps = min(plan.total_steps, recipe.train.max_steps or plan.total_steps)
     table = _table(f"Measured on this machine (CPU, {m.threads} threads)", "what", "value",
                    note=(f"measured on this machine: {m.steps} real training steps (after "

@@ -58,7 +58,7 @@ class MethodParts:
     def build(self, section: str, **context: Any) -> Any:
         comp = getattr(self.recipe, section, None)
         if comp is None:
-            raise ConfigError(f"method {self.recipe.method.name!r} asked for the recipe's "
+            raise ConfigError(f"method {self.recipe.method_name!r} asked for the recipe's "
                               f"{section!r} section, which this recipe does not have; add "
                               f"`{section}: {{name: ...}}` to the recipe.")
         if comp.kind == "target_updater":
@@ -101,7 +101,8 @@ def encoder_geometry(recipe: Recipe, registry: Any) -> tuple[tuple[int, int], tu
     built on the meta device (no memory, no init cost), so any encoder plugin answers."""
     with torch.device("meta"):
         probe = build("encoder", recipe, registry, "encoder")
-    return tuple(int(s) for s in probe.image_size), tuple(int(s) for s in probe.patch_grid)
+    (h, w), (gh, gw) = probe.image_size, probe.patch_grid
+    return (int(h), int(w)), (int(gh), int(gw))
 
 
 def build_data(recipe: Recipe, registry: Any) -> tuple[Any, Any]:

@@ -178,7 +178,8 @@ def mask_generator(seed: int, step: int) -> torch.Generator:
     return generator(seed, "masks", step)
 
 
-def _trim(index: torch.Tensor, valid: torch.Tensor | None):
+def _trim(index: torch.Tensor,
+          valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(index, valid) without the trailing columns that are padding everywhere; a `valid`
     that is then all True becomes None (the encoders' and predictor's fast path)."""
     if valid is None:
@@ -196,8 +197,8 @@ def _take_rows(masks: MaskBatch, rows: slice) -> MaskBatch:
     def part(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t[rows]
 
-    context, valid = _trim(part(masks.context), part(masks.context_valid))
-    targets, targets_valid = _trim(part(masks.targets), part(masks.targets_valid))
+    context, valid = _trim(masks.context[rows], part(masks.context_valid))
+    targets, targets_valid = _trim(masks.targets[rows], part(masks.targets_valid))
     return MaskBatch(context, targets, valid, targets_valid)
 
 
@@ -234,7 +235,7 @@ class MaskingCollate:
         return Batch(views, labels, masks, step, skipped)
 
 
-class _Keyed:
+class _Keyed(torch.utils.data.Dataset):
     """Dataset returning (key, sample) so the collate function knows the step and rows."""
 
     def __init__(self, samples: TrainSamples):
@@ -243,7 +244,7 @@ class _Keyed:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: Key) -> tuple[Key, tuple[torch.Tensor, int, int]]:
+    def __getitem__(self, key: Key) -> tuple[Key, tuple[list[torch.Tensor], int, int]]:
         return key, self.samples[key]
 
 

@@ -10,7 +10,7 @@ Modes, detected in this order (never silently degraded):
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
 import attrs
@@ -90,7 +90,7 @@ def init_process_group(dist_env: DistEnv, backend: str, timeout_s: float = 1800.
     return added
 
 
-def destroy(added_env: list[str] = ()) -> None:
+def destroy(added_env: Sequence[str] = ()) -> None:
     """Leave the process group and remove the variables `init_process_group` added."""
     import torch.distributed as dist
 

@@ -23,7 +23,7 @@ sample and the fix; a masker that raises while drawing is a `PluginFailed` namin
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NoReturn
 
 from jepa_core.errors import JepaError, MaskerOutputError, PluginFailed
 from jepa_core.interfaces import MaskBatch, MaskerWithStats
@@ -85,7 +85,7 @@ class MaskGuard:
                 f"{raised_at(exc, self.roots)}). The fault is in the masker: fix it or report "
                 f"it to its authors. {GUIDE}") from exc
 
-    def refuse(self, step: int, name: str, problem: MaskProblem, several: bool) -> None:
+    def refuse(self, step: int, name: str, problem: MaskProblem, several: bool) -> NoReturn:
         where = f"step {step}" + (f", mask set {name!r}" if several else "")
         fix = f" Fix: {problem.fix}." if problem.fix else ""
         raise MaskerOutputError(

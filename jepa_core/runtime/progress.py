@@ -22,7 +22,8 @@ class Ticker:
                  every_s: float = EVERY_S):
         self.console, self.description, self.total, self.unit = console, description, total, unit
         self.every_s, self.done = every_s, 0
-        self.progress = self.task = None
+        self.progress: Any = None  # a rich Progress on a terminal
+        self.task: Any = None
         self._t0 = self._t_last = 0.0
 
     def __enter__(self) -> Ticker:

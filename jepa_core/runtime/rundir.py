@@ -24,7 +24,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,7 @@ class Lock:
     """An exclusive flock on `run_dir/.lock`, which records the holder's pid, host and start.
     Released, the file goes, and so do the folders `created` for the run if still empty."""
 
-    def __init__(self, run_dir: Path, created: list[Path] = ()):
+    def __init__(self, run_dir: Path, created: Sequence[Path] = ()):
         self.path = Path(run_dir) / LOCK_NAME
         self.created = list(created)  # deepest first
         self.fd: int | None = None

@@ -51,9 +51,9 @@ class RunLogger:
         self.main = run.dist.is_main
         self.console = console or Console(stderr=False, highlight=False)
         self.every = run.recipe.train.log_every
-        self.file = None
-        self.progress = None
-        self.task = None
+        self.file: MetricsFile | None = None  # opened on entry, main process only
+        self.progress: Any = None  # a rich Progress on a terminal
+        self.task: Any = None
         self.start_step = run.step  # where this process began (a resumed run: not 0)
         self._t0 = self._t_last = now()
         self._images_since = 0
@@ -105,6 +105,7 @@ class RunLogger:
         if not self.main:
             return
         metrics["elapsed_s"] = t - self._t0
+        assert self.file is not None, "log() outside the logger's with-block"
         self.file.append(json.dumps({k: _num(v) for k, v in metrics.items()}) + "\n",
                          self.run.step)
         self._check_collapse(metrics)

