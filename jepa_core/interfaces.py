@@ -61,14 +61,16 @@ class Masker(Protocol):
     """Samples context and target blocks on a patch grid.
 
     grid: (gh, gw) patches, fixed at construction.
-    __call__(batch_size, generator) -> MaskBatch. Every random draw comes from `generator`
+    __call__(batch_size, generator) -> MaskBatch (or a non-empty {name: MaskBatch} for several
+        mask sets, each checked and collated on its own). Every random draw comes from `generator`
         (a CPU `torch.Generator` seeded by the core from (seed, global step)); a masker never
         touches the global RNG, so the same generator state gives the same masks.
     """
 
     grid: tuple[int, int]
 
-    def __call__(self, batch_size: int, generator: torch.Generator) -> MaskBatch: ...
+    def __call__(self, batch_size: int,
+                 generator: torch.Generator) -> MaskBatch | dict[str, MaskBatch]: ...
 
 
 @runtime_checkable
@@ -235,3 +237,39 @@ class Method(Protocol):
     def after_step(self, step: int) -> None: ...
 
     def schedule_metrics(self, step: int) -> dict: ...
+
+
+# -- conformance -----------------------------------------------------------------------------
+# The interface each component kind's factory must return (`jepa_core.runtime.build` checks it).
+PROTOCOLS: dict[str, type] = {
+    "method": Method, "encoder": Encoder, "predictor": Predictor, "masker": Masker,
+    "target_updater": TargetUpdater, "loss": Loss, "data_source": DataSource,
+}
+
+_CALLABLE_DUNDERS = ("__call__", "__len__")
+
+
+def protocol_members(protocol: type) -> list[str]:
+    """The attributes and methods `protocol` requires, in declaration order (its own and those
+    of the protocols it extends): annotated attributes, public methods, `__call__`, `__len__`."""
+    names: list[str] = []
+    for cls in reversed(protocol.__mro__):
+        if cls is object or cls is Protocol or not getattr(cls, "_is_protocol", False):
+            continue
+        own = [*vars(cls).get("__annotations__", {}),
+               *(n for n, v in vars(cls).items() if callable(v)
+                 and (not n.startswith("_") or n in _CALLABLE_DUNDERS))]
+        names += [n for n in own if n not in names]
+    return names
+
+
+def missing_members(obj: object, protocol: type) -> list[str]:
+    """The members of `protocol` that `obj` lacks (a method counts only if callable); empty
+    when `obj` satisfies it. Unlike `isinstance`, attributes served by `__getattr__` (a
+    `torch.nn.Module`'s submodules and buffers) count as present, as they do for the core."""
+    missing = []
+    for name in protocol_members(protocol):
+        method = callable(getattr(protocol, name, None))
+        if not hasattr(obj, name) or (method and not callable(getattr(obj, name))):
+            missing.append(f"{name}()" if method else name)
+    return missing

@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import yaml
@@ -34,6 +34,9 @@ from jepa_core.structure import (
     unstructure,
 )
 from jepa_core.validate import at_least, at_most, between, greater, plain_name, range_pair
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
 
 # The largest learning rate accepted: AdamW hands lr / (1 - beta1) to float32 as a scalar, so
 # 1e39 overflows inside the optimizer; every rate up to this runs into the non-finite guard.
@@ -258,7 +261,7 @@ def component_sections() -> dict[str, str]:
             if COMPONENT_KIND in f.metadata}
 
 
-def switch_component(data: dict, section: str, old: Any, registry: Any) -> str | None:
+def switch_component(data: dict, section: str, old: Any, registry: Registry) -> str | None:
     """After `<section>.name=<new>` changed a component section's name: the section again from
     <new>'s defaults, keeping the keys of the old section that <new>'s config class also has.
     Returns a note naming the dropped keys (None when nothing was dropped). An unknown name
@@ -282,7 +285,7 @@ def switch_component(data: dict, section: str, old: Any, registry: Any) -> str |
                                                   if kept else ""))
 
 
-def apply_overrides(data: dict, overrides: Sequence[str], registry: Any,
+def apply_overrides(data: dict, overrides: Sequence[str], registry: Registry,
                     notes: list[str] | None = None) -> None:
     """Apply `key=value` overrides in order (see `apply_override`); one that renames a
     component section switches the component (see `switch_component`), its note appended to
@@ -298,7 +301,7 @@ def apply_overrides(data: dict, overrides: Sequence[str], registry: Any,
             notes.append(note)
 
 
-def recipe_from_dict(data: dict, registry: Any, source: str = "recipe",
+def recipe_from_dict(data: dict, registry: Registry, source: str = "recipe",
                      overrides: Sequence[str] = (), notes: list[str] | None = None) -> Recipe:
     """The Recipe of YAML data, overrides applied (their notes appended to `notes`), or
     RecipeError listing every problem by path."""
@@ -318,7 +321,7 @@ def recipe_from_dict(data: dict, registry: Any, source: str = "recipe",
     return recipe
 
 
-def method_section_problems(data: dict, registry: Any) -> list[tuple[str, str]]:
+def method_section_problems(data: dict, registry: Registry) -> list[tuple[str, str]]:
     """A section the method needs but the recipe lacks, or one it has but the method never
     uses, as (path, message); nothing when the method's config does not declare `needs()` or
     the method is unknown (that problem is reported on its own)."""
@@ -345,7 +348,7 @@ def method_section_problems(data: dict, registry: Any) -> list[tuple[str, str]]:
     return problems
 
 
-def load_recipe(path: str | os.PathLike, registry: Any, overrides: Sequence[str] = (),
+def load_recipe(path: str | os.PathLike, registry: Registry, overrides: Sequence[str] = (),
                 notes: list[str] | None = None) -> Recipe:
     """The recipe file at `path` with `overrides` (see `recipe_from_dict`)."""
     return recipe_from_dict(read_yaml(path), registry, str(path), list(overrides), notes)

@@ -11,11 +11,14 @@ import difflib
 import math
 import types
 import typing
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import attrs
 
 from jepa_core.validate import Invalid
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
 
 NoneType = type(None)
 COMPONENT_KIND = "jepa_component_kind"  # attrs field metadata key for component sections
@@ -52,7 +55,7 @@ def _type_name(tp: Any) -> str:
 class Structurer:
     """Structures data into `cls`; problems accumulate in `self.problems` as (path, message)."""
 
-    def __init__(self, registry: Any = None):
+    def __init__(self, registry: Registry | None = None):
         self.registry = registry
         self.problems: list[tuple[str, str]] = []
 

@@ -13,23 +13,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from jepa_core.errors import BadSample, RunError
+from jepa_core.interfaces import DataSource
 from jepa_core.recipe import EvalConfig, Recipe, recipe_from_dict
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime.build import build, build_encoder
 from jepa_core.runtime.progress import Ticker
 from jepa_core.seeding import generator
 
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
+
 
 class _Subset(torch.utils.data.Dataset):
     """Evaluation view of a data source: the images at `indices`, evaluation transform."""
 
-    def __init__(self, source: Any, indices: list[int]):
+    def __init__(self, source: DataSource, indices: list[int]):
         self.source, self.indices = source, indices
 
     def __len__(self) -> int:
@@ -60,7 +64,7 @@ def eval_indices(n: int, limit: int | None, seed: int) -> list[int]:
 
 
 @torch.no_grad()
-def extract(encoders: dict[str, torch.nn.Module], source: Any, indices: list[int],
+def extract(encoders: dict[str, torch.nn.Module], source: DataSource, indices: list[int],
             cfg: EvalConfig, device: torch.device, num_workers: int = 0,
             pixels: bool = False, ticker: Ticker | None = None
             ) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
@@ -197,7 +201,7 @@ def no_labels_message(recipe: Recipe, source: Any) -> str:
             f"source such as data.name=digits.")
 
 
-def evaluate(recipe: Recipe, registry: Any, target_state: dict, device: torch.device,
+def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: torch.device,
              baseline: bool = True, module: str = "target_encoder",
              console: Any = None) -> dict[str, dict[str, Any]]:
     """Probe the encoder given by `target_state` (the method's `module`, e.g. the target
@@ -341,7 +345,7 @@ def load_source(source: str) -> tuple[Path, dict]:
     return path, ckpt.load(path)
 
 
-def eval_command(source: str, registry: Any, overrides: list[str], baseline: bool,
+def eval_command(source: str, registry: Registry, overrides: list[str], baseline: bool,
                  console: Any) -> int:
     path, state = load_source(source)
     notes: list[str] = []

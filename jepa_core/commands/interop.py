@@ -21,7 +21,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
@@ -31,6 +31,9 @@ from jepa_core.recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_di
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime.build import build, build_models
 from jepa_core.runtime.rundir import ensure_writable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
 
 MODELS = ("encoder", "predictor", "target_encoder")
 EXTRAS = ("opt", "scaler", "epoch", "loss", "batch_size", "world_size", "lr")
@@ -183,7 +186,7 @@ def _plain(value: Any) -> int | float | str | None:
 
 
 def import_official(path_in: str | os.PathLike, recipe: Recipe | str | os.PathLike,
-                    registry: Any, out_path: str | os.PathLike, *,
+                    registry: Registry, out_path: str | os.PathLike, *,
                     allow_partial: bool = False) -> ImportReport:
     """Convert an official I-JEPA checkpoint into a jepa checkpoint at `out_path` (step 0, no
     optimizer state, `imported_from` recording the source and its epoch), using the models of
@@ -210,7 +213,7 @@ def import_official(path_in: str | os.PathLike, recipe: Recipe | str | os.PathLi
     return report
 
 
-def _imported_state(models: dict, recipe: Recipe, registry: Any, data: dict,
+def _imported_state(models: dict, recipe: Recipe, registry: Registry, data: dict,
                     report: ImportReport) -> dict:
     origin: dict[str, Any] = {k: _plain(data.get(k)) for k in EXTRAS if k not in ("opt", "scaler")}
     origin.update(path=report.source, format="official-ijepa", complete=report.complete,
@@ -267,7 +270,7 @@ def to_official_layout(our_state: dict) -> dict:
 
 
 # -- export -------------------------------------------------------------------------------
-def timm_model_of(recipe: Recipe, registry: Any) -> tuple[str, dict]:
+def timm_model_of(recipe: Recipe, registry: Registry) -> tuple[str, dict]:
     """(timm model name, create_model kwargs) of the recipe's encoder, from the optional
     `timm_model` attribute an encoder plugin gives its modules (read off an encoder built on
     the meta device); ConfigError for an encoder without one."""
@@ -333,7 +336,7 @@ def timm_usage(name: str, weights: str | os.PathLike, kwargs: dict) -> str:
 
 
 def export_timm(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, *,
-                which: str | None = None, registry: Any = None) -> dict:
+                which: str | None = None, registry: Registry | None = None) -> dict:
     """Write one encoder of a jepa checkpoint as timm weights: `out_path` (.safetensors, timm
     key names) and `out_path` with suffix .json holding {model_name, kwargs, ...}, so that
 

@@ -13,7 +13,7 @@ training: batch i uses `mask_generator(seed, step + i)`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image, ImageDraw
@@ -24,6 +24,9 @@ from jepa_core.maskcheck import target_membership, target_sizes
 from jepa_core.runtime.build import encoder_geometry
 from jepa_core.runtime.data import mask_generator
 from jepa_core.runtime.tokens import TOKEN_BATCHES, draw_token_counts
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
 
 BACKGROUND = (235, 235, 235)
 PICTURE_KEY = ("top row, a few samples: blue = context, one colour per target block, grey = "
@@ -320,7 +323,7 @@ def print_statistics(stats: dict[str, Any], console: Any) -> None:
     console.print(table)
 
 
-def masks_command(recipe: Any, registry: Any, out: str | Path, samples: int = 4,
+def masks_command(recipe: Any, registry: Registry, out: str | Path, samples: int = 4,
                   seed: int | None = None, batch_size: int | None = None,
                   console: Any = None) -> dict[str, Any]:
     """`jepa masks RECIPE --out masks.png`: build the recipe's masker on its encoder's grid,

@@ -12,13 +12,14 @@ the run, and its duration at a stated fraction of the GPUs' bf16 peak.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 
 from jepa_core.commands import costs, measure
 from jepa_core.errors import ConfigError, PluginFailed, RunError
+from jepa_core.interfaces import Masker
 from jepa_core.recipe import Recipe, recipe_to_yaml
 from jepa_core.runtime.build import (
     MethodParts,
@@ -29,6 +30,9 @@ from jepa_core.runtime.build import (
 )
 from jepa_core.runtime.data import BatchLayout, batch_layout
 from jepa_core.runtime.tokens import TokenCounts, draw_token_counts
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
 
 # Training images of the data sets the paper recipes name, used when their folder is absent.
 IMAGENET_1K = ("ImageNet-1K", 1_281_167)
@@ -89,7 +93,7 @@ def patch_dim(encoder: Any) -> int:  # an Encoder module: .modules() and .patch_
     return 3 * (encoder.image_size[0] // encoder.patch_grid[0]) ** 2
 
 
-def method_on_meta(recipe: Recipe, registry: Any, total: int, spe: int) -> tuple[Any, str]:
+def method_on_meta(recipe: Recipe, registry: Registry, total: int, spe: int) -> tuple[Any, str]:
     """The recipe's method with its modules built without memory (meta device); on the CPU
     for a plugin that cannot build on meta."""
     parts = MethodParts(recipe, registry, total, spe)
@@ -143,13 +147,13 @@ def world_size(gpus: int | None) -> tuple[int, str]:
     return 1, "no GPU visible; use --gpus N"
 
 
-def measure_tokens(masker: Any, recipe: Recipe) -> TokenCounts:
+def measure_tokens(masker: Masker, recipe: Recipe) -> TokenCounts:
     """The token counts of the recipe's masks (`jepa_core.runtime.tokens`: the same figures
     `jepa masks` prints), drawn for the global batch as the training loader draws them."""
     return draw_token_counts(masker, recipe.seed, recipe.train.global_batch_size)
 
 
-def data_size(recipe: Recipe, registry: Any, image_size: tuple[int, int],
+def data_size(recipe: Recipe, registry: Registry, image_size: tuple[int, int],
               read: bool = True) -> tuple[int, str]:
     """Training images: the real length of the data source (built as `jepa run` builds it, so
     missing data fails here as it would there), or with read=False (`--no-data`) the size of
@@ -197,7 +201,7 @@ def cost_model(recipe: Recipe, encoder: Any, predictor: torch.nn.Module,
     return flops, memory
 
 
-def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None, *,
+def make_plan(recipe: Recipe, registry: Registry, gpus: int | None = None, *,
               read_data: bool = True) -> Plan:
     notes: list[str] = []
     device, device_reason = plan_device(recipe, gpus)
@@ -236,7 +240,7 @@ def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None, *,
                 memory, notes, counts, device, measured)
 
 
-def _measure_on_cpu(recipe: Recipe, registry: Any, method: Any, flops: Any,
+def _measure_on_cpu(recipe: Recipe, registry: Registry, method: Any, flops: Any,
                     layout: BatchLayout, read_data: bool,
                     notes: list[str]) -> measure.Measured | None:
     """The CPU plan's timed steps, or None with a note saying why they were not taken."""
@@ -423,7 +427,7 @@ def print_plan(plan: Plan, recipe: Recipe, console: Any) -> None:
         console.print(f"[yellow]note:[/yellow] {note}")
 
 
-def import_factories(recipe: Recipe, registry: Any) -> None:
+def import_factories(recipe: Recipe, registry: Registry) -> None:
     """Import the factory of every component the recipe names (PluginError if one cannot be),
     as building the run would."""
     for section in COMPONENT_SECTIONS:
@@ -432,7 +436,7 @@ def import_factories(recipe: Recipe, registry: Any) -> None:
             registry.get(comp.kind, comp.name).resolve_factory()
 
 
-def check(recipe: Recipe, registry: Any, gpus: int | None = None, *,
+def check(recipe: Recipe, registry: Registry, gpus: int | None = None, *,
           read_data: bool = True) -> Plan:
     """What `jepa check` verifies before it calls a recipe valid: the plugins loaded, every
     factory imports, the data source builds (unless read_data is False), the method builds
@@ -443,7 +447,7 @@ def check(recipe: Recipe, registry: Any, gpus: int | None = None, *,
     return make_plan(recipe, registry, gpus, read_data=read_data)
 
 
-def print_check(recipe: Recipe, registry: Any, console: Any, gpus: int | None = None, *,
+def print_check(recipe: Recipe, registry: Registry, console: Any, gpus: int | None = None, *,
                 read_data: bool = True) -> None:
     from rich.syntax import Syntax
 

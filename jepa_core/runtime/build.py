@@ -6,28 +6,63 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 
-from jepa_core.errors import ConfigError
+from jepa_core.errors import ConfigError, PluginError
+from jepa_core.interfaces import (
+    PROTOCOLS,
+    DataSource,
+    Masker,
+    Method,
+    missing_members,
+    protocol_members,
+)
 from jepa_core.recipe import Recipe
 from jepa_core.seeding import derive_seed
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import ComponentSpec, Registry
 
 
 @attrs.define
 class Components:
-    method: Any  # a `jepa_core.interfaces.Method`: owns the models
-    masker: Any  # None when the recipe has no masker section
-    source: Any  # training data source
+    method: Method  # owns the models
+    masker: Masker | None  # None when the recipe has no masker section
+    source: DataSource  # training data source
     steps_per_epoch: int
     total_steps: int  # the whole run: schedules span it even when train.max_steps stops early
 
 
-def build(kind: str, recipe: Recipe, registry: Any, section: str, **context: Any) -> Any:
+def build(kind: str, recipe: Recipe, registry: Registry, section: str, **context: Any) -> Any:
+    """Build the recipe section `section` (a component of `kind`) with its plugin's factory,
+    checked against the kind's interface (`conforming`)."""
     comp = getattr(recipe, section)
-    return registry.get(kind, comp.name).build(comp.config, **context)
+    spec = registry.get(kind, comp.name)
+    return conforming(spec, spec.build(comp.config, **context))
+
+
+def conforming(spec: ComponentSpec, obj: Any) -> Any:
+    """`obj`, built by `spec`'s factory, if it has every member of its kind's interface in
+    `jepa_core.interfaces.PROTOCOLS`; otherwise a PluginError naming the plugin, the component
+    and the missing members, raised before anything uses the object."""
+    protocol = PROTOCOLS.get(spec.kind)
+    missing = missing_members(obj, protocol) if protocol is not None else []
+    if not missing:
+        return obj
+    assert protocol is not None
+    needs = ", ".join(f"`{m}()`" if callable(getattr(protocol, m, None)) else f"`{m}`"
+                      for m in protocol_members(protocol))
+    raise PluginError(
+        f"plugin {spec.plugin!r} built {spec.kind} {spec.name!r}, but its factory returned a "
+        f"{type(obj).__module__}.{type(obj).__qualname__}, which is not a "
+        f"jepa_core.interfaces.{protocol.__name__}: it lacks "
+        f"{', '.join(f'`{m}`' for m in missing)}. A {spec.kind} must have {needs} (see the "
+        f"docstring of jepa_core.interfaces.{protocol.__name__}). Fix the factory of "
+        f"{spec.kind} {spec.name!r} to return an object with those members, or report it to "
+        f"the plugin's authors.")
 
 
 @contextlib.contextmanager
@@ -51,7 +86,7 @@ class MethodParts:
     """
 
     recipe: Recipe
-    registry: Any
+    registry: Registry
     total_steps: int
     steps_per_epoch: int
 
@@ -63,13 +98,14 @@ class MethodParts:
                               f"`{section}: {{name: ...}}` to the recipe.")
         if comp.kind == "target_updater":
             context.setdefault("total_steps", self.total_steps)
-        return self.registry.get(comp.kind, comp.name).build(comp.config, **context)
+        spec = self.registry.get(comp.kind, comp.name)
+        return conforming(spec, spec.build(comp.config, **context))
 
     def seeded_init(self) -> contextlib.AbstractContextManager:
         return seeded_init(self.recipe)
 
 
-def build_models(recipe: Recipe, registry: Any) -> tuple[torch.nn.Module, Any]:
+def build_models(recipe: Recipe, registry: Registry) -> tuple[torch.nn.Module, Any]:
     """Encoder and predictor (None without a predictor section), initialised from
     (seed, "init") in the order every method builds them."""
     with seeded_init(recipe):
@@ -79,7 +115,7 @@ def build_models(recipe: Recipe, registry: Any) -> tuple[torch.nn.Module, Any]:
     return encoder, predictor
 
 
-def build_encoder(recipe: Recipe, registry: Any) -> torch.nn.Module:
+def build_encoder(recipe: Recipe, registry: Registry) -> torch.nn.Module:
     """The recipe's encoder as every method initialises it (the first draw of the init
     stream): `jepa eval`'s random-init baseline and the module a checkpoint loads into."""
     with seeded_init(recipe):
@@ -96,7 +132,7 @@ def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
     return target
 
 
-def encoder_geometry(recipe: Recipe, registry: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+def encoder_geometry(recipe: Recipe, registry: Registry) -> tuple[tuple[int, int], tuple[int, int]]:
     """((H, W) image size, (gh, gw) patch grid) of the recipe's encoder, read off an encoder
     built on the meta device (no memory, no init cost), so any encoder plugin answers."""
     with torch.device("meta"):
@@ -105,7 +141,7 @@ def encoder_geometry(recipe: Recipe, registry: Any) -> tuple[tuple[int, int], tu
     return (int(h), int(w)), (int(gh), int(gw))
 
 
-def build_data(recipe: Recipe, registry: Any) -> tuple[Any, Any]:
+def build_data(recipe: Recipe, registry: Registry) -> tuple[DataSource, Masker | None]:
     """(training data source, masker or None), sized by the encoder's geometry."""
     image_size, grid = encoder_geometry(recipe, registry)
     source = build("data_source", recipe, registry, "data", image_size=image_size, train=True)
@@ -114,7 +150,7 @@ def build_data(recipe: Recipe, registry: Any) -> tuple[Any, Any]:
     return source, masker
 
 
-def build_components(recipe: Recipe, registry: Any) -> Components:
+def build_components(recipe: Recipe, registry: Registry) -> Components:
     # The data source and masker come first, so missing data or an impossible masker fail
     # before minutes of model building.
     source, masker = build_data(recipe, registry)

@@ -22,7 +22,7 @@ import attrs
 import torch
 
 from jepa_core.errors import BadSample, ConfigError
-from jepa_core.interfaces import MaskBatch
+from jepa_core.interfaces import DataSource, MaskBatch, Masker
 from jepa_core.seeding import generator
 
 MAX_SKIPS = 16  # consecutive unreadable samples tolerated before giving up on a row
@@ -106,7 +106,7 @@ class TrainSamples:
     first view is the same image whatever the number of views). An unreadable sample
     (`BadSample`) is replaced by the next index and counted."""
 
-    def __init__(self, source: Any, seed: int, num_views: int = 1):
+    def __init__(self, source: DataSource, seed: int, num_views: int = 1):
         self.source, self.seed, self.num_views = source, seed, num_views
 
     def __len__(self) -> int:
@@ -206,7 +206,7 @@ class MaskingCollate:
     """collate_fn: stacks samples (one tensor per view) and attaches their rows of the step's
     global mask batch (no masks without a masker)."""
 
-    def __init__(self, masker: Any, seed: int, global_batch: int,
+    def __init__(self, masker: Masker | None, seed: int, global_batch: int,
                  view_names: tuple[str, ...] = ("image",)):
         self.masker, self.seed, self.global_batch = masker, seed, global_batch
         self.view_names = tuple(view_names)
@@ -257,7 +257,7 @@ def leave_signals_to_trainer(_worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def train_loader(source: Any, masker: Any, layout: BatchLayout, *, seed: int,
+def train_loader(source: DataSource, masker: Masker | None, layout: BatchLayout, *, seed: int,
                  steps_per_epoch: int, start_step: int, stop_step: int, num_workers: int = 0,
                  pin_memory: bool = False,
                  view_names: tuple[str, ...] = ("image",)) -> torch.utils.data.DataLoader:

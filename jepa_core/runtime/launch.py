@@ -13,13 +13,16 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jepa_core.errors import ConfigError, Preempted, RunError
 from jepa_core.recipe import Recipe, recipe_to_dict
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime import rundir
 from jepa_core.runtime.distributed import DistEnv, destroy, detect, init_process_group
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
 
 # Recipe keys that may change between a checkpoint and its resumption.
 SAFE_TO_CHANGE = ("train.max_steps", "train.num_workers", "train.log_every",
@@ -84,7 +87,7 @@ def _check_recipe(state: dict, recipe: Recipe, path: Path, force: bool) -> None:
             "resume anyway (the run is then no longer one consistent run).")
 
 
-def run_worker(recipe: Recipe, registry: Any, resume: str | None, force: bool,
+def run_worker(recipe: Recipe, registry: Registry, resume: str | None, force: bool,
                dist: DistEnv) -> int:
     from jepa_core.runtime.trainer import train
 
@@ -124,7 +127,7 @@ def print_outputs(run_dir: Path) -> None:
         console.print(line, soft_wrap=True, markup=False)
 
 
-def _spawn(recipe: Recipe, registry: Any, args: argparse.Namespace) -> int:
+def _spawn(recipe: Recipe, registry: Registry, args: argparse.Namespace) -> int:
     """Re-run this command in N local processes through torch's elastic launcher."""
     if args.nproc == "gpu":
         import torch
@@ -205,7 +208,7 @@ def die_with_launcher() -> None:
                        f"this worker stops.")
 
 
-def launch(recipe: Recipe, registry: Any, args: argparse.Namespace) -> int:
+def launch(recipe: Recipe, registry: Registry, args: argparse.Namespace) -> int:
     dist = detect()
     if dist.distributed:
         return run_worker(recipe, registry, args.resume, args.force, dist)

@@ -26,7 +26,7 @@ import functools
 from typing import Any, NoReturn
 
 from jepa_core.errors import JepaError, MaskerOutputError, PluginFailed
-from jepa_core.interfaces import MaskBatch, MaskerWithStats
+from jepa_core.interfaces import MaskBatch, Masker, MaskerWithStats
 from jepa_core.maskcheck import (
     RNG_FIX,
     MaskProblem,
@@ -38,7 +38,7 @@ from jepa_core.maskcheck import (
     set_global_rng_states,
     structure_problem,
 )
-from jepa_core.plugins import _describe, code_roots, raised_at
+from jepa_core.plugins import Registry, _describe, code_roots, raised_at
 from jepa_core.runtime.data import DEFAULT_MASKS, BatchLayout, _take_rows, mask_generator
 
 CHECK_STEPS = 3  # steps whose masks are checked at the start of a run
@@ -46,7 +46,7 @@ GUIDE = ("Test the masker with jepa_core.testing.check_masker (see docs/writing_
          "which runs the same checks.")
 
 
-def describe_masker(masker: Any, recipe: Any, registry: Any) -> str:
+def describe_masker(masker: Masker, recipe: Any, registry: Registry) -> str:
     """'masker NAME (class, plugin P, distribution D V)' for messages."""
     kind = type(masker)
     where = f"{kind.__module__}.{kind.__qualname__}"
@@ -64,7 +64,7 @@ class MaskGuard:
     """See the module docstring. `check_start()` before the loader is iterated, then
     `check_batch(batch, micro)` on each collated micro-batch."""
 
-    def __init__(self, masker: Any, who: str, seed: int, layout: BatchLayout,
+    def __init__(self, masker: Masker, who: str, seed: int, layout: BatchLayout,
                  first_step: int, stop_step: int, roots: list[str] | None = None):
         self.masker, self.who, self.seed, self.layout = masker, who, seed, layout
         self.steps = range(first_step, min(first_step + CHECK_STEPS, stop_step))
@@ -105,7 +105,8 @@ class MaskGuard:
 
     def check_step(self, step: int, out: Any) -> dict[str, MaskBatch]:
         sets = self.mask_sets(step, out)
-        grid = tuple(self.masker.grid)
+        gh, gw = self.masker.grid
+        grid = (int(gh), int(gw))
         overlap_ok = bool(getattr(self.masker, "allow_overlap", False))
         for name, masks in sets.items():
             problem = structure_problem(masks, grid, self.layout.global_batch)
@@ -120,6 +121,7 @@ class MaskGuard:
     def fallbacks(self, step: int) -> int:
         """The fallbacks a MaskerWithStats reports for this step (0 if it reports nonsense)."""
         try:
+            assert isinstance(self.masker, MaskerWithStats)
             _, stats = self.masker.sample_with_stats(self.layout.global_batch,
                                                      mask_generator(self.seed, step))
             return int(stats.fallbacks)

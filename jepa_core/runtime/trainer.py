@@ -18,12 +18,13 @@ import os
 import signal
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 
 from jepa_core.errors import ConfigError, Preempted, RunError
+from jepa_core.interfaces import Method
 from jepa_core.recipe import Recipe, recipe_to_dict, recipe_to_yaml
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime import schedules
@@ -35,13 +36,16 @@ from jepa_core.runtime.runlog import RunLogger
 from jepa_core.runtime.sharding import full_states, load_full_states, no_gradient_sync, wrap_models
 from jepa_core.seeding import derive_seed
 
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry, SafeHooks
+
 
 @attrs.define
 class RunContext:
     """Everything a run holds; handed to lifecycle hooks as `run`."""
 
     recipe: Recipe
-    registry: Any
+    registry: Registry
     dist: DistEnv
     device: torch.device
     run_dir: Path
@@ -60,11 +64,13 @@ class RunContext:
     metrics: dict = attrs.Factory(dict)
 
     @property
-    def hook(self) -> Any:
-        return self.registry.hooks  # names a plugin that raises
+    def hook(self) -> SafeHooks:
+        """The plugins' lifecycle hooks; a hook that raises is reported naming its plugin."""
+        return self.registry.hooks
 
     @property
-    def method(self) -> Any:
+    def method(self) -> Method:
+        """The recipe's method, which owns the models."""
         return self.parts.method
 
     def trainable(self) -> list[torch.nn.Module]:
@@ -312,7 +318,7 @@ def load_state(run: RunContext, state: dict) -> None:
     run.skipped_samples = int(counters.get("skipped_samples", 0))
 
 
-def setup(recipe: Recipe, registry: Any, dist: DistEnv) -> RunContext:
+def setup(recipe: Recipe, registry: Registry, dist: DistEnv) -> RunContext:
     device = select_device(recipe, dist)
     parts = build_components(recipe, registry)
     for model in parts.method.modules.values():
@@ -381,7 +387,7 @@ def requeue_on_slurm(signum: int) -> None:
         subprocess.run(["scontrol", "requeue", job], check=False)
 
 
-def train(recipe: Recipe, registry: Any, dist: DistEnv | None = None,
+def train(recipe: Recipe, registry: Registry, dist: DistEnv | None = None,
           resume: dict | None = None, console: Any = None) -> RunContext:
     """Run the whole training; returns the finished RunContext (metrics of the last step)."""
     dist = dist or DistEnv()

@@ -12,13 +12,16 @@ Fixtures (none is function-scoped, so all work inside hypothesis `@given` tests)
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
+
 
 @pytest.fixture(scope="module")
-def jepa_registry() -> Any:
+def jepa_registry() -> Registry:
     from jepa_core.plugins import make_plugin_manager
 
     return make_plugin_manager()
