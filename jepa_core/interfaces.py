@@ -49,10 +49,12 @@ class MaskBatch:
 
     @property
     def batch_size(self) -> int:
+        """B, the number of mask rows."""
         return int(self.context.shape[0])
 
     @property
     def num_targets(self) -> int:
+        """M, the number of target blocks per row."""
         return int(self.targets.shape[1])
 
 
@@ -101,7 +103,9 @@ class MaskerWithStats(Masker, Protocol):
     """
 
     def sample_with_stats(self, batch_size: int,
-                          generator: torch.Generator) -> tuple[MaskBatch, MaskStats]: ...
+                          generator: torch.Generator) -> tuple[MaskBatch, MaskStats]:
+        """The masks `__call__` returns for this generator state, and what happened while
+        drawing them."""
 
 
 @runtime_checkable
@@ -149,9 +153,11 @@ class TargetUpdater(Protocol):
     update(online, target, step): in place, under no_grad, parameters only.
     """
 
-    def momentum(self, step: int) -> float: ...
+    def momentum(self, step: int) -> float:
+        """The momentum used after optimizer step `step`, a pure function of the step."""
 
-    def update(self, online: Any, target: Any, step: int) -> None: ...
+    def update(self, online: Any, target: Any, step: int) -> None:
+        """Move `target`'s parameters towards `online`'s, in place and without gradients."""
 
 
 @runtime_checkable
@@ -185,7 +191,9 @@ class DataSource(Protocol):
     def __len__(self) -> int: ...
 
     def get(self, index: int,
-            generator: torch.Generator | None) -> tuple[torch.Tensor, int]: ...
+            generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
+        """(image [C, H, W], label) of sample `index`: the training transform drawn from
+        `generator`, or the evaluation transform when it is None."""
 
 
 @attrs.frozen
@@ -232,11 +240,16 @@ class Method(Protocol):
     eval_module: str
     views: tuple[str, ...]
 
-    def loss(self, modules: dict, batch: Any) -> MethodOutput: ...
+    def loss(self, modules: dict, batch: Any) -> MethodOutput:
+        """The loss, metrics and optional features of one micro-batch, computed with the
+        (possibly wrapped) `modules`."""
 
-    def after_step(self, step: int) -> None: ...
+    def after_step(self, step: int) -> None:
+        """Called after each successful optimizer step (e.g. the EMA update); may do nothing."""
 
-    def schedule_metrics(self, step: int) -> dict: ...
+    def schedule_metrics(self, step: int) -> dict:
+        """{name: value} of figures that depend on the step only (e.g. EMA momentum), logged
+        with it."""
 
 
 # -- conformance -----------------------------------------------------------------------------

@@ -179,12 +179,15 @@ def global_rng_states() -> tuple:
 
 
 def set_global_rng_states(states: tuple) -> None:
+    """Restore the (torch, Python, numpy) global RNG states `global_rng_states` returned."""
     torch.set_rng_state(states[0])
     random.setstate(states[1])
     np.random.set_state(states[2])
 
 
 def same_global_rng_states(a: tuple, b: tuple) -> bool:
+    """True when two `global_rng_states` tuples hold the same torch, Python and numpy
+    states."""
     return (torch.equal(a[0], b[0]) and a[1] == b[1] and a[2][0] == b[2][0]
             and np.array_equal(a[2][1], b[2][1]) and a[2][2:] == b[2][2:])
 

@@ -63,6 +63,8 @@ class OptimConfig:
 
 @attrs.frozen
 class TrainConfig:
+    """The recipe's `train:` section: epochs, global batch, step limits, precision, device,
+    logging, checkpointing and stop conditions."""
     epochs: float = attrs.field(default=300.0, validator=greater(0))
     global_batch_size: int = attrs.field(default=2048, validator=at_least(1))
     # Steps per epoch; None: len(data) // global_batch_size (drop last).
@@ -95,6 +97,8 @@ class EvalConfig:
 
 @attrs.frozen
 class DistConfig:
+    """The recipe's `dist:` section: DDP or FSDP2, the process-group backend, and the
+    largest batch per device per micro-step."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     # Largest batch per device per micro-step; larger shares become gradient accumulation.
@@ -110,6 +114,8 @@ METHOD_SECTIONS = ("predictor", "masker", "target_updater", "loss")
 
 @attrs.frozen
 class Recipe:
+    """A validated recipe: the component sections (data, encoder, method and the sections
+    the method builds), the seed, where runs go, and the optim/train/eval/dist settings."""
     name: str = attrs.field(validator=plain_name())  # the run's folder: out_dir/name
     data: Component = component_field("data_source")
     encoder: Component = component_field("encoder")
@@ -170,6 +176,8 @@ def apply_override(data: dict, override: str) -> None:
 
 
 def interpolate(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    """`value` with `${VAR}` and `${VAR:-default}` replaced from the environment, recursively;
+    an unset variable without a default is recorded in `problems` at its `path`."""
     if isinstance(value, dict):
         return {k: interpolate(v, f"{path}.{k}", problems) for k, v in value.items()}
     if isinstance(value, list):
@@ -239,6 +247,8 @@ def parse_yaml(text: str, source: str) -> Any:
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
+    """The YAML mapping in the file at `path`; RecipeError naming the file for a missing or
+    unreadable file, bad YAML, or a top level that is not a mapping."""
     source = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -355,8 +365,10 @@ def load_recipe(path: str | os.PathLike, registry: Registry, overrides: Sequence
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:
+    """The recipe as plain data (what checkpoints store and `recipe_from_dict` reads back)."""
     return unstructure(recipe)
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:
+    """The recipe as YAML, sections in declaration order (`jepa check` and the run folder)."""
     return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)

@@ -60,11 +60,14 @@ class Structurer:
         self.problems: list[tuple[str, str]] = []
 
     def problem(self, path: str, message: str) -> _Failed:
+        """Record a problem at `path` and return the FAILED marker."""
         self.problems.append((path, message))
         return FAILED
 
     # -- dispatch -----------------------------------------------------------------------
     def structure(self, value: Any, tp: Any, path: str) -> Any:
+        """`value` as type `tp` (attrs classes, unions, literals, tuples, lists, dicts and
+        scalars), or FAILED with the problems recorded at `path`."""
         if tp is Any:
             return value
         if attrs.has(tp):
@@ -161,6 +164,8 @@ class Structurer:
 
     # -- attrs classes ------------------------------------------------------------------
     def structure_attrs(self, value: Any, cls: type, path: str) -> Any:
+        """An instance of the attrs class `cls` from a mapping; unknown keys, bad values and
+        validator failures are recorded as problems under `path`."""
         if value is None:
             value = {}
         if not isinstance(value, dict):
@@ -218,6 +223,8 @@ class Structurer:
         self.problem(path, f"unknown key; {hint}valid keys: {', '.join(valid)}")
 
     def structure_component(self, value: Any, kind: str, path: str) -> Any:
+        """A Component from a `{name: ..., ...}` section: the name must be a registered
+        `kind`, the other keys are structured as that component's config class."""
         if not isinstance(value, dict) or "name" not in value:
             return self.problem(path, f"must be a mapping with a `name:` of a registered {kind}")
         name = value["name"]

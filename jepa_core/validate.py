@@ -32,6 +32,7 @@ class Bounds:
 
 
 class Invalid(ValueError):
+    """A validator's refusal: `message`, and `subpath` below the field it concerns."""
     def __init__(self, message: str, subpath: str = ""):
         super().__init__(message)
         self.message = message

@@ -290,6 +290,8 @@ def comparison_notes(results: dict, data_name: str = "") -> list[str]:
 
 
 def print_results(results: dict, console: Any, title: str, data_name: str = "") -> None:
+    """Print `evaluate`'s results as one table: a row per feature set, its linear-probe and
+    kNN accuracy."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
@@ -347,6 +349,8 @@ def load_source(source: str) -> tuple[Path, dict]:
 
 def eval_command(source: str, registry: Registry, overrides: list[str], baseline: bool,
                  console: Any) -> int:
+    """`jepa eval`: load a checkpoint (or a run folder), probe its eval module and, with
+    `baseline`, a random-init encoder and raw pixels; print the table. Returns the exit code."""
     path, state = load_source(source)
     notes: list[str] = []
     try:

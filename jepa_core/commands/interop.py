@@ -53,11 +53,15 @@ class KeyMatch:
 
     @property
     def complete(self) -> bool:
+        """True when every key matched in name and shape (nothing missing, unexpected or
+        mismatched)."""
         return not (self.missing or self.unexpected or self.mismatched)
 
 
 @attrs.frozen
 class ImportReport:
+    """What an import did: the source file, the checkpoint written, the epoch the source
+    recorded, and how each model's keys matched."""
     source: str
     out_path: str
     epoch: int | None
@@ -65,6 +69,7 @@ class ImportReport:
 
     @property
     def complete(self) -> bool:
+        """True when every model of the import matched completely."""
         return all(m.complete for m in self.models)
 
 
@@ -131,6 +136,7 @@ def read_official(path: Path) -> dict:
 
 
 def strip_prefix(state: dict) -> dict:
+    """The state dict with the DDP `module.` prefix removed from the keys that have it."""
     return {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in state.items()}
 
 
@@ -234,6 +240,8 @@ def _imported_state(models: dict, recipe: Recipe, registry: Registry, data: dict
 
 
 def print_report(report: ImportReport, console: Any) -> None:
+    """Print an ImportReport as a table: per model, the keys matched, missing, unexpected and
+    of another shape."""
     from rich.table import Table
 
     title = f"{report.source} → {report.out_path}" + (

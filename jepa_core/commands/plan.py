@@ -47,6 +47,8 @@ GIB = 2**30
 
 @attrs.frozen
 class Plan:
+    """What `jepa check` prints for a recipe: world size and batch layout, parameters, tokens,
+    schedule, and (where the cost model describes the models) FLOPs, memory and time."""
     world_size: int
     world_source: str  # where the world size came from
     layout: BatchLayout
@@ -137,6 +139,8 @@ def plan_device(recipe: Recipe, gpus: int | None) -> tuple[str, str]:
 
 
 def world_size(gpus: int | None) -> tuple[int, str]:
+    """(world size, where it came from) for a GPU plan: `--gpus`, else the visible CUDA
+    devices, else 1; ConfigError for --gpus below 1."""
     if gpus is not None:
         if gpus < 1:
             raise ConfigError(f"--gpus must be at least 1 (got {gpus}).")
@@ -203,6 +207,8 @@ def cost_model(recipe: Recipe, encoder: Any, predictor: torch.nn.Module,
 
 def make_plan(recipe: Recipe, registry: Registry, gpus: int | None = None, *,
               read_data: bool = True) -> Plan:
+    """Build the recipe's models on the meta device and gather its Plan: counts, token sizes,
+    schedule, cost-model FLOPs and memory, and on a CPU-only machine measured steps."""
     notes: list[str] = []
     device, device_reason = plan_device(recipe, gpus)
     world, world_source = world_size(gpus) if device == "gpu" else (1, device_reason)
@@ -296,6 +302,7 @@ def _table(title: str, *columns: str, note: str = "") -> Any:
 
 
 def parameter_table(plan: Plan) -> Any:
+    """The table of trainable and frozen parameters per module, with their sum."""
     table = _table("Parameters", "component", "trainable", "frozen", "total",
                    note="frozen: fixed sin-cos positions, and modules the optimizer never "
                         "sees (a target encoder is an EMA copy)")
@@ -308,6 +315,7 @@ def parameter_table(plan: Plan) -> Any:
 
 
 def token_table(plan: Plan, recipe: Recipe) -> Any:
+    """The table of patches, context and target tokens per image (with their share of N)."""
     n = plan.grid[0] * plan.grid[1]
     note = ("Nc: " + plan.token_counts.definition() + "; Nt likewise, per target block"
             if plan.token_counts is not None else "the recipe has no masker")
@@ -322,6 +330,7 @@ def token_table(plan: Plan, recipe: Recipe) -> Any:
 
 
 def flops_table(plan: Plan, recipe: Recipe) -> Any:
+    """The table of FLOPs per image by part of the step, and for the global batch."""
     f = plan.flops
     assert f is not None, "a FLOPs table needs the plan's FLOPs"
     table = _table("FLOPs per step", "part", "per image", "share", note=(
@@ -338,6 +347,8 @@ def flops_table(plan: Plan, recipe: Recipe) -> Any:
 
 
 def memory_table(plan: Plan, recipe: Recipe) -> Any:
+    """The table of bytes per GPU (weights, optimizer state, activations) and which GPU
+    size the total fits."""
     mode = "fp32" if recipe.train.precision == "fp32" else "bf16 autocast, SDPA"
     table = _table(f"Memory per GPU, micro-batch {plan.layout.micro_batch}", "what", "GiB",
                    note=(f"{recipe.dist.strategy}, {mode}: fp32 weights and AdamW state; the "
@@ -356,6 +367,8 @@ def memory_table(plan: Plan, recipe: Recipe) -> Any:
 
 
 def schedule_table(plan: Plan, recipe: Recipe) -> Any:
+    """The table of the batch layout (per device, accumulation, global) and the schedule
+    (steps per epoch, epochs, total and warmup steps)."""
     lay, tr = plan.layout, recipe.train
     table = _table("Batch and schedule", "what", "value",
                    note=f"training images: {plan.data_note}")
@@ -376,6 +389,8 @@ def schedule_table(plan: Plan, recipe: Recipe) -> Any:
 
 
 def time_table(plan: Plan, recipe: Recipe) -> Any:
+    """The table of the run's compute time on each GPU of PLAN_GPUS at its assumed
+    utilisation, wall clock and GPU hours."""
     steps = min(plan.total_steps, recipe.train.max_steps or plan.total_steps)
     images = steps * recipe.train.global_batch_size
     g = plan.world_size
@@ -393,6 +408,8 @@ def time_table(plan: Plan, recipe: Recipe) -> Any:
 
 
 def measured_table(plan: Plan, recipe: Recipe) -> Any:
+    """The table of the steps timed on this machine: seconds per step, images per second,
+    peak memory, and the time the run would take."""
     m = plan.measured
     assert m is not None, "a measured table needs the plan's measured steps"
     steps = min(plan.total_steps, recipe.train.max_steps or plan.total_steps)
@@ -412,6 +429,8 @@ def measured_table(plan: Plan, recipe: Recipe) -> Any:
 
 
 def print_plan(plan: Plan, recipe: Recipe, console: Any) -> None:
+    """Print the plan's tables that apply (FLOPs, memory and time only where the cost model
+    describes the models), then its notes."""
     tables = [parameter_table(plan), token_table(plan, recipe), schedule_table(plan, recipe)]
     if plan.flops is not None:
         tables.append(flops_table(plan, recipe))
@@ -449,6 +468,8 @@ def check(recipe: Recipe, registry: Registry, gpus: int | None = None, *,
 
 def print_check(recipe: Recipe, registry: Registry, console: Any, gpus: int | None = None, *,
                 read_data: bool = True) -> None:
+    """`jepa check`: validate the recipe (raising before anything is printed if it fails),
+    then print the resolved recipe and its plan."""
     from rich.syntax import Syntax
 
     plan = check(recipe, registry, gpus, read_data=read_data)  # nothing printed before it passes

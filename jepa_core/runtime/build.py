@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @attrs.define
 class Components:
+    """What a run trains with: the method (which owns the models), the masker, the training
+    data source, and the step counts the schedules span."""
     method: Method  # owns the models
     masker: Masker | None  # None when the recipe has no masker section
     source: DataSource  # training data source
@@ -91,6 +93,8 @@ class MethodParts:
     steps_per_epoch: int
 
     def build(self, section: str, **context: Any) -> Any:
+        """Build the recipe section `section` with its plugin's factory and `context`; a
+        ConfigError if the recipe lacks that section."""
         comp = getattr(self.recipe, section, None)
         if comp is None:
             raise ConfigError(f"method {self.recipe.method_name!r} asked for the recipe's "
@@ -102,6 +106,8 @@ class MethodParts:
         return conforming(spec, spec.build(comp.config, **context))
 
     def seeded_init(self) -> contextlib.AbstractContextManager:
+        """A context in which module initialisation draws from the recipe's (seed, "init")
+        stream (`seeded_init`)."""
         return seeded_init(self.recipe)
 
 
@@ -153,6 +159,8 @@ def build_data(recipe: Recipe, registry: Registry) -> tuple[DataSource, Masker |
 def build_components(recipe: Recipe, registry: Registry) -> Components:
     # The data source and masker come first, so missing data or an impossible masker fail
     # before minutes of model building.
+    """Build the data source and masker, then the method (through MethodParts), and the
+    run's step counts."""
     source, masker = build_data(recipe, registry)
     spe = steps_per_epoch(recipe, len(source))
     total = total_steps(recipe, spe)
@@ -162,6 +170,8 @@ def build_components(recipe: Recipe, registry: Registry) -> Components:
 
 
 def steps_per_epoch(recipe: Recipe, data_len: int) -> int:
+    """`train.steps_per_epoch`, or full global batches in `data_len` images (at least 1);
+    warns when a batch is larger than the data set."""
     batch = recipe.train.global_batch_size
     if data_len < batch:  # each step's batch wraps around the data set: repeats in one batch
         print(f"warning: train.global_batch_size={batch} is larger than the data set "
@@ -173,4 +183,5 @@ def steps_per_epoch(recipe: Recipe, data_len: int) -> int:
 
 
 def total_steps(recipe: Recipe, spe: int) -> int:
+    """Steps of the whole run: epochs x steps per epoch, rounded, at least 1."""
     return max(1, int(round(recipe.train.epochs * spe)))

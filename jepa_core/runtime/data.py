@@ -40,9 +40,11 @@ class BatchLayout:
 
     @property
     def per_rank(self) -> int:
+        """Samples one rank processes per optimizer step (micro-batch x accumulation steps)."""
         return self.micro_batch * self.accum_steps
 
     def rows(self, micro: int) -> range:
+        """The rows of the global batch that this rank's micro-batch `micro` takes."""
         start = self.rank * self.per_rank + micro * self.micro_batch
         return range(start, start + self.micro_batch)
 
@@ -63,6 +65,7 @@ def batch_layout(global_batch: int, world_size: int, rank: int = 0,
 
 @attrs.frozen
 class Key:
+    """Which sample a batch row is: step, epoch, row in the global batch, index in the data."""
     step: int
     epoch: int
     row: int
@@ -82,12 +85,15 @@ class StepSampler:
         return max(0, self.stop_step - self.start_step) * self.layout.accum_steps
 
     def permutation(self, epoch: int) -> torch.Tensor:
+        """The seeded order of the data for `epoch` (cached for the current epoch)."""
         if self._perm is None or self._perm[0] != epoch:
             self._perm = (epoch, torch.randperm(self.data_len,
                                                 generator=generator(self.seed, "order", epoch)))
         return self._perm[1]
 
     def keys(self, step: int, micro: int) -> list[Key]:
+        """The Keys of this rank's micro-batch `micro` of `step`; a step past the data wraps
+        around it."""
         epoch, within = divmod(step, self.spe)
         perm = self.permutation(epoch)
         base = within * self.layout.global_batch

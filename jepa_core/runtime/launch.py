@@ -49,6 +49,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def recipe_differences(saved: dict, current: dict) -> list[str]:
+    """'key: old -> new' for each dotted key where two recipe dicts differ, sorted."""
     a, b = _flatten(saved), _flatten(current)
     return [f"{k}: {a.get(k, '(unset)')!r} → {b.get(k, '(unset)')!r}"
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -89,6 +90,8 @@ def _check_recipe(state: dict, recipe: Recipe, path: Path, force: bool) -> None:
 
 def run_worker(recipe: Recipe, registry: Registry, resume: str | None, force: bool,
                dist: DistEnv) -> int:
+    """Train in this process as one rank of `dist` (process group set up and torn down
+    around it); returns the exit code."""
     from jepa_core.runtime.trainer import train
 
     backend = recipe.dist.backend
@@ -209,6 +212,8 @@ def die_with_launcher() -> None:
 
 
 def launch(recipe: Recipe, registry: Registry, args: argparse.Namespace) -> int:
+    """`jepa run`: train in this process, as a rank of an existing distributed job, or spawn
+    `--nproc` local workers (or submit to SLURM); returns the exit code."""
     dist = detect()
     if dist.distributed:
         return run_worker(recipe, registry, args.resume, args.force, dist)

@@ -86,6 +86,8 @@ class MaskGuard:
                 f"it to its authors. {GUIDE}") from exc
 
     def refuse(self, step: int, name: str, problem: MaskProblem, several: bool) -> NoReturn:
+        """Raise the MaskerOutputError for `problem` at `step` (naming the mask set when the
+        masker returns several)."""
         where = f"step {step}" + (f", mask set {name!r}" if several else "")
         fix = f" Fix: {problem.fix}." if problem.fix else ""
         raise MaskerOutputError(
@@ -94,6 +96,8 @@ class MaskGuard:
             f"{problem.detail}.{fix} {GUIDE}")
 
     def mask_sets(self, step: int, out: Any) -> dict[str, Any]:
+        """The masker's output as {name: masks}: a MaskBatch becomes the default set; anything but
+        a non-empty dict with str keys is refused."""
         if isinstance(out, MaskBatch):
             return {DEFAULT_MASKS: out}
         if isinstance(out, dict) and out and all(isinstance(k, str) for k in out):
@@ -104,6 +108,8 @@ class MaskGuard:
             "dict {name: MaskBatch} for several mask sets)"), False)
 
     def check_step(self, step: int, out: Any) -> dict[str, MaskBatch]:
+        """The mask sets of `out` after checking each one's structure and (unless the masker
+        allows overlap) that targets stay out of the context; refuses the first problem."""
         sets = self.mask_sets(step, out)
         gh, gw = self.masker.grid
         grid = (int(gh), int(gw))

@@ -49,6 +49,7 @@ class Ticker:
         return self
 
     def advance(self, n: int = 1) -> None:
+        """Count `n` more units done and update the bar (or the plain-text line)."""
         self.done += n
         if self.console is None:
             return

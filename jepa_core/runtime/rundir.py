@@ -75,6 +75,8 @@ class Lock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
+        """Take the run folder's lock (an flock on the lock file), or raise RunDirError naming
+        the process that holds it."""
         for _ in range(3):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             if self._lock(fd):
@@ -114,6 +116,8 @@ class Lock:
         return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
     def release(self) -> None:
+        """Remove the lock file and unlock it, and remove the folders created for the run if they
+        are still empty. Does nothing if not held."""
         if self.fd is None:
             return
         # Unlinked while still locked: a run that opened the old file sees (after its own

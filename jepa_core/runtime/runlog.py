@@ -44,6 +44,8 @@ def _figure(metrics: dict[str, float], key: str, fmt: str) -> str:
 
 
 class RunLogger:
+    """A run's logging, as a with-block: metrics.jsonl lines and the progress bar (main
+    process only), and the warnings about collapsing representations."""
     def __init__(self, run: Any, stop_step: int, console: Any = None):
         from rich.console import Console
 
@@ -97,6 +99,8 @@ class RunLogger:
             self.file.close()
 
     def step_end(self, metrics: dict[str, float]) -> None:
+        """Log one step's metrics: throughput every `log_every` steps, a metrics.jsonl line and
+        the progress bar on the main process, and the collapse check."""
         self._images_since += self.run.layout.global_batch
         t = now()
         if self.run.step % self.every == 0 or self.run.step == self.stop:
@@ -141,6 +145,7 @@ class MetricsFile:
         self.size = os.fstat(self.fd).st_size
 
     def append(self, line: str, step: int) -> None:
+        """Write `line` with one append (whole, or RunError naming the file and `step`)."""
         data = line.encode()
         try:
             done = 0
@@ -168,6 +173,7 @@ class MetricsFile:
                         f"{exc.strerror or exc}{full}. The run stops; {tail}. {kept}")
 
     def close(self) -> None:
+        """Close the file."""
         os.close(self.fd)
 
 

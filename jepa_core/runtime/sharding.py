@@ -17,6 +17,7 @@ from jepa_core.errors import ConfigError
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside torch.compile's and DDP's wrappers (the module itself if unwrapped)."""
     model = getattr(model, "_orig_mod", model)  # torch.compile
     return getattr(model, "module", model)  # DDP
 

@@ -79,6 +79,8 @@ class RunContext:
 
 
 def select_device(recipe: Recipe, dist: DistEnv) -> torch.device:
+    """The device this rank trains on (`train.device`; a CUDA device by local rank); RunError
+    when CUDA is asked for and absent."""
     want = recipe.train.device
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -107,6 +109,8 @@ def make_optimizer(models: list[torch.nn.Module], recipe: Recipe,
 
 
 def apply_schedules(run: RunContext) -> dict[str, float]:
+    """Set this step's learning rate and weight decay on the optimizer; returns them for
+    logging."""
     o, total = run.recipe.optim, run.parts.total_steps
     warmup = int(round(o.warmup_epochs * run.parts.steps_per_epoch))
     lr = schedules.learning_rate(run.step, total, warmup, o.start_lr, o.lr, o.final_lr)
@@ -269,6 +273,7 @@ def _stop_diverged(run: RunContext) -> None:
 
 
 def sharded(run: RunContext) -> bool:
+    """True when the recipe trains with FSDP2 (states are sharded across ranks)."""
     return run.recipe.dist.strategy == "fsdp"
 
 
@@ -305,6 +310,8 @@ def save_checkpoint(run: RunContext) -> Path | None:
 
 
 def load_state(run: RunContext, state: dict) -> None:
+    """Load a checkpoint's modules and optimizer state into the run; ConfigError if it holds
+    another method's modules."""
     theirs, ours = sorted(state["modules"]), sorted(run.method.modules)
     if theirs != ours:
         raise ConfigError(
@@ -319,6 +326,8 @@ def load_state(run: RunContext, state: dict) -> None:
 
 
 def setup(recipe: Recipe, registry: Registry, dist: DistEnv) -> RunContext:
+    """Everything a run needs before its first step: device, components, wrapped models,
+    optimizer and batch layout."""
     device = select_device(recipe, dist)
     parts = build_components(recipe, registry)
     for model in parts.method.modules.values():

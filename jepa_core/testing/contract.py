@@ -115,6 +115,7 @@ def check_structure(masker: Any, masks: Any, batch_size: int) -> None:
 
 
 def check_disjoint(masker: Any, masks: MaskBatch) -> None:
+    """AssertionError naming the masker if a target index is also a valid context index."""
     _raise(masker, overlap_problem(masks, tuple(masker.grid)))
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @pytest.fixture(scope="module")
 def jepa_registry() -> Registry:
+    """A registry of every installed plugin, built once per test module."""
     from jepa_core.plugins import make_plugin_manager
 
     return make_plugin_manager()
@@ -29,6 +30,7 @@ def jepa_registry() -> Registry:
 
 @pytest.fixture(scope="session")
 def masker_contract() -> Callable[..., Any]:
+    """`jepa_core.testing.check_masker`, the masker contract check."""
     from jepa_core.testing.contract import check_masker
 
     return check_masker
@@ -36,6 +38,8 @@ def masker_contract() -> Callable[..., Any]:
 
 @pytest.fixture(scope="session")
 def jepa_mask_generator() -> Callable[[int, int], Any]:
+    """`jepa_core.runtime.data.mask_generator`: (seed, step) -> the generator the trainer
+    gives the masker."""
     from jepa_core.runtime.data import mask_generator
 
     return mask_generator
