@@ -283,6 +283,10 @@ def missing_members(obj: object, protocol: type) -> list[str]:
     missing = []
     for name in protocol_members(protocol):
         method = callable(getattr(protocol, name, None))
-        if not hasattr(obj, name) or (method and not callable(getattr(obj, name))):
+        if name == "__call__":  # looked up on the type, as a call does
+            present = callable(obj)
+        else:
+            present = hasattr(obj, name) and (not method or callable(getattr(obj, name)))
+        if not present:
             missing.append(f"{name}()" if method else name)
     return missing

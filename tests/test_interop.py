@@ -216,10 +216,16 @@ def test_export_refuses_what_timm_cannot_load(tmp_path, imported, registry):
     class OtherConfig:
         width: int = 8
 
+    class OtherNet(torch.nn.Module):  # an encoder, but not a timm model
+        embed_dim, num_heads, image_size, patch_grid = 8, 1, (32, 32), (4, 4)
+
+        def forward(self, images, keep=None, keep_valid=None):
+            return images
+
     class OtherEncoders:
         @hookimpl
         def register_encoders(self, register):
-            register("other_encoder", OtherConfig, lambda cfg: None)
+            register("other_encoder", OtherConfig, lambda cfg: OtherNet())
 
     other = make_plugin_manager(objects=[("other", OtherEncoders())])
     state = ckpt.load(imported)

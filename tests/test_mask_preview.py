@@ -84,9 +84,18 @@ def test_encoder_geometry_of_the_recipes(registry, recipe, image_size, grid):
     assert encoder_geometry(loaded, registry) == (image_size, grid)
 
 
+class CustomNet:
+    """An encoder that is no timm model and no torch module: only the interface."""
+
+    embed_dim, num_heads, image_size, patch_grid = 8, 1, (64, 96), (4, 6)
+
+    def __call__(self, images, keep=None, keep_valid=None):
+        return images
+
+
 def test_encoder_geometry_asks_any_encoder_plugin():
-    built = types.SimpleNamespace(image_size=(64, 96), patch_grid=(4, 6))
-    spec = types.SimpleNamespace(build=lambda config: built)
+    spec = types.SimpleNamespace(build=lambda config: CustomNet(), plugin="mine",
+                                 kind="encoder", name="my_custom_net")
     registry = types.SimpleNamespace(get=lambda kind, name: spec)
     recipe = types.SimpleNamespace(
         encoder=types.SimpleNamespace(name="my_custom_net", config=None))

@@ -43,27 +43,28 @@ def build(kind: str, recipe: Recipe, registry: Registry, section: str, **context
     checked against the kind's interface (`conforming`)."""
     comp = getattr(recipe, section)
     spec = registry.get(kind, comp.name)
-    return conforming(spec, spec.build(comp.config, **context))
+    return conforming(kind, spec, spec.build(comp.config, **context))
 
 
-def conforming(spec: ComponentSpec, obj: Any) -> Any:
+def conforming(kind: str, spec: ComponentSpec, obj: Any) -> Any:
     """`obj`, built by `spec`'s factory, if it has every member of its kind's interface in
     `jepa_core.interfaces.PROTOCOLS`; otherwise a PluginError naming the plugin, the component
     and the missing members, raised before anything uses the object."""
-    protocol = PROTOCOLS.get(spec.kind)
+    protocol = PROTOCOLS.get(kind)
     missing = missing_members(obj, protocol) if protocol is not None else []
     if not missing:
         return obj
     assert protocol is not None
     needs = ", ".join(f"`{m}()`" if callable(getattr(protocol, m, None)) else f"`{m}`"
                       for m in protocol_members(protocol))
+    article = "An" if kind[0] in "aeiou" else "A"
     raise PluginError(
-        f"plugin {spec.plugin!r} built {spec.kind} {spec.name!r}, but its factory returned a "
+        f"plugin {spec.plugin!r} built {kind} {spec.name!r}, but its factory returned a "
         f"{type(obj).__module__}.{type(obj).__qualname__}, which is not a "
         f"jepa_core.interfaces.{protocol.__name__}: it lacks "
-        f"{', '.join(f'`{m}`' for m in missing)}. A {spec.kind} must have {needs} (see the "
+        f"{', '.join(f'`{m}`' for m in missing)}. {article} {kind} must have {needs} (see the "
         f"docstring of jepa_core.interfaces.{protocol.__name__}). Fix the factory of "
-        f"{spec.kind} {spec.name!r} to return an object with those members, or report it to "
+        f"{kind} {spec.name!r} to return an object with those members, or report it to "
         f"the plugin's authors.")
 
 
@@ -103,7 +104,7 @@ class MethodParts:
         if comp.kind == "target_updater":
             context.setdefault("total_steps", self.total_steps)
         spec = self.registry.get(comp.kind, comp.name)
-        return conforming(spec, spec.build(comp.config, **context))
+        return conforming(comp.kind, spec, spec.build(comp.config, **context))
 
     def seeded_init(self) -> contextlib.AbstractContextManager:
         """A context in which module initialisation draws from the recipe's (seed, "init")
