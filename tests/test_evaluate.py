@@ -35,6 +35,7 @@ def test_probes_separate_separable_classes():
     assert linear_probe(noise[:200], y[:200], noise[200:], y[200:], 3, cfg) < 0.6
 
 
+@pytest.mark.slow  # trains, then evaluates (~23 s here)
 def test_eval_command_on_a_run_directory(tiny_dict):
     tiny_dict["train"]["max_steps"] = 2
     tiny_dict["eval"] = {"after_train": False, "max_images": 40, "probe_epochs": 10}
@@ -72,6 +73,7 @@ def test_probe_margin_report_is_trained_minus_random():
     assert "+20.0" in text and "+2.0" in text
 
 
+@pytest.mark.slow  # trains several seeds (~50 s here)
 def test_probe_margin_bench_trains_each_seed(tmp_path):
     """The bench really runs `jepa run` once per seed, and different seeds differ."""
     out = subprocess.run(
@@ -212,6 +214,7 @@ def test_the_comparison_is_worked_out_from_the_figures():
     assert "beat the pixels on both probes" in ahead[1] and "strong baseline" not in ahead[1]
 
 
+@pytest.mark.slow  # a CLI training run (~35 s here)
 def test_evaluation_after_training_shows_progress_notes_and_outputs(tmp_path):
     """`jepa run` of the quickstart, cut short: progress of the evaluation phases (plain
     lines: the output is a pipe), what the table shows, and where the outputs went."""
@@ -247,6 +250,7 @@ def _flat_folder(root, n=20):
     return root
 
 
+@pytest.mark.slow  # a CLI training run (~45 s here)
 def test_a_flat_unlabelled_folder_trains_and_the_evaluation_says_it_needs_labels(tmp_path):
     root = _flat_folder(tmp_path / "flat")
     out = subprocess.run(

@@ -18,6 +18,8 @@ from conftest import TINY, install_example
 
 from jepa_core.runtime import checkpoint as ckpt
 
+pytestmark = pytest.mark.slow  # pip-installs the example, then trains (~17 s here)
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
