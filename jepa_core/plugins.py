@@ -1,14 +1,20 @@
 """Plugin discovery and the component registry.
 
-Discovery order (later plugins cannot shadow earlier components: a clash is an error):
+Discovery order (a component name belongs to the first plugin that registers it):
   1. built-ins (`BUILTIN_PLUGINS`, the core's own hook implementations);
-  2. entry points in group "jepa" of every installed distribution, unless the environment
-     variable JEPA_DISABLE_PLUGIN_AUTOLOAD is on (1/true/yes/on; 0/false/no/off keep them);
-  3. modules named on the command line (`jepa -p my_pkg.plugin ...`), or in JEPA_PLUGINS
+  2. the entry points of jepa-core itself (the first-party plugins image, vit, objectives);
+  3. entry points in group "jepa" of every other installed distribution, by name, unless the
+     environment variable JEPA_DISABLE_PLUGIN_AUTOLOAD is on (1/true/yes/on; 0/false/no/off
+     keep them);
+  4. modules named on the command line (`jepa -p my_pkg.plugin ...`), or in JEPA_PLUGINS
      (comma separated).
 
-A plugin that fails to import or to register is recorded as a `BrokenPlugin`; listing
-commands still work and report it, while building a run refuses (`Registry.raise_if_broken`).
+A later plugin registering a name already taken loses that component only (`RefusedComponent`,
+listed by `jepa plugins`, warned about by the other commands); the rest of it loads. A plugin
+can be left out by name: `jepa -p no:NAME`, or JEPA_DISABLE_PLUGINS=NAME,NAME (entry-point,
+module or distribution names). A plugin that fails to import or to register is recorded as a
+`BrokenPlugin`; listing commands still work and report it, while building a run refuses
+(`Registry.raise_if_broken`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import importlib
 import importlib.metadata as md
 import inspect
 import os
+import re
 import sys
 import traceback
 import types
@@ -32,6 +39,9 @@ from jepa_core.errors import (ConfigError, JepaError, PluginError, PluginFailed,
 
 AUTOLOAD_OFF_ENV = "JEPA_DISABLE_PLUGIN_AUTOLOAD"
 EXTRA_PLUGINS_ENV = "JEPA_PLUGINS"
+BLOCKED_PLUGINS_ENV = "JEPA_DISABLE_PLUGINS"
+BLOCK_PREFIX = "no:"
+FIRST_PARTY_DISTRIBUTION = "jepa-core"
 TRACE_ENV = "JEPA_TRACE_HOOKS"
 ENTRY_POINT_GROUP = "jepa"
 BUILTIN_PLUGINS: tuple[str, ...] = ()
@@ -48,10 +58,34 @@ class PluginInfo:
 
 @attrs.frozen
 class BrokenPlugin:
+    """A plugin that failed to import or to register; `error` says why, with file:line."""
+
     name: str
     source: str
     distribution: str | None
     error: str
+
+
+@attrs.frozen
+class RefusedComponent:
+    """A component a plugin registered under a name another plugin had already taken."""
+
+    kind: str
+    name: str
+    plugin: str
+    distribution: str | None
+    kept_by: str
+    kept_distribution: str | None
+
+    @property
+    def message(self) -> str:
+        """One paragraph: who keeps the name, who lost it, and what to do."""
+        return (f"plugin {self.plugin!r} ({self.distribution or 'no distribution'}) registers "
+                f"{self.kind} {self.name!r}, a name plugin {self.kept_by!r} "
+                f"({self.kept_distribution or 'no distribution'}) registered first: recipes "
+                f"naming {self.name!r} get {self.kept_by!r}'s, and {self.plugin!r}'s is "
+                f"ignored (its other components load). Rename the component in "
+                f"{self.plugin!r}, or leave one plugin out with `jepa -p no:{self.plugin}`.")
 
 
 @attrs.frozen
@@ -74,14 +108,29 @@ class ComponentSpec:
         if not isinstance(factory, str):
             return factory
         module_name, _, attr = factory.partition(":")
+        head = (f"plugin {self.plugin!r} registered {self.kind} {self.name!r} with factory "
+                f"{self.factory!r}")
         try:
-            return getattr(importlib.import_module(module_name), attr)
-        except Exception as exc:  # ImportError, AttributeError, or the module itself raising
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            if is_missing_module(exc, module_name):  # the path names no module
+                raise PluginError(
+                    f"{head}, which cannot be imported: {exc}. Reinstall the distribution "
+                    f"{self.distribution or '(unknown)'} or fix the factory path.") from exc
+            raise PluginFailed(
+                f"{head}; the path is right, but importing module {module_name!r} raised "
+                f"{import_failure(exc, module_name)}. The fault is in the plugin: "
+                f"{fix_for(exc)}") from exc
+        if not hasattr(module, attr):
+            near = difflib.get_close_matches(attr, [n for n in dir(module)
+                                                    if not n.startswith("_")], n=1)
+            hint = f" (did you mean {module_name}:{near[0]}?)" if near else ""
             raise PluginError(
-                f"plugin {self.plugin!r} registered {self.kind} {self.name!r} with factory "
-                f"{self.factory!r}, which cannot be imported: {exc}. Reinstall the "
-                f"distribution {self.distribution or '(unknown)'} or fix the factory path."
-            ) from exc
+                f"{head}, which cannot be imported: module {module_name!r} "
+                f"({getattr(module, '__file__', '?')}) has no attribute {attr!r}{hint}. "
+                f"Reinstall the distribution {self.distribution or '(unknown)'} or fix the "
+                f"factory path.")
+        return getattr(module, attr)
 
     def build(self, config: Any, **context: Any) -> Any:
         """factory(config, **context). A JepaError from the factory (ConfigError, a RunError
@@ -220,6 +269,39 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def is_missing_module(exc: BaseException, module_name: str) -> bool:
+    """Whether `exc` says that `module_name` itself (or a package above it) does not exist, as
+    opposed to the module existing and failing, or one of its own imports missing."""
+    missing = getattr(exc, "name", None)
+    return (isinstance(exc, ModuleNotFoundError) and missing is not None
+            and (module_name == missing or module_name.startswith(missing + ".")))
+
+
+def import_failure(exc: BaseException, module_name: str) -> str:
+    """"Type: message (at file:line)" for an exception raised while importing a module: the
+    line of the module's own code (a SyntaxError's own line), not importlib's frames."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{_describe(exc)} (at {exc.filename}:{exc.lineno})"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith("<frozen ")]
+    roots = code_roots(module_name) if module_name.split(".")[0] in sys.modules else []
+    inside = [f for f in frames
+              if any(os.path.realpath(f.filename) == r
+                     or os.path.realpath(f.filename).startswith(r + os.sep) for r in roots)]
+    frame = (inside or frames or [None])[-1]
+    return _describe(exc) + (f" (at {frame.filename}:{frame.lineno})" if frame else "")
+
+
+def fix_for(exc: BaseException) -> str:
+    """What to do about a plugin module that raised on import."""
+    missing = getattr(exc, "name", None)
+    if isinstance(exc, ModuleNotFoundError) and missing:
+        return (f"it needs {missing.split('.')[0]!r}, which is not installed: install it "
+                f"(`pip install {missing.split('.')[0]}`, or the plugin's own dependencies), "
+                f"or report the missing dependency to the plugin's authors.")
+    return "fix that line, or report it to the plugin's authors."
+
+
 class Registry:
     """Components by kind and name, the plugins they came from, and the plugins that broke."""
 
@@ -227,6 +309,9 @@ class Registry:
         self.pm = pm
         self.plugins: dict[str, PluginInfo] = {}
         self.broken: list[BrokenPlugin] = []
+        self.refused: list[RefusedComponent] = []
+        self.blocked: list[str] = []  # plugins left out by name (`-p no:NAME`)
+        self.load_order: dict[str, int] = {}  # plugin name -> when it was discovered
         self.components: dict[str, dict[str, ComponentSpec]] = {kind: {} for kind in KINDS}
 
     @property
@@ -254,24 +339,31 @@ class Registry:
         return msg
 
     def all_components(self) -> list[ComponentSpec]:
+        """Every registered component, by kind then name."""
         return [spec for kind in KINDS for _, spec in sorted(self.components[kind].items())]
 
     def raise_if_broken(self) -> None:
+        """PluginError naming every plugin that failed to load (commands that build refuse)."""
         if not self.broken:
             return
         lines = "; ".join(f"{b.name} ({b.source}): {b.error}" for b in self.broken)
         raise PluginError(
             f"{len(self.broken)} plugin(s) failed to load: {lines}. Fix or uninstall the "
-            f"plugin, or set {AUTOLOAD_OFF_ENV}=1 to skip entry-point plugins and load the ones "
-            f"you need with `jepa -p MODULE`."
+            f"plugin, leave it out with `jepa -p no:NAME` (or {BLOCKED_PLUGINS_ENV}=NAME), or "
+            f"set {AUTOLOAD_OFF_ENV}=1 to skip entry-point plugins and load the ones you need "
+            f"with `jepa -p MODULE`."
         )
 
     # -- registration -------------------------------------------------------------------
     def _collect(self) -> None:
         for kind, hook_name in hookspecs.REGISTRATION_HOOKS.items():
             caller = getattr(self.pm.hook, hook_name)
-            # Call each implementation on its own so every component knows its plugin.
-            for impl in caller.get_hookimpls():  # registration order
+            # Call each implementation on its own so every component knows its plugin, in the
+            # order the plugins were discovered (not pluggy's, which tryfirst could change):
+            # the first to register a name keeps it.
+            impls = sorted(caller.get_hookimpls(),
+                           key=lambda i: self.load_order.get(i.plugin_name, len(self.load_order)))
+            for impl in impls:
                 plugin_name = impl.plugin_name
                 if any(b.name == plugin_name for b in self.broken):
                     continue
@@ -310,12 +402,14 @@ class Registry:
                     f"plugin {plugin_name!r} registered {kind} {name!r} with factory "
                     f"{factory!r}; pass a callable or a 'module:attribute' string.")
             existing = self.components[kind].get(name)
-            if existing is not None:
-                raise PluginError(
-                    f"{kind} {name!r} is registered twice: by plugin {existing.plugin!r} "
-                    f"({existing.distribution or 'no distribution'}) and by plugin "
-                    f"{plugin_name!r} ({(info and info.distribution) or 'no distribution'}). "
-                    f"Uninstall one of them, or rename the component in one plugin.")
+            if existing is not None and existing.plugin == plugin_name:
+                raise PluginError(f"plugin {plugin_name!r} registers {kind} {name!r} twice; "
+                                  f"register each name once.")
+            if existing is not None:  # the newcomer loses this one component, not the plugin
+                self.refused.append(RefusedComponent(
+                    kind, name, plugin_name, info.distribution if info else None,
+                    existing.plugin, existing.distribution))
+                return
             self.components[kind][name] = ComponentSpec(
                 kind=kind, name=name, config_class=config_class, factory=factory,
                 plugin=plugin_name, distribution=info.distribution if info else None,
@@ -333,7 +427,15 @@ def _load_module(registry: Registry, module_name: str, name: str, source: str,
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        registry.broken.append(BrokenPlugin(name, source, dist, f"import failed: {_describe(exc)}"))
+        if is_missing_module(exc, module_name):
+            error = (f"import failed: {_describe(exc)}. "
+                     + ("Check the module name." if source == "command line" else
+                        f"The distribution {dist or '(unknown)'} is installed incompletely: "
+                        f"reinstall it."))
+        else:
+            error = (f"import failed: {import_failure(exc, module_name)}. The fault is in the "
+                     f"plugin: {fix_for(exc)}")
+        registry.broken.append(BrokenPlugin(name, source, dist, error))
         return
     _add_plugin(registry, module, name, source, dist, version, module_name)
 
@@ -348,6 +450,42 @@ def _add_plugin(registry: Registry, plugin: Any, name: str, source: str,
         registry.broken.append(BrokenPlugin(name, source, dist, f"invalid hook: {exc}"))
         return
     registry.plugins[name] = PluginInfo(name, source, dist, version, module_name)
+    registry.load_order[name] = len(registry.load_order)
+
+
+def blocked_names(extra_plugins: Iterable[str]) -> tuple[list[str], set[str]]:
+    """Split `-p` values into modules to load and names to leave out (`no:NAME`, and the
+    comma-separated JEPA_DISABLE_PLUGINS)."""
+    modules, blocked = [], set()
+    for value in extra_plugins:
+        if value.startswith(BLOCK_PREFIX):
+            blocked.add(value[len(BLOCK_PREFIX):].strip())
+        else:
+            modules.append(value)
+    blocked |= {n.strip() for n in os.environ.get(BLOCKED_PLUGINS_ENV, "").split(",")
+                if n.strip()}
+    return modules, blocked
+
+
+def check_blocked(blocked: set[str], known: set[str]) -> None:
+    """A name to leave out must name a plugin that is there: a typo would block nothing."""
+    for name in sorted(blocked - known):
+        near = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise PluginError(
+            f"`-p no:{name}` (or {BLOCKED_PLUGINS_ENV}) names no installed plugin, so nothing "
+            f"would be left out.{hint} Plugins by entry-point, module or distribution name: "
+            f"{', '.join(sorted(known)) or 'none'}. `jepa plugins` lists them.")
+
+
+def misspelt_hook(exc: pluggy.PluginValidationError, pm: pluggy.PluginManager) -> str:
+    """pluggy's "unknown hook" message, with the nearest real hook name."""
+    message = str(exc)
+    match = re.search(r"unknown hook '([^']+)'", message)
+    hooks = sorted(n for n in dir(hookspecs) if getattr(getattr(hookspecs, n), "jepa_spec", None))
+    near = difflib.get_close_matches(match.group(1), hooks, n=1) if match else []
+    hint = f" Did you mean {near[0]!r}?" if near else ""
+    return f"{message}.{hint} Hook names must match `jepa_core.hookspecs` (misspelt?)"
 
 
 def make_plugin_manager(extra_plugins: Iterable[str] = (), *, autoload: bool | None = None,
@@ -364,6 +502,15 @@ def make_plugin_manager(extra_plugins: Iterable[str] = (), *, autoload: bool | N
         pm.trace.root.setwriter(lambda msg: print(msg, end=""))
         pm.enable_tracing()
     registry = Registry(pm)
+    extra_modules, blocked = blocked_names(extra_plugins)
+    known: set[str] = set()
+
+    def wanted(*names: str | None) -> bool:
+        known.update(n for n in names if n)
+        if blocked.intersection(names):
+            registry.blocked.append(names[0] or "?")
+            return False
+        return True
 
     for module_name in BUILTIN_PLUGINS:
         _load_module(registry, module_name, module_name, "builtin")
@@ -371,14 +518,33 @@ def make_plugin_manager(extra_plugins: Iterable[str] = (), *, autoload: bool | N
     if autoload is None:
         autoload = not env_flag(AUTOLOAD_OFF_ENV)
     if autoload:
-        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        def first_party_first(ep: md.EntryPoint) -> tuple[bool, str]:
+            dist = ep.dist.name if ep.dist else None
+            return dist != FIRST_PARTY_DISTRIBUTION, ep.name
+
+        seen: set[str] = set()  # one distribution found twice on sys.path loads once
+        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=first_party_first):
             dist = ep.dist.name if ep.dist else None
             version = ep.dist.version if ep.dist else None
-            _load_module(registry, ep.value.split(":")[0], ep.name, "entry point", dist, version)
+            module_name = ep.value.split(":")[0]
+            if not wanted(ep.name, module_name, dist):
+                continue
+            if ep.name in seen:  # two distributions, one entry-point name
+                holder = registry.plugins.get(ep.name)
+                registry.broken.append(BrokenPlugin(
+                    ep.name, "entry point", dist,
+                    f"the entry-point name {ep.name!r} is already taken by distribution "
+                    f"{(holder and holder.distribution) or '(another)'}; the plugin of {dist} "
+                    f"was not loaded. Rename its entry point in group {ENTRY_POINT_GROUP!r}."))
+                continue
+            seen.add(ep.name)
+            _load_module(registry, module_name, ep.name, "entry point", dist, version)
 
     env_extra = [m.strip() for m in os.environ.get(EXTRA_PLUGINS_ENV, "").split(",") if m.strip()]
-    for module_name in [*env_extra, *extra_plugins]:
-        _load_module(registry, module_name, module_name, "command line")
+    for module_name in [*env_extra, *extra_modules]:
+        if wanted(module_name, *_dist_of_module(module_name)[:1]):
+            _load_module(registry, module_name, module_name, "command line")
+    check_blocked(blocked, known)
     for name, obj in objects:
         _add_plugin(registry, obj, name, "object", None, None, getattr(obj, "__name__", name))
 
@@ -388,8 +554,7 @@ def make_plugin_manager(extra_plugins: Iterable[str] = (), *, autoload: bool | N
             break
         except pluggy.PluginValidationError as exc:
             plugin_name = pm.get_name(exc.plugin) or "?"
-            registry._mark_broken(
-                plugin_name, f"{exc}. Hook names must match `jepa_core.hookspecs` (misspelt?)")
+            registry._mark_broken(plugin_name, misspelt_hook(exc, pm))
             pm.unregister(exc.plugin)
     registry._collect()
     return registry

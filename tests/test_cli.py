@@ -126,7 +126,7 @@ def test_plugins_json():
     result = jepa("plugins", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == {"components", "plugins", "broken"}
+    assert set(data) == {"components", "plugins", "broken", "refused", "blocked"}
     assert data["broken"] == []
     components = {(c["kind"], c["name"]): c for c in data["components"]}
     for key in [("masker", "multiblock"), ("masker", "random"), ("encoder", "vit"),

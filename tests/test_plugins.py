@@ -23,7 +23,7 @@ import attrs
 import pytest
 
 from jepa_core import KINDS, plugins
-from jepa_core.errors import PluginError, UnknownComponentError
+from jepa_core.errors import PluginError, PluginFailed, UnknownComponentError
 from jepa_core.hookspecs import REGISTRATION_HOOKS, hookimpl
 from jepa_core.commands.listing import plugins_json
 from jepa_core.plugins import make_plugin_manager
@@ -221,7 +221,10 @@ def test_discovery_order_builtins_entry_points_command_line_objects(sandbox, mon
     entry_points = names[1:-3]
     assert names[0] == builtin and names[-3:] == [env_mod, cli_mod, "obj"]
     assert {"acme", *FIRST_PARTY} <= set(entry_points)
-    assert entry_points == sorted(entry_points)  # sorted by entry-point name
+    # jepa-core's own entry points first, then the others sorted by entry-point name
+    first_party = [n for n in entry_points if registry.plugins[n].distribution == "jepa-core"]
+    assert entry_points[:len(first_party)] == sorted(FIRST_PARTY)
+    assert entry_points[len(first_party):] == sorted(entry_points[len(first_party):])
     sources = [registry.plugins[n].source for n in names]
     assert sources == (["builtin"] + ["entry point"] * len(entry_points)
                        + ["command line"] * 2 + ["object"])
@@ -229,7 +232,7 @@ def test_discovery_order_builtins_entry_points_command_line_objects(sandbox, mon
     ours = {"from_builtin", "from_entry_point", "multiblock", "random", "from_env", "from_cli",
             "from_object"}
     maskers = [s.name for s in registry.components["masker"].values() if s.name in ours]
-    assert maskers == ["from_builtin", "from_entry_point", "multiblock", "random", "from_env",
+    assert maskers == ["from_builtin", "multiblock", "random", "from_entry_point", "from_env",
                        "from_cli", "from_object"]
     acme = registry.get("masker", "from_entry_point")
     assert (acme.plugin, acme.distribution, acme.version) == ("acme", "acme-masks", "2.0.1")
@@ -272,36 +275,155 @@ def test_off_switch_skips_a_broken_entry_point(sandbox, monkeypatch):
 
 
 # -- duplicates ------------------------------------------------------------------------------
-def test_duplicate_component_names_both_plugins_the_first_keeps_it(sandbox):
+@pytest.mark.parametrize("entry_point", ["aa_beit", "zz_beit"])
+def test_a_plugin_cannot_take_a_built_in_name_whatever_its_entry_point_sorts_as(sandbox,
+                                                                              entry_point):
+    """Before: entry points loaded sorted by name, so "aa_beit" came before jepa-core's
+    "image", took `multiblock`, and `image` was marked broken (digits, synthetic and
+    image_folder gone) with a message telling the user to fix or uninstall jepa-core."""
     dup = sandbox.module(masker_plugin("multiblock", '''
         @hookimpl
         def register_losses(register):
-            register("dup_loss", Config, "nowhere:build")
+            register("beit_loss", Config, "nowhere:build")
     '''), "dup")
-    # entry-point names are sorted: "zz_dup" is discovered after the first-party "image"
-    sandbox.distribution("dup-dist", "3.1", {"zz_dup": dup})
+    sandbox.distribution("jepa-beit", "3.1", {entry_point: dup})
     registry = make_plugin_manager()
-    assert broken_names(registry) == ["zz_dup"]
-    error = registry.broken[0].error
-    assert error == (
-        "masker 'multiblock' is registered twice: by plugin 'image' (jepa-core) and by plugin "
-        "'zz_dup' (dup-dist). Uninstall one of them, or rename the component in one plugin.")
-    assert registry.broken[0].distribution == "dup-dist"
+    assert registry.broken == []
     assert registry.get("masker", "multiblock").plugin == "image"
-    # the broken plugin keeps nothing, and is listed as broken rather than loaded
-    assert "dup_loss" not in registry.components["loss"]
-    assert "zz_dup" not in registry.plugins
-    with pytest.raises(PluginError, match="zz_dup"):
-        registry.raise_if_broken()
+    assert {"digits", "synthetic", "image_folder"} <= set(registry.components["data_source"])
+    # only the clashing component of the newcomer is refused; the rest of it loads
+    assert registry.get("loss", "beit_loss").plugin == entry_point
+    [refused] = registry.refused
+    assert (refused.kind, refused.name, refused.plugin, refused.kept_by) == (
+        "masker", "multiblock", entry_point, "image")
+    assert refused.message == (
+        f"plugin {entry_point!r} (jepa-beit) registers masker 'multiblock', a name plugin "
+        f"'image' (jepa-core) registered first: recipes naming 'multiblock' get 'image''s, and "
+        f"{entry_point!r}'s is ignored (its other components load). Rename the component in "
+        f"{entry_point!r}, or leave one plugin out with `jepa -p no:{entry_point}`.")
+    registry.raise_if_broken()  # a run is not refused for it
+    assert plugins_json(registry)["refused"] == [
+        {"kind": "masker", "name": "multiblock", "plugin": entry_point,
+         "distribution": "jepa-beit", "kept_by": "image", "message": refused.message}]
+
+
+def test_a_hookimpl_marked_tryfirst_does_not_jump_the_queue(sandbox):
+    dup = sandbox.module(textwrap.dedent('''
+        import attrs
+        from jepa_core.hookspecs import hookimpl
+
+        @attrs.frozen
+        class Config:
+            """Pushy."""
+
+        @hookimpl(tryfirst=True)
+        def register_maskers(register):
+            register("random", Config, "nowhere:build")
+    '''), "pushy")
+    registry = make_plugin_manager([dup])
+    assert registry.get("masker", "random").plugin == "image"
+    assert [r.plugin for r in registry.refused] == [dup]
 
 
 def test_duplicate_through_dash_p_names_both(sandbox):
     dup = sandbox.module(masker_plugin("random"), "dup")
     registry = make_plugin_manager([dup])
-    assert broken_names(registry) == [dup]
-    assert (f"by plugin 'image' (jepa-core) and by plugin {dup!r} (no distribution). "
-            in registry.broken[0].error)
+    assert registry.broken == []
+    [refused] = registry.refused
+    assert (f"plugin {dup!r} (no distribution) registers masker 'random', a name plugin "
+            f"'image' (jepa-core) registered first" in refused.message)
     assert registry.get("masker", "random").plugin == "image"
+
+
+def test_a_plugin_registering_one_name_twice_is_broken():
+    @attrs.frozen
+    class Cfg:
+        pass
+
+    class Twice:
+        @hookimpl
+        def register_maskers(self, register):
+            register("twin", Cfg, "m:f")
+            register("twin", Cfg, "m:g")
+
+    registry = make_plugin_manager(autoload=False, objects=[("twice", Twice())])
+    assert [(b.name, b.error) for b in registry.broken] == [
+        ("twice", "plugin 'twice' registers masker 'twin' twice; register each name once.")]
+
+
+def test_two_distributions_with_one_entry_point_name_the_second_is_named(sandbox):
+    first = sandbox.module(masker_plugin("first_masker"), "first")
+    second = sandbox.module(masker_plugin("second_masker"), "second")
+    sandbox.distribution("aaa-dist", "1.0", {"same": first})
+    sandbox.distribution("bbb-dist", "1.0", {"same": second})
+    registry = make_plugin_manager()
+    [broken] = registry.broken
+    assert broken.distribution in ("aaa-dist", "bbb-dist")
+    assert "the entry-point name 'same' is already taken by distribution" in broken.error
+    assert "Rename its entry point" in broken.error
+
+
+def test_cli_warns_about_a_refused_component_and_lists_it(sandbox):
+    dup = sandbox.module(masker_plugin("multiblock"), "dup")
+    sandbox.distribution("jepa-beit", "3.1", {"aa_beit": dup})
+    env = sandbox.env()
+    check = jepa("check", "recipes/quickstart.yaml", "--no-data", env=env)
+    assert check.returncode == 0, check.stderr
+    flat_err = " ".join(check.stderr.split())
+    assert ("warning: plugin 'aa_beit' (jepa-beit) registers masker 'multiblock', a name plugin "
+            "'image' (jepa-core) registered first" in flat_err)
+    assert "masker: multiblock from plugin image (jepa-core" in check.stdout
+    listing = jepa("plugins", env=env)
+    assert "jepa -p no:aa_beit" in " ".join(listing.stdout.split())
+
+
+# -- leaving a plugin out by name --------------------------------------------------------------
+@pytest.fixture
+def beit(sandbox):
+    bad = sandbox.module('raise RuntimeError("beit is broken")\n', "beit")
+    sandbox.distribution("jepa-beit", "0.2", {"beit": bad})
+    return sandbox
+
+
+@pytest.mark.parametrize("how", ["entry point", "distribution", "env"])
+def test_a_plugin_can_be_left_out_by_name(beit, monkeypatch, how):
+    assert broken_names(make_plugin_manager()) == ["beit"]
+    if how == "env":
+        monkeypatch.setenv("JEPA_DISABLE_PLUGINS", " beit , ")
+        registry = make_plugin_manager()
+    else:
+        registry = make_plugin_manager(["no:beit" if how == "entry point" else "no:jepa-beit"])
+    assert registry.broken == [] and registry.blocked == ["beit"]
+    registry.raise_if_broken()
+    assert "multiblock" in registry.components["masker"]
+    assert plugins_json(registry)["blocked"] == ["beit"]
+
+
+def test_a_dash_p_module_can_be_left_out_too(sandbox):
+    mod = sandbox.module(masker_plugin("mine"))
+    registry = make_plugin_manager([mod, f"no:{mod}"])
+    assert "mine" not in registry.components["masker"] and registry.blocked == [mod]
+
+
+def test_leaving_out_a_name_that_is_not_there_is_an_error_with_the_nearest(beit):
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(["no:beat"])
+    message = str(info.value)
+    assert message.startswith("`-p no:beat` (or JEPA_DISABLE_PLUGINS) names no installed "
+                              "plugin, so nothing would be left out. Did you mean 'beit'?")
+    assert "jepa-beit" in message and "image" in message
+
+
+def test_cli_leaves_a_broken_plugin_out_for_run_and_its_workers(beit, tmp_path):
+    env = beit.env()
+    assert jepa("check", "recipes/quickstart.yaml", "--no-data", env=env).returncode == 2
+    check = jepa("-p", "no:beit", "check", "recipes/quickstart.yaml", "--no-data", env=env)
+    assert check.returncode == 0, check.stderr
+    listing = jepa("-p", "no:beit", "plugins", env=env)
+    assert "left out: beit" in listing.stdout and "broken" not in listing.stdout
+    typo = jepa("-p", "no:bet", "plugins", env=env)
+    assert typo.returncode == 2 and "Did you mean 'beit'?" in typo.stderr
+    assert "Traceback" not in typo.stderr
 
 
 # -- plugins that fail -----------------------------------------------------------------------
@@ -312,7 +434,8 @@ def test_plugin_that_fails_to_import_is_reported_by_name_with_the_off_switch(san
     [broken] = registry.broken
     assert (broken.name, broken.source, broken.distribution) == ("kaput", "entry point",
                                                                  "kaput-dist")
-    assert broken.error == "import failed: RuntimeError: boom at import"
+    assert broken.error.startswith("import failed: RuntimeError: boom at import (at ")
+    assert f"{bad}.py:1). The fault is in the plugin: fix that line" in broken.error
     # the other plugins still work
     assert registry.get("masker", "multiblock").plugin == "image"
     with pytest.raises(PluginError) as info:
@@ -327,7 +450,7 @@ def test_missing_dash_p_module_is_broken_not_fatal():
     [broken] = registry.broken
     assert broken.source == "command line"
     assert broken.error == ("import failed: ModuleNotFoundError: No module named "
-                            "'no_such_jepa_plugin_module'")
+                            "'no_such_jepa_plugin_module'. Check the module name.")
     assert "multiblock" in registry.components["masker"]
 
 
@@ -341,6 +464,7 @@ def test_misspelt_hook_is_caught_by_check_pending(sandbox):
     [broken] = registry.broken
     assert broken.name == typo
     assert "unknown hook 'register_masker'" in broken.error
+    assert "Did you mean 'register_maskers'?" in broken.error
     assert "Hook names must match `jepa_core.hookspecs` (misspelt?)" in broken.error
     # nothing of the plugin is registered, not even its correctly spelt hook
     assert "never_seen" not in registry.components["masker"]
@@ -455,6 +579,66 @@ def test_missing_factory_attribute_names_the_plugin(sandbox):
         spec.build(spec.config_class())
 
 
+def test_factory_module_that_raises_is_a_plugin_fault_with_its_line_not_a_wrong_path(sandbox):
+    """Before: "which cannot be imported: name 'torhc' is not defined. Reinstall ... or fix
+    the factory path", when the path was right and line 3 of the module was wrong."""
+    mod = sandbox.module(masker_plugin("buggy"))
+    sandbox.write(f"{mod}_factories.py", "import math\n\nSCALE = torhc.pi\n\n"
+                                          "def build(config):\n    return 1\n")
+    spec = make_plugin_manager([mod], autoload=False).get("masker", "buggy")
+    with pytest.raises(PluginFailed) as info:
+        spec.build(spec.config_class())
+    message = str(info.value)
+    assert "fix the factory path" not in message
+    assert (f"the path is right, but importing module '{mod}_factories' raised NameError: "
+            f"name 'torhc' is not defined (at ") in message
+    assert f"{mod}_factories.py:3). The fault is in the plugin" in message
+
+
+def test_factory_module_missing_a_dependency_says_what_to_install(sandbox):
+    mod = sandbox.module(masker_plugin("needy"))
+    sandbox.write(f"{mod}_factories.py", "import not_installed_dep_xyz\n")
+    spec = make_plugin_manager([mod], autoload=False).get("masker", "needy")
+    with pytest.raises(PluginFailed) as info:
+        spec.build(spec.config_class())
+    assert "it needs 'not_installed_dep_xyz', which is not installed" in str(info.value)
+    assert f"{mod}_factories.py:1)" in str(info.value)
+
+
+def test_misspelt_factory_attribute_gets_the_nearest_name(sandbox):
+    mod = sandbox.module(masker_plugin("near"))
+    sandbox.write(f"{mod}_factories.py", "def built(config):\n    return 1\n")
+    spec = make_plugin_manager([mod], autoload=False).get("masker", "near")
+    with pytest.raises(PluginError) as info:
+        spec.build(spec.config_class())
+    assert f"has no attribute 'build' (did you mean {mod}_factories:built?)" in str(info.value)
+    assert "fix the factory path" in str(info.value)
+
+
+@pytest.mark.parametrize("source, line, kind", [
+    ("import attrs\n\nx = 1\nprint(undefined_name)\n", 4, "NameError"),
+    ("import attrs\n\ndef f(:\n    pass\n", 3, "SyntaxError"),
+    ("from jepa_core.hookspecs import hookimpl\nimport not_there_abc\n", 2,
+     "ModuleNotFoundError"),
+])
+def test_plugin_import_errors_give_file_and_line(sandbox, source, line, kind):
+    """Before: `import failed: NameError: ...` and nothing to say where."""
+    mod = sandbox.module(source, "badimport")
+    [broken] = make_plugin_manager([mod], autoload=False).broken
+    assert broken.error.startswith(f"import failed: {kind}: ")
+    assert f"{mod}.py:{line})" in broken.error
+    if kind == "ModuleNotFoundError":
+        assert "it needs 'not_there_abc', which is not installed" in broken.error
+
+
+def test_an_entry_point_to_a_module_that_is_gone_says_reinstall(sandbox):
+    sandbox.distribution("half-installed", "1.0", {"half": "gone_module_xyz.plugin"})
+    [broken] = make_plugin_manager().broken
+    assert broken.error == ("import failed: ModuleNotFoundError: No module named "
+                            "'gone_module_xyz'. The distribution half-installed is installed "
+                            "incompletely: reinstall it.")
+
+
 # -- tracing ---------------------------------------------------------------------------------
 def test_trace_env_writes_hook_calls(monkeypatch):
     monkeypatch.setenv("JEPA_TRACE_HOOKS", "1")
@@ -499,7 +683,7 @@ def test_cli_lists_with_a_broken_entry_point_but_run_refuses(kaput):
 def test_cli_off_switch_and_dash_p_work_around_a_broken_entry_point(kaput):
     env = kaput.env(**{OFF_SWITCH: "1"})
     bare = json.loads(jepa("plugins", "--json", env=env).stdout)
-    assert bare == {"components": [], "plugins": [], "broken": []}
+    assert bare == {"components": [], "plugins": [], "broken": [], "refused": [], "blocked": []}
     loaded = ["-p", "jepa_image.plugin", "-p", "jepa_vit.plugin", "-p", "jepa_objectives.plugin"]
     check = jepa(*loaded, "check", "recipes/quickstart.yaml", env=env)
     assert check.returncode == 0, check.stderr

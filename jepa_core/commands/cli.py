@@ -7,7 +7,8 @@
     jepa masks RECIPE --out masks.png     picture and statistics of the recipe's masker
     jepa eval RUN_OR_CHECKPOINT           linear probe + kNN on frozen target-encoder features
 
-Global options come before the command: `jepa -p my_plugin.module check recipe.yaml`.
+Global options come before the command: `jepa -p my_plugin.module check recipe.yaml`;
+`jepa -p no:NAME ...` leaves an installed plugin out.
 Recipe and usage errors exit with 2 and one paragraph of explanation, never a traceback.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -27,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="jepa", description="Train and evaluate joint-embedding predictive architectures.")
     p.add_argument("--version", action="version", version=f"jepa {__version__}")
     p.add_argument("-p", "--plugin", action="append", default=[], metavar="MODULE",
-                   help="load a plugin module (repeatable), after the installed entry points")
+                   help="load a plugin module (repeatable), after the installed entry points; "
+                        "-p no:NAME leaves out the plugin of that entry-point, module or "
+                        "distribution name (as JEPA_DISABLE_PLUGINS=NAME,... does)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     sp = sub.add_parser("plugins", help="list installed plugins and their components")
@@ -101,10 +105,17 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False)
 
 
-def _registry(args: argparse.Namespace) -> Any:
+def _registry(args: argparse.Namespace, warn: bool = True) -> Any:
+    """The registry of this command's plugins (`-p MODULE`, `-p no:NAME`); components refused
+    for a name already taken are warned about on stderr (once, not by every worker)."""
     from jepa_core.plugins import make_plugin_manager
 
-    return make_plugin_manager(args.plugin)
+    registry = make_plugin_manager(args.plugin)
+    if warn and registry.refused and os.environ.get("RANK", "0") == "0":
+        from jepa_core.commands.listing import print_refused
+
+        print_refused(registry, _console(stderr=True))
+    return registry
 
 
 def print_notes(notes: list[str]) -> None:
@@ -130,7 +141,7 @@ def _load(args: argparse.Namespace, registry: Any) -> Any:
 def cmd_plugins(args: argparse.Namespace) -> int:
     from jepa_core.commands.listing import plugins_json, print_plugins
 
-    registry = _registry(args)
+    registry = _registry(args, warn=False)  # the listing shows them
     if args.json:
         print(json.dumps(plugins_json(registry), indent=2))
     else:

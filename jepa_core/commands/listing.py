@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from jepa_core.plugins import AUTOLOAD_OFF_ENV
+from jepa_core.plugins import AUTOLOAD_OFF_ENV, Registry
 
 
-def plugins_json(registry: Any) -> dict:
+def plugins_json(registry: Registry) -> dict:
+    """What `jepa plugins --json` prints: components, plugins, broken, refused, left out."""
     return {
         "components": [
             {"kind": s.kind, "name": s.name, "plugin": s.plugin, "distribution": s.distribution,
@@ -23,10 +24,17 @@ def plugins_json(registry: Any) -> dict:
             {"name": b.name, "source": b.source, "distribution": b.distribution, "error": b.error}
             for b in registry.broken
         ],
+        "refused": [
+            {"kind": r.kind, "name": r.name, "plugin": r.plugin, "distribution": r.distribution,
+             "kept_by": r.kept_by, "message": r.message}
+            for r in registry.refused
+        ],
+        "blocked": list(registry.blocked),
     }
 
 
-def print_plugins(registry: Any, console: Any) -> None:
+def print_plugins(registry: Registry, console: Any) -> None:
+    """The components table, then broken plugins, refused components and left-out plugins."""
     from rich.table import Table
 
     table = Table(title="jepa components", title_justify="left")
@@ -43,5 +51,17 @@ def print_plugins(registry: Any, console: Any) -> None:
         console.print(f"[red]broken plugin[/red] {b.name} ({b.source}"
                       f"{', ' + b.distribution if b.distribution else ''}): {b.error}")
     if registry.broken:
-        console.print(f"Fix or uninstall it, or set {AUTOLOAD_OFF_ENV}=1 and load plugins "
-                      f"explicitly with `jepa -p MODULE`. `jepa run` refuses until then.")
+        console.print(f"Fix or uninstall it, leave it out with `jepa -p no:NAME`, or set "
+                      f"{AUTOLOAD_OFF_ENV}=1 and load plugins explicitly with `jepa -p MODULE`. "
+                      f"`jepa run` refuses until then.")
+    print_refused(registry, console)
+    if registry.blocked:
+        console.print(f"left out: {', '.join(registry.blocked)}")
+
+
+def print_refused(registry: Registry, console: Any) -> None:
+    """A warning per component refused because its name was taken."""
+    from rich.markup import escape
+
+    for r in registry.refused:
+        console.print(f"[yellow]warning:[/yellow] {escape(r.message)}")
