@@ -17,8 +17,9 @@ from step to step as in training (compiled models recompile once for a dynamic l
 the warm-up). Images are random tensors already on the GPU: data loading is not timed.
 
 MFU = (images/s x FLOPs per image of each step, from jepa_core.commands.costs) / the GPU's
-dense bf16 peak, looked up by name (A100 312, H100 SXM / H200 989, H100 PCIe 756, H100 NVL 835 TFLOP/s)
-and printed; --peak-tflops overrides it. Everything is printed as one table at the end.
+dense bf16 peak, looked up by name (A100 312, H100 SXM / H200 989, H100 PCIe 756,
+H100 NVL 835 TFLOP/s) and printed; --peak-tflops overrides it. Everything is printed as one
+table at the end.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ sys.path.insert(0, str(ROOT / "plugins"))
 sys.path.insert(0, str(ROOT))
 
 from jepa_core.commands import costs  # noqa: E402
-from jepa_core.runtime.data import Batch, MaskingCollate  # noqa: E402
-from jepa_core.runtime.distributed import DistEnv  # noqa: E402
 from jepa_core.commands.plan import patch_dim, transformer_shape  # noqa: E402
 from jepa_core.plugins import make_plugin_manager  # noqa: E402
 from jepa_core.recipe import read_yaml, recipe_from_dict  # noqa: E402
+from jepa_core.runtime.data import Batch, MaskingCollate  # noqa: E402
+from jepa_core.runtime.distributed import DistEnv  # noqa: E402
 from jepa_core.runtime.trainer import RunContext, setup, train_step  # noqa: E402
 
 # Dense bf16 peak FLOP/s by device name; the first match wins (so "H100 PCIe" before "H100").
@@ -233,7 +234,8 @@ def summary(rows: list[dict], args: argparse.Namespace, device: str, peak: float
     console.print(f"device: {device}; assumed peak: {peak_text}; {args.warmup} warm-up + "
                   f"{args.iters} timed steps (step ms: median; img/s, TFLOP/s, MFU: at the "
                   f"median step time with the mean FLOPs of the timed steps); recompiles: "
-                  f"graphs compiled during the timed steps (raise --warmup if not 0); FLOPs from jepa_core.commands.costs (multiply-add = 2); peak GiB: "
+                  f"graphs compiled during the timed steps (raise --warmup if not 0); FLOPs from "
+                  f"jepa_core.commands.costs (multiply-add = 2); peak GiB: "
                   f"torch.cuda.max_memory_allocated over the timed steps; model GiB: the "
                   f"cost model's estimate for the same batch")
     if len(rows) == 2:

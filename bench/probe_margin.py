@@ -58,7 +58,7 @@ def summary(values: list[float]) -> str:
 def report(seeds: list[int], results: list[dict]) -> str:
     lines = [f"{'seed':>6} | {'linear trained':>14} {'random':>7} {'margin':>7} | "
              f"{'kNN trained':>11} {'random':>7} {'margin':>7}"]
-    for seed, r in zip(seeds, results):
+    for seed, r in zip(seeds, results, strict=True):
         cells = []
         for m in METRICS:
             t, b = 100 * r[trained_key(r)][m], 100 * r[RANDOM][m]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def interleave(steps: dict[str, Callable[[int], None]], iters: int,

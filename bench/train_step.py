@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from jepa_core.runtime.data import train_loader
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import load_recipe
+from jepa_core.runtime.data import train_loader
 from jepa_core.runtime.trainer import setup, train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

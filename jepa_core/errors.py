@@ -54,6 +54,8 @@ class MaskerOutputError(PluginError):
 
 
 class UnknownComponentError(JepaError):
+    """A recipe names a component no loaded plugin registers (the message suggests the
+    closest name and lists the registered ones of that kind)."""
     title = "unknown component"
 
 

@@ -18,7 +18,8 @@ trainer's `RunContext` (recipe, out_dir, rank, world_size, models, ...).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

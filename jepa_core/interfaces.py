@@ -42,17 +42,19 @@ class MaskBatch:
     context (`jepa_core.runtime.mask_guard`).
     """
 
-    context: "torch.Tensor"
-    targets: "torch.Tensor"
-    context_valid: "torch.Tensor | None" = None
-    targets_valid: "torch.Tensor | None" = None
+    context: torch.Tensor
+    targets: torch.Tensor
+    context_valid: torch.Tensor | None = None
+    targets_valid: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
+        """B, the number of mask rows."""
         return int(self.context.shape[0])
 
     @property
     def num_targets(self) -> int:
+        """M, the number of target blocks per row."""
         return int(self.targets.shape[1])
 
 
@@ -61,14 +63,16 @@ class Masker(Protocol):
     """Samples context and target blocks on a patch grid.
 
     grid: (gh, gw) patches, fixed at construction.
-    __call__(batch_size, generator) -> MaskBatch. Every random draw comes from `generator`
+    __call__(batch_size, generator) -> MaskBatch (or a non-empty {name: MaskBatch} for several
+        mask sets, each checked and collated on its own). Every random draw comes from `generator`
         (a CPU `torch.Generator` seeded by the core from (seed, global step)); a masker never
         touches the global RNG, so the same generator state gives the same masks.
     """
 
     grid: tuple[int, int]
 
-    def __call__(self, batch_size: int, generator: "torch.Generator") -> MaskBatch: ...
+    def __call__(self, batch_size: int,
+                 generator: torch.Generator) -> MaskBatch | dict[str, MaskBatch]: ...
 
 
 @runtime_checkable
@@ -82,7 +86,7 @@ class MaskStats(Protocol):
     Any other attribute is the masker's own (an attrs class is the usual record).
     """
 
-    context_sizes: "torch.Tensor"
+    context_sizes: torch.Tensor
     fallbacks: int
 
 
@@ -94,11 +98,14 @@ class MaskerWithStats(Masker, Protocol):
         `__call__` returns for the same generator state, plus their statistics. `jepa masks`
         (`jepa_core.commands.mask_preview`) uses it when `isinstance(masker,
         MaskerWithStats)` and shows "context before equalisation" and the fallback count;
-        without it the first reads "n/a" and the second is left out. A malformed result is a PluginError naming the masker.
+        without it the first reads "n/a" and the second is left out. A malformed result is a
+        PluginError naming the masker.
     """
 
     def sample_with_stats(self, batch_size: int,
-                          generator: "torch.Generator") -> tuple[MaskBatch, MaskStats]: ...
+                          generator: torch.Generator) -> tuple[MaskBatch, MaskStats]:
+        """The masks `__call__` returns for this generator state, and what happened while
+        drawing them."""
 
 
 @runtime_checkable
@@ -119,8 +126,8 @@ class Encoder(Protocol):
     image_size: tuple[int, int]
     patch_grid: tuple[int, int]
 
-    def __call__(self, images: "torch.Tensor", keep: "torch.Tensor | None" = None,
-                 keep_valid: "torch.Tensor | None" = None) -> "torch.Tensor": ...
+    def __call__(self, images: torch.Tensor, keep: torch.Tensor | None = None,
+                 keep_valid: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -135,9 +142,9 @@ class Predictor(Protocol):
         are ignored.
     """
 
-    def __call__(self, context_tokens: "torch.Tensor", context_idx: "torch.Tensor",
-                 target_idx: "torch.Tensor", context_valid: "torch.Tensor | None" = None,
-                 targets_valid: "torch.Tensor | None" = None) -> "torch.Tensor": ...
+    def __call__(self, context_tokens: torch.Tensor, context_idx: torch.Tensor,
+                 target_idx: torch.Tensor, context_valid: torch.Tensor | None = None,
+                 targets_valid: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -148,9 +155,11 @@ class TargetUpdater(Protocol):
     update(online, target, step): in place, under no_grad, parameters only.
     """
 
-    def momentum(self, step: int) -> float: ...
+    def momentum(self, step: int) -> float:
+        """The momentum used after optimizer step `step`, a pure function of the step."""
 
-    def update(self, online: Any, target: Any, step: int) -> None: ...
+    def update(self, online: Any, target: Any, step: int) -> None:
+        """Move `target`'s parameters towards `online`'s, in place and without gradients."""
 
 
 @runtime_checkable
@@ -163,8 +172,8 @@ class Loss(Protocol):
         target positions (`MaskBatch.targets_valid`): the loss is then over valid tokens only.
     """
 
-    def __call__(self, predictions: "torch.Tensor", targets: "torch.Tensor",
-                 valid: "torch.Tensor | None" = None) -> "torch.Tensor": ...
+    def __call__(self, predictions: torch.Tensor, targets: torch.Tensor,
+                 valid: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -184,7 +193,9 @@ class DataSource(Protocol):
     def __len__(self) -> int: ...
 
     def get(self, index: int,
-            generator: "torch.Generator | None") -> tuple["torch.Tensor", int]: ...
+            generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
+        """(image [C, H, W], label) of sample `index`: the training transform drawn from
+        `generator`, or the evaluation transform when it is None."""
 
 
 FEATURE_KINDS = ("pooled", "last4", "tokens")
@@ -274,9 +285,9 @@ class MethodOutput:
         health figures (std across the batch, effective rank) in metrics.jsonl.
     """
 
-    loss: "torch.Tensor"
+    loss: torch.Tensor
     metrics: dict = attrs.Factory(dict)
-    features: "torch.Tensor | None" = None
+    features: torch.Tensor | None = None
 
 
 @runtime_checkable
@@ -307,8 +318,53 @@ class Method(Protocol):
     eval_module: str
     views: tuple[str, ...]
 
-    def loss(self, modules: dict, batch: Any) -> MethodOutput: ...
+    def loss(self, modules: dict, batch: Any) -> MethodOutput:
+        """The loss, metrics and optional features of one micro-batch, computed with the
+        (possibly wrapped) `modules`."""
 
-    def after_step(self, step: int) -> None: ...
+    def after_step(self, step: int) -> None:
+        """Called after each successful optimizer step (e.g. the EMA update); may do nothing."""
 
-    def schedule_metrics(self, step: int) -> dict: ...
+    def schedule_metrics(self, step: int) -> dict:
+        """{name: value} of figures that depend on the step only (e.g. EMA momentum), logged
+        with it."""
+
+
+# -- conformance -----------------------------------------------------------------------------
+# The interface each component kind's factory must return (`jepa_core.runtime.build` checks it).
+PROTOCOLS: dict[str, type] = {
+    "method": Method, "encoder": Encoder, "predictor": Predictor, "masker": Masker,
+    "target_updater": TargetUpdater, "loss": Loss, "data_source": DataSource,
+}
+
+_CALLABLE_DUNDERS = ("__call__", "__len__")
+
+
+def protocol_members(protocol: type) -> list[str]:
+    """The attributes and methods `protocol` requires, in declaration order (its own and those
+    of the protocols it extends): annotated attributes, public methods, `__call__`, `__len__`."""
+    names: list[str] = []
+    for cls in reversed(protocol.__mro__):
+        if cls is object or cls is Protocol or not getattr(cls, "_is_protocol", False):
+            continue
+        own = [*vars(cls).get("__annotations__", {}),
+               *(n for n, v in vars(cls).items() if callable(v)
+                 and (not n.startswith("_") or n in _CALLABLE_DUNDERS))]
+        names += [n for n in own if n not in names]
+    return names
+
+
+def missing_members(obj: object, protocol: type) -> list[str]:
+    """The members of `protocol` that `obj` lacks (a method counts only if callable); empty
+    when `obj` satisfies it. Unlike `isinstance`, attributes served by `__getattr__` (a
+    `torch.nn.Module`'s submodules and buffers) count as present, as they do for the core."""
+    missing = []
+    for name in protocol_members(protocol):
+        method = callable(getattr(protocol, name, None))
+        if name == "__call__":  # looked up on the type, as a call does
+            present = callable(obj)
+        else:
+            present = hasattr(obj, name) and (not method or callable(getattr(obj, name)))
+        if not present:
+            missing.append(f"{name}()" if method else name)
+    return missing

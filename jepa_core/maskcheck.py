@@ -9,7 +9,8 @@ and block) and how to fix it. Sample numbers are rows of the batch that was chec
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import numpy as np
@@ -35,7 +36,7 @@ def _first(flags: torch.Tensor) -> tuple[int, ...]:
 
 def _where(index: tuple[int, ...]) -> str:
     names = ("sample", "block", "position")
-    return ", ".join(f"{n} {i}" for n, i in zip(names, index))
+    return ", ".join(f"{n} {i}" for n, i in zip(names, index, strict=False))
 
 
 def _tensor_problem(name: str, t: Any, dims: int, batch_size: int, n: int,
@@ -109,7 +110,7 @@ def structure_problem(masks: Any, grid: tuple[int, int], batch_size: int) -> Mas
             return problem
     for name, like in (("context_valid", ctx), ("targets_valid", tgt)):
         valid = getattr(masks, name)
-        problem = valid is not None and _valid_problem(name, valid, like)
+        problem = None if valid is None else _valid_problem(name, valid, like)
         if problem:
             return problem
     return (duplicate_problem("unique indices per target block", tgt, masks.targets_valid)
@@ -178,12 +179,15 @@ def global_rng_states() -> tuple:
 
 
 def set_global_rng_states(states: tuple) -> None:
+    """Restore the (torch, Python, numpy) global RNG states `global_rng_states` returned."""
     torch.set_rng_state(states[0])
     random.setstate(states[1])
     np.random.set_state(states[2])
 
 
 def same_global_rng_states(a: tuple, b: tuple) -> bool:
+    """True when two `global_rng_states` tuples hold the same torch, Python and numpy
+    states."""
     return (torch.equal(a[0], b[0]) and a[1] == b[1] and a[2][0] == b[2][0]
             and np.array_equal(a[2][1], b[2][1]) and a[2][2:] == b[2][2:])
 

@@ -16,18 +16,28 @@ from __future__ import annotations
 import copy
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import yaml
 
 from jepa_core import safe_yaml
 from jepa_core.errors import RecipeError
-from jepa_core.structure import (COMPONENT_KIND, FAILED, Component, Structurer,
-                                 component_list_field,
-                                 component_field, unstructure)
+from jepa_core.structure import (
+    COMPONENT_KIND,
+    FAILED,
+    Component,
+    Structurer,
+    component_field,
+    component_list_field,
+    unstructure,
+)
 from jepa_core.validate import at_least, at_most, between, greater, plain_name, range_pair
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
 
 # The largest learning rate accepted: AdamW hands lr / (1 - beta1) to float32 as a scalar, so
 # 1e39 overflows inside the optimizer; every rate up to this runs into the non-finite guard.
@@ -54,6 +64,8 @@ class OptimConfig:
 
 @attrs.frozen
 class TrainConfig:
+    """The recipe's `train:` section: epochs, global batch, step limits, precision, device,
+    logging, checkpointing and stop conditions."""
     epochs: float = attrs.field(default=300.0, validator=greater(0))
     global_batch_size: int = attrs.field(default=2048, validator=at_least(1))
     # Steps per epoch; None: len(data) // global_batch_size (drop last).
@@ -107,6 +119,8 @@ RETIRED_EVAL_KEYS = {
 
 @attrs.frozen
 class DistConfig:
+    """The recipe's `dist:` section: DDP or FSDP2, the process-group backend, and the
+    largest batch per device per micro-step."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     # Largest batch per device per micro-step; larger shares become gradient accumulation.
@@ -122,6 +136,8 @@ METHOD_SECTIONS = ("predictor", "masker", "target_updater", "loss")
 
 @attrs.frozen
 class Recipe:
+    """A validated recipe: the component sections (data, encoder, method and the sections
+    the method builds), the seed, where runs go, and the optim/train/eval/dist settings."""
     name: str = attrs.field(validator=plain_name())  # the run's folder: out_dir/name
     data: Component = component_field("data_source")
     encoder: Component = component_field("encoder")
@@ -139,7 +155,13 @@ class Recipe:
 
     @property
     def run_dir(self) -> Path:
+        """The run's folder, `out_dir/name`."""
         return Path(self.out_dir) / self.name
+
+    @property
+    def method_name(self) -> str:
+        """The name of the recipe's method ("" before a method section is filled in)."""
+        return self.method.name if self.method is not None else ""
 
 
 # -- overrides and interpolation ---------------------------------------------------------
@@ -167,13 +189,17 @@ def apply_override(data: dict, override: str) -> None:
     try:
         value = safe_yaml.load(raw) if raw.strip() else ""
     except safe_yaml.YamlProblem as exc:
-        raise RecipeError("command line", [("$." + key + p[1:], m) for p, m in exc.problems])
+        problems = [("$." + key + p[1:], m) for p, m in exc.problems]
+        raise RecipeError("command line", problems) from exc
     except yaml.YAMLError as exc:
-        raise RecipeError("command line", [("$." + key, f"value {raw!r} is not valid YAML: {exc}")])
+        problem = ("$." + key, f"value {raw!r} is not valid YAML: {exc}")
+        raise RecipeError("command line", [problem]) from exc
     node[parts[-1]] = value
 
 
 def interpolate(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    """`value` with `${VAR}` and `${VAR:-default}` replaced from the environment, recursively;
+    an unset variable without a default is recorded in `problems` at its `path`."""
     if isinstance(value, dict):
         return {k: interpolate(v, f"{path}.{k}", problems) for k, v in value.items()}
     if isinstance(value, list):
@@ -243,6 +269,8 @@ def parse_yaml(text: str, source: str) -> Any:
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
+    """The YAML mapping in the file at `path`; RecipeError naming the file for a missing or
+    unreadable file, bad YAML, or a top level that is not a mapping."""
     source = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -254,7 +282,8 @@ def read_yaml(path: str | os.PathLike) -> dict:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RecipeError(source, [("$", f"must be a mapping of sections (got {type(data).__name__})")])
+        raise RecipeError(source, [("$", "must be a mapping of sections "
+                                         f"(got {type(data).__name__})")])
     return data
 
 
@@ -264,7 +293,7 @@ def component_sections() -> dict[str, str]:
             if COMPONENT_KIND in f.metadata}
 
 
-def switch_component(data: dict, section: str, old: Any, registry: Any) -> str | None:
+def switch_component(data: dict, section: str, old: Any, registry: Registry) -> str | None:
     """After `<section>.name=<new>` changed a component section's name: the section again from
     <new>'s defaults, keeping the keys of the old section that <new>'s config class also has.
     Returns a note naming the dropped keys (None when nothing was dropped). An unknown name
@@ -288,7 +317,7 @@ def switch_component(data: dict, section: str, old: Any, registry: Any) -> str |
                                                   if kept else ""))
 
 
-def apply_overrides(data: dict, overrides: list[str], registry: Any,
+def apply_overrides(data: dict, overrides: Sequence[str], registry: Registry,
                     notes: list[str] | None = None) -> None:
     """Apply `key=value` overrides in order (see `apply_override`); one that renames a
     component section switches the component (see `switch_component`), its note appended to
@@ -304,8 +333,8 @@ def apply_overrides(data: dict, overrides: list[str], registry: Any,
             notes.append(note)
 
 
-def recipe_from_dict(data: dict, registry: Any, source: str = "recipe",
-                     overrides: list[str] = (), notes: list[str] | None = None) -> Recipe:
+def recipe_from_dict(data: dict, registry: Registry, source: str = "recipe",
+                     overrides: Sequence[str] = (), notes: list[str] | None = None) -> Recipe:
     """The Recipe of YAML data, overrides applied (their notes appended to `notes`), or
     RecipeError listing every problem by path."""
     data = copy.deepcopy(data)  # overrides write into nested sections: never the caller's
@@ -343,7 +372,7 @@ def retire_eval_keys(data: dict, notes: list[str] | None) -> None:
         section["protocols"] = list(DEFAULT_PROTOCOLS)
 
 
-def method_section_problems(data: dict, registry: Any) -> list[tuple[str, str]]:
+def method_section_problems(data: dict, registry: Registry) -> list[tuple[str, str]]:
     """A section the method needs but the recipe lacks, or one it has but the method never
     uses, as (path, message); nothing when the method's config does not declare `needs()` or
     the method is unknown (that problem is reported on its own)."""
@@ -370,15 +399,17 @@ def method_section_problems(data: dict, registry: Any) -> list[tuple[str, str]]:
     return problems
 
 
-def load_recipe(path: str | os.PathLike, registry: Any, overrides: list[str] = (),
+def load_recipe(path: str | os.PathLike, registry: Registry, overrides: Sequence[str] = (),
                 notes: list[str] | None = None) -> Recipe:
     """The recipe file at `path` with `overrides` (see `recipe_from_dict`)."""
     return recipe_from_dict(read_yaml(path), registry, str(path), list(overrides), notes)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:
+    """The recipe as plain data (what checkpoints store and `recipe_from_dict` reads back)."""
     return unstructure(recipe)
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:
+    """The recipe as YAML, sections in declaration order (`jepa check` and the run folder)."""
     return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)

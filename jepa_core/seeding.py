@@ -30,7 +30,7 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 
 
-def generator(*parts: object) -> "torch.Generator":
+def generator(*parts: object) -> torch.Generator:
     """A CPU torch.Generator seeded with derive_seed(*parts)."""
     import torch
 

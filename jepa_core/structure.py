@@ -11,11 +11,14 @@ import difflib
 import math
 import types
 import typing
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import attrs
 
 from jepa_core.validate import Invalid
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
 
 NoneType = type(None)
 COMPONENT_KIND = "jepa_component_kind"  # attrs field metadata key for component sections
@@ -59,16 +62,19 @@ def _type_name(tp: Any) -> str:
 class Structurer:
     """Structures data into `cls`; problems accumulate in `self.problems` as (path, message)."""
 
-    def __init__(self, registry: Any = None):
+    def __init__(self, registry: Registry | None = None):
         self.registry = registry
         self.problems: list[tuple[str, str]] = []
 
     def problem(self, path: str, message: str) -> _Failed:
+        """Record a problem at `path` and return the FAILED marker."""
         self.problems.append((path, message))
         return FAILED
 
     # -- dispatch -----------------------------------------------------------------------
     def structure(self, value: Any, tp: Any, path: str) -> Any:
+        """`value` as type `tp` (attrs classes, unions, literals, tuples, lists, dicts and
+        scalars), or FAILED with the problems recorded at `path`."""
         if tp is Any:
             return value
         if attrs.has(tp):
@@ -79,7 +85,8 @@ class Structurer:
         if origin is Literal:
             if value in args:
                 return value
-            return self.problem(path, f"must be one of {', '.join(map(repr, args))} (got {value!r})")
+            return self.problem(path, f"must be one of {', '.join(map(repr, args))} "
+                                      f"(got {value!r})")
         if origin is tuple:
             return self._tuple(value, args, path)
         if origin is list:
@@ -159,11 +166,13 @@ class Structurer:
             if len(value) != len(args):
                 return self.problem(path, f"must have {len(args)} items (got {len(value)})")
             items = [self.structure(v, t, f"{path}[{i}]") for i, (v, t) in
-                     enumerate(zip(value, args))]
+                     enumerate(zip(value, args, strict=True))]
         return FAILED if any(i is FAILED for i in items) else tuple(items)
 
     # -- attrs classes ------------------------------------------------------------------
     def structure_attrs(self, value: Any, cls: type, path: str) -> Any:
+        """An instance of the attrs class `cls` from a mapping; unknown keys, bad values and
+        validator failures are recorded as problems under `path`."""
         if value is None:
             value = {}
         if not isinstance(value, dict):
@@ -234,6 +243,8 @@ class Structurer:
         return FAILED if any(i is FAILED for i in items) else tuple(items)
 
     def structure_component(self, value: Any, kind: str, path: str) -> Any:
+        """A Component from a `{name: ..., ...}` section: the name must be a registered
+        `kind`, the other keys are structured as that component's config class."""
         if not isinstance(value, dict) or "name" not in value:
             return self.problem(path, f"must be a mapping with a `name:` of a registered {kind}")
         name = value["name"]

@@ -11,7 +11,8 @@ Each validator carries its limits as `validator.bounds` (a `Bounds`), so that
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -31,6 +32,7 @@ class Bounds:
 
 
 class Invalid(ValueError):
+    """A validator's refusal: `message`, and `subpath` below the field it concerns."""
     def __init__(self, message: str, subpath: str = ""):
         super().__init__(message)
         self.message = message

@@ -236,6 +236,7 @@ def test_invalid_yaml_exits_2_with_line_and_column(tmp_path):
 
 
 # -- loading plugins from the command line ---------------------------------------------------
+@pytest.mark.slow  # two CLI runs that import torch (~33 s here)
 def test_dash_p_loads_a_local_plugin(plugin_dir):
     env = clean_env(PYTHONPATH=str(plugin_dir))
     data = json.loads(jepa("-p", "toy_masks", "plugins", "--json", env=env).stdout)

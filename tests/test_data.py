@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image
 
 from jepa_core.errors import RunError
@@ -16,8 +17,6 @@ from jepa_core.runtime.trainer import train
 from jepa_image.configs import DigitsConfig, ImageFolderConfig
 from jepa_image.data import build_digits, build_image_folder
 from jepa_image.transforms import crop_box
-
-from conftest import TINY
 
 
 def _folder(tmp_path, per_class=4, corrupt=1):

@@ -10,13 +10,12 @@ import sys
 import pytest
 import torch
 import yaml
+from conftest import TINY, tiny_method
 
+from jepa_core.errors import RunError
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime.distributed import DistEnv, detect, init_process_group
-from jepa_core.errors import RunError
 from jepa_core.runtime.worker import worker_argv
-
-from conftest import TINY, tiny_method
 
 
 def test_detect_plain():

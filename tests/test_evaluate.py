@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import torch
+from conftest import load_bench
 
 from jepa_core.commands.evaluate import eval_indices, headline, knn_accuracy
 from jepa_core.runtime.trainer import train
 
-from conftest import load_bench
 
 # Two cheap protocols: enough to see the table, the notes and eval.json.
 FAST = [{"name": "knn"}, {"name": "linear", "epochs": 2, "features": ["pooled"]}]
@@ -37,6 +37,7 @@ def test_probes_separate_separable_classes():
     assert knn_accuracy(noise[:200], y[:200], noise[200:], y[200:], 3, 10) < 0.6
 
 
+@pytest.mark.slow  # trains, then evaluates (~23 s here)
 def test_eval_command_on_a_run_directory(tiny_dict):
     tiny_dict["train"]["max_steps"] = 2
     tiny_dict["eval"] = {"after_train": False, "max_images": 40, "protocols": FAST}
@@ -74,6 +75,7 @@ def test_probe_margin_report_is_trained_minus_random():
     assert "+20.0" in text and "+2.0" in text
 
 
+@pytest.mark.slow  # trains several seeds (~50 s here)
 def test_probe_margin_bench_trains_each_seed(tmp_path):
     """The bench really runs `jepa run` once per seed, and different seeds differ."""
     out = subprocess.run(
@@ -172,9 +174,9 @@ def test_unreadable_images_are_skipped_and_counted_in_evaluation(tmp_path, tiny_
 
 
 def test_digits_results_say_which_split(tiny_dict):
+    from jepa_core.commands.evaluate import evaluate_run
     from jepa_core.plugins import make_plugin_manager
     from jepa_core.recipe import recipe_from_dict
-    from jepa_core.commands.evaluate import evaluate_run
 
     tiny_dict["data"] = {"name": "digits"}
     tiny_dict["train"]["max_steps"] = 1
@@ -188,9 +190,9 @@ def test_digits_results_say_which_split(tiny_dict):
 
 # -- what the end of a run says -------------------------------------------------------------
 def _results(trained, random, pixels, tested=359):
-    return {"trained target encoder": dict(zip(("linear_probe", "knn"), trained)),
-            "random init": dict(zip(("linear_probe", "knn"), random)),
-            "raw pixels": dict(zip(("linear_probe", "knn"), pixels)),
+    return {"trained target encoder": dict(zip(("linear_probe", "knn"), trained, strict=True)),
+            "random init": dict(zip(("linear_probe", "knn"), random, strict=True)),
+            "raw pixels": dict(zip(("linear_probe", "knn"), pixels, strict=True)),
             "data": {"test": {"images": tested}}}
 
 
@@ -215,6 +217,7 @@ def test_the_comparison_is_worked_out_from_the_figures():
     assert "beat the pixels on both probes" in ahead[1] and "strong baseline" not in ahead[1]
 
 
+@pytest.mark.slow  # a CLI training run (~35 s here)
 def test_evaluation_after_training_shows_progress_notes_and_outputs(tmp_path):
     """`jepa run` of the quickstart, cut short: progress of the evaluation phases (plain
     lines: the output is a pipe), what the table shows, and where the outputs went."""
@@ -251,6 +254,7 @@ def _flat_folder(root, n=20):
     return root
 
 
+@pytest.mark.slow  # a CLI training run (~45 s here)
 def test_a_flat_unlabelled_folder_trains_and_the_evaluation_says_it_needs_labels(tmp_path):
     root = _flat_folder(tmp_path / "flat")
     out = subprocess.run(

@@ -14,10 +14,12 @@ import sys
 
 import pytest
 import yaml
+from conftest import TINY, install_example
 
 from jepa_core.runtime import checkpoint as ckpt
 
-from conftest import TINY, install_example
+pytestmark = pytest.mark.slow  # pip-installs the example, then trains (~17 s here)
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):

@@ -14,12 +14,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import install_example
 
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.testing import check_masker
-
-from conftest import install_example
-
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +33,7 @@ def _env(site):
     return env
 
 
+@pytest.mark.slow  # pip-installs the example
 def test_jepa_plugins_lists_the_checkerboard_masker(site):
     done = subprocess.run([sys.executable, "-m", "jepa_core", "plugins", "--json"],
                           capture_output=True, text=True, env=_env(site), timeout=120)
@@ -46,6 +45,7 @@ def test_jepa_plugins_lists_the_checkerboard_masker(site):
     assert entry["plugin"] == "checkerboard"
 
 
+@pytest.mark.slow  # pip-installs the example
 def test_the_entry_module_does_not_import_torch(site):
     code = "import sys, jepa_checkerboard.plugin; assert 'torch' not in sys.modules"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -65,6 +65,7 @@ def registry_with_example(site):
         importlib.invalidate_caches()
 
 
+@pytest.mark.slow  # pip-installs the example
 def test_the_checkerboard_masker_offers_varied_configs(registry_with_example):
     from hypothesis import find
 
@@ -76,6 +77,7 @@ def test_the_checkerboard_masker_offers_varied_configs(registry_with_example):
                  rectangular_targets=True)
 
 
+@pytest.mark.slow  # pip-installs the example
 def test_the_checkerboard_masker_honours_the_contract(registry_with_example):
     from jepa_core.errors import ConfigError
 
@@ -107,6 +109,7 @@ def test_generator(jepa_mask_generator):
 '''
 
 
+@pytest.mark.slow  # pip-installs the example
 def test_an_authors_suite_runs_with_the_pytest_plugin(site, tmp_path):
     (tmp_path / "test_author.py").write_text(AUTHOR_TESTS)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

@@ -17,15 +17,14 @@ import attrs
 import pytest
 import torch
 import yaml
+from conftest import TINY
 
-from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.errors import RunError
-from jepa_core.runtime.launch import find_resume
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
+from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime.launch import find_resume
 from jepa_core.runtime.trainer import train
-
-from conftest import TINY
 
 STEPS = 8
 
@@ -68,7 +67,8 @@ def _assert_same(a: dict, b: dict) -> None:
         for k, v in a["modules"][part].items():
             assert torch.equal(v, b["modules"][part][k]), f"{part}.{k} differs"
     # optimizer moments too: the resumed run is the same run
-    for (ka, va), (kb, vb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
+    for (_, va), (_, vb) in zip(a["optimizer"]["state"].items(),
+                                b["optimizer"]["state"].items(), strict=True):
         assert torch.equal(va["exp_avg"], vb["exp_avg"])
 
 

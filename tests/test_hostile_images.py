@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from jepa_core.runtime.build import steps_per_epoch
 from jepa_core.errors import BadSample, RunError
+from jepa_core.runtime.build import steps_per_epoch
 from jepa_image.configs import ImageFolderConfig
 from jepa_image.data import build_image_folder
 

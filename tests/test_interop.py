@@ -16,18 +16,21 @@ import pytest
 import timm
 import torch
 from rich.console import Console
+from test_rundir import read_only
 
-from jepa_core.runtime import checkpoint as ckpt
-from jepa_core.runtime.build import build_models
-from jepa_core.errors import ConfigError, RunError
 from jepa_core.commands.evaluate import eval_command
+from jepa_core.commands.interop import (
+    export_timm,
+    import_official,
+    print_report,
+    to_official_layout,
+)
+from jepa_core.errors import ConfigError, RunError
 from jepa_core.hookspecs import hookimpl
-from jepa_core.commands.interop import (export_timm, import_official, print_report,
-                                        to_official_layout)
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
-
-from test_rundir import read_only
+from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime.build import build_models
 
 
 def _images(n=3, seed=0):
@@ -213,16 +216,23 @@ def test_export_refuses_what_timm_cannot_load(tmp_path, imported, registry):
     class OtherConfig:
         width: int = 8
 
+    class OtherNet(torch.nn.Module):  # an encoder, but not a timm model
+        embed_dim, num_heads, image_size, patch_grid = 8, 1, (32, 32), (4, 4)
+
+        def forward(self, images, keep=None, keep_valid=None):
+            return images
+
     class OtherEncoders:
         @hookimpl
         def register_encoders(self, register):
-            register("other_encoder", OtherConfig, lambda cfg: None)
+            register("other_encoder", OtherConfig, lambda cfg: OtherNet())
 
     other = make_plugin_manager(objects=[("other", OtherEncoders())])
     state = ckpt.load(imported)
     state["recipe"]["encoder"] = {"name": "other_encoder", "width": 8}
     ckpt.save_atomic(state, tmp_path / "other.pt")
-    with pytest.raises(ConfigError, match=r"'other_encoder' \(plugin 'other'\) names no timm model"):
+    with pytest.raises(ConfigError,
+                       match=r"'other_encoder' \(plugin 'other'\) names no timm model"):
         export_timm(tmp_path / "other.pt", tmp_path / "x.safetensors", registry=other)
     assert not (tmp_path / "x.safetensors").exists()
 

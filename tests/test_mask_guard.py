@@ -11,13 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import maskers_for_tests
 import numpy as np
 import pytest
 import torch
 import yaml
-
-import maskers_for_tests
 from conftest import TINY
+
 from jepa_core.errors import MaskerOutputError, PluginFailed
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
@@ -112,12 +112,11 @@ def test_the_guard_leaves_the_global_rngs_as_it_found_them(tiny_dict):
 def test_multiblock_fallbacks_are_tolerated(tiny_dict):
     """A multi-block config that falls back (keeps overlap, as documented and counted by
     sample_with_stats) must not be refused as a target leak."""
-    from jepa_image.configs import MultiBlockConfig
-    from jepa_image.multiblock import build_masker
+    from jepa_core.maskcheck import overlap_problem
     from jepa_core.runtime.data import batch_layout, mask_generator
     from jepa_core.runtime.mask_guard import MaskGuard
-
-    from jepa_core.maskcheck import overlap_problem
+    from jepa_image.configs import MultiBlockConfig
+    from jepa_image.multiblock import build_masker
 
     config = MultiBlockConfig(num_targets=4, target_scale=(0.4, 0.5), context_scale=(0.9, 1.0),
                               min_keep=8)

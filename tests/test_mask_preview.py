@@ -10,9 +10,14 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from jepa_core.runtime.build import encoder_geometry
-from jepa_core.commands.mask_preview import mask_statistics, masks_command, print_statistics, render_masks
+from jepa_core.commands.mask_preview import (
+    mask_statistics,
+    masks_command,
+    print_statistics,
+    render_masks,
+)
 from jepa_core.recipe import load_recipe
+from jepa_core.runtime.build import encoder_geometry
 from jepa_image.configs import MultiBlockConfig, RandomPatchConfig
 from jepa_image.multiblock import build_masker
 from jepa_image.random_patches import build_masker as build_random
@@ -79,9 +84,18 @@ def test_encoder_geometry_of_the_recipes(registry, recipe, image_size, grid):
     assert encoder_geometry(loaded, registry) == (image_size, grid)
 
 
+class CustomNet:
+    """An encoder that is no timm model and no torch module: only the interface."""
+
+    embed_dim, num_heads, image_size, patch_grid = 8, 1, (64, 96), (4, 6)
+
+    def __call__(self, images, keep=None, keep_valid=None):
+        return images
+
+
 def test_encoder_geometry_asks_any_encoder_plugin():
-    built = types.SimpleNamespace(image_size=(64, 96), patch_grid=(4, 6))
-    spec = types.SimpleNamespace(build=lambda config: built)
+    spec = types.SimpleNamespace(build=lambda config: CustomNet(), plugin="mine",
+                                 kind="encoder", name="my_custom_net")
     registry = types.SimpleNamespace(get=lambda kind, name: spec)
     recipe = types.SimpleNamespace(
         encoder=types.SimpleNamespace(name="my_custom_net", config=None))
@@ -242,9 +256,9 @@ def test_a_third_party_masker_without_statistics_still_works(stripes):
 def test_jepa_masks_shows_a_plugins_statistics(stripes, tiny_dict, tmp_path):
     done = _jepa_masks(_stripes_recipe(tiny_dict, tmp_path, "good"), tmp_path)
     assert done.returncode == 0, done.stderr
-    line = next(l for l in done.stdout.splitlines() if "context before equalisation" in l)
+    line = next(ln for ln in done.stdout.splitlines() if "context before equalisation" in ln)
     assert "16.0 / 16.0 / 16.0" in line
-    fell_back = next(l for l in done.stdout.splitlines() if "samples that fell back" in l)
+    fell_back = next(ln for ln in done.stdout.splitlines() if "samples that fell back" in ln)
     assert fell_back.split()[-2] == str(8 * 4)  # 8 batches of 16, a quarter of each
 
 

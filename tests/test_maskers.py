@@ -8,12 +8,13 @@ import time
 import attrs
 import pytest
 import torch
+from conftest import load_bench
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jepa_core.runtime.data import batch_layout, mask_generator, train_loader
 from jepa_core.errors import ConfigError
 from jepa_core.plugins import make_plugin_manager
+from jepa_core.runtime.data import batch_layout, mask_generator, train_loader
 from jepa_core.testing import check_masker
 from jepa_core.testing import strategies as js
 from jepa_core.testing.contract import check_structure
@@ -21,8 +22,6 @@ from jepa_core.testing.strategies import builds_on
 from jepa_image.configs import MultiBlockConfig, RandomPatchConfig
 from jepa_image.multiblock import MAX_REDRAWS, build_masker
 from jepa_image.random_patches import build_masker as build_random
-
-from conftest import load_bench
 
 REGISTRY = make_plugin_manager()
 MASKERS = sorted(REGISTRY.components["masker"])
@@ -215,7 +214,7 @@ def test_masks_and_images_do_not_depend_on_the_number_of_workers():
     serial, parallel = _batches(0), _batches(2)
     assert [b.step for b in serial] == [2, 3, 4, 5] == [b.step for b in parallel]
     masker = build_masker(CORRECTED, (14, 14))
-    for a, b in zip(serial, parallel):
+    for a, b in zip(serial, parallel, strict=True):
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
         assert torch.equal(a.mask.context, b.mask.context)
         assert torch.equal(a.mask.targets, b.mask.targets)

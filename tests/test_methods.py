@@ -11,15 +11,14 @@ import sys
 import pytest
 import torch
 import yaml
+from conftest import METHODS, tiny_method
 
-from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.errors import RecipeError
-from jepa_core.runtime.launch import find_resume
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
+from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime.launch import find_resume
 from jepa_core.runtime.trainer import train
-
-from conftest import METHODS, tiny_method
 
 TERMS = {"ijepa": (), "cjepa": ("prediction", "variance", "covariance"),
          "ijepa_sigreg": ("prediction", "sigreg"), "lejepa": ("sigreg", "invariance")}
@@ -160,9 +159,9 @@ def test_cli_refuses_a_broken_method_recipe_with_exit_2(tiny_dict, tmp_path):
 def _quickstart_lejepa_start(overrides=()):
     """The quickstart LeJEPA method as built for step 0 and the first batch of its real data
     pipeline (64 digits × 4 views)."""
+    from jepa_core.recipe import load_recipe
     from jepa_core.runtime.build import build_components
     from jepa_core.runtime.data import batch_layout, train_loader
-    from jepa_core.recipe import load_recipe
 
     registry = make_plugin_manager()
     recipe = load_recipe("recipes/quickstart_lejepa.yaml", registry, list(overrides))

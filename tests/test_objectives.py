@@ -89,7 +89,7 @@ def test_foreach_and_loop_are_identical():
     for step in range(5):
         fast.update(online, target_a, step)
         slow.update(online, target_b, step)
-    for a, b in zip(target_a.parameters(), target_b.parameters()):
+    for a, b in zip(target_a.parameters(), target_b.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -100,7 +100,7 @@ def test_frozen_parameters_buffers_and_online_untouched():
     online_before = [p.detach().clone() for p in online.parameters()]
     build_ema(EMAConfig(), total_steps=10).update(online, target, 0)
     assert torch.all(target.table == 7.0) and target.count.item() == 3.0
-    for p, q in zip(online.parameters(), online_before):
+    for p, q in zip(online.parameters(), online_before, strict=True):
         assert torch.equal(p, q)
 
 
@@ -108,7 +108,7 @@ def test_momentum_one_keeps_target_and_zero_copies_online():
     online, target = pair()
     before = [p.detach().clone() for p in target.parameters()]
     EMATargetUpdater((1.0, 1.0), 10).update(online, target, 0)
-    assert all(torch.equal(p, q) for p, q in zip(target.parameters(), before))
+    assert all(torch.equal(p, q) for p, q in zip(target.parameters(), before, strict=True))
     EMATargetUpdater((0.0, 0.0), 10).update(online, target, 0)
     assert torch.equal(target.fc1.weight, online.fc1.weight)
 

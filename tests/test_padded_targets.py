@@ -7,10 +7,10 @@ from __future__ import annotations
 import copy
 import json
 
+import maskers_for_tests
 import pytest
 import torch
 
-import maskers_for_tests
 from jepa_core.interfaces import MaskBatch
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
@@ -44,7 +44,8 @@ def test_the_contract_kit_accepts_padded_targets():
 ])
 def test_the_contract_kit_refuses_a_bad_targets_valid(change, check):
     masker = padded_masker()
-    broken = type("Broken", (), {"grid": GRID, "__call__": lambda self, b, g: change(masker(b, g))})()
+    broken = type("Broken", (), {"grid": GRID,
+                                 "__call__": lambda self, b, g: change(masker(b, g))})()
     with pytest.raises(AssertionError, match=check):
         check_masker(broken, 16, 0)
 
@@ -179,7 +180,8 @@ def test_a_masker_with_unequal_target_blocks_trains_through_ijepa(tiny_dict):
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(r["loss"])) and r["loss"] > 0 for r in rows)
     masks = padded_masker()(8, mask_generator(0, 0))
-    assert rows[0]["target_tokens"] == pytest.approx(float(masks.targets_valid.sum((1, 2)).float().mean()))
+    valid_per_sample = masks.targets_valid.sum((1, 2)).float()
+    assert rows[0]["target_tokens"] == pytest.approx(float(valid_per_sample.mean()))
     assert rows[0]["target_tokens"] < 6  # padding is not counted
 
 
@@ -201,4 +203,5 @@ def test_jepa_check_measures_valid_target_tokens(tiny_dict):
     registry = make_plugin_manager()
     recipe = recipe_from_dict(copy.deepcopy(tiny_dict), registry, "tiny")
     counts = measure_tokens(padded_masker(), recipe)
-    assert counts.num_targets == 2 and 2.0 < counts.target < 3.0  # block 1 has 3, block 0 one to three
+    # block 1 has 3, block 0 one to three
+    assert counts.num_targets == 2 and 2.0 < counts.target < 3.0

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
+from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime.trainer import train
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ijepa_v1_step4.pt"
@@ -52,7 +52,7 @@ def assert_same_tensors(a, b, where: str) -> None:
             assert_same_tensors(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same_tensors(x, y, f"{where}[{i}]")
     else:
         assert a == b, where

@@ -1,4 +1,5 @@
-"""`jepa check`'s plan and the cost model behind it (jepa_core.commands.plan, jepa_core.commands.costs).
+"""`jepa check`'s plan and the cost model behind it (jepa_core.commands.plan,
+jepa_core.commands.costs).
 
 The cost model is checked three ways: against the project reference's numbers, against
 torch's own FLOP counter on the real models (meta device), and, for activation memory, against
@@ -318,6 +319,7 @@ def _tiny_yaml(tiny_dict, tmp_path, **train):
     return path
 
 
+@pytest.mark.slow  # times real CPU training steps (16-28 s here)
 def test_a_cpu_recipe_is_planned_for_the_cpu_with_measured_steps(tiny_dict, tmp_path):
     out = _check_out(_tiny_yaml(tiny_dict, tmp_path, device="cpu"), tmp_path=tmp_path)
     flat = " ".join(out.split())
@@ -352,6 +354,7 @@ def test_the_cpu_plan_times_real_steps_unless_too_large(tiny_recipe, registry):
     assert measure.too_large(1e9, 1000) is None
 
 
+@pytest.mark.slow  # two CLI runs that import torch (16-27 s here)
 def test_check_and_masks_report_one_context_token_count(tiny_dict, tmp_path):
     """Both draw the masks of the same steps at the recipe's global batch, one function."""
     import re

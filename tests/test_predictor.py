@@ -63,7 +63,8 @@ def test_official_key_names(predictor):
     block = {"norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"}
     for i in range(2):
         for part in block:
-            assert {f"predictor_blocks.{i}.{part}.weight", f"predictor_blocks.{i}.{part}.bias"} <= keys
+            prefix = f"predictor_blocks.{i}.{part}"
+            assert {f"{prefix}.weight", f"{prefix}.bias"} <= keys
     prefixes = ("mask_token", "predictor_pos_embed", "predictor_embed.", "predictor_blocks.",
                 "predictor_norm.", "predictor_proj.")
     assert all(k.startswith(prefixes) for k in keys)

@@ -13,14 +13,23 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from jepa_core.errors import RecipeError
-from jepa_image.configs import MultiBlockConfig, RandomPatchConfig
 from jepa_core.hookspecs import hookimpl
 from jepa_core.plugins import make_plugin_manager
-from jepa_core.recipe import (OptimConfig, Recipe, TrainConfig, apply_override,
-                              component_sections, load_recipe, read_yaml, recipe_from_dict,
-                              recipe_to_dict, recipe_to_yaml)
+from jepa_core.recipe import (
+    OptimConfig,
+    Recipe,
+    TrainConfig,
+    apply_override,
+    component_sections,
+    load_recipe,
+    read_yaml,
+    recipe_from_dict,
+    recipe_to_dict,
+    recipe_to_yaml,
+)
 from jepa_core.structure import Component
 from jepa_core.validate import at_least
+from jepa_image.configs import MultiBlockConfig, RandomPatchConfig
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
@@ -101,7 +110,8 @@ def test_round_trip_recipe_yaml_recipe(registry, tmp_path):
     assert recipe_to_dict(recipe)["masker"]["name"] == "multiblock"
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lr=st.floats(min_value=1e-12, max_value=1e6, allow_nan=False, allow_infinity=False),
        epochs=st.floats(min_value=1e-6, max_value=1e4),
        batch=st.integers(min_value=1, max_value=2**40),
@@ -207,7 +217,8 @@ def test_unknown_key_far_from_everything_has_no_suggestion(registry, base):
     assert message.startswith("unknown key; valid keys: ")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.text(min_size=1, max_size=12), section=st.sampled_from(["", "optim", "masker"]))
 def test_random_unknown_keys_are_reported_with_their_path(registry, base, key, section):
     valid = {"": TOP_KEYS, "optim": OPTIM_KEYS,
@@ -312,7 +323,8 @@ def test_validators_report_by_path(registry, base, dotted, value, where, expecte
     assert problems_of(with_(base, dotted, value), registry) == [(where, expected)]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(low=st.floats(-1, 2, allow_nan=False), high=st.floats(-1, 2, allow_nan=False))
 def test_range_pair_accepts_exactly_the_valid_pairs(registry, base, low, high):
     data = with_(base, "masker.target_scale", [low, high])
@@ -559,7 +571,8 @@ def test_override_value_is_validated_like_the_file(registry):
     assert info.value.problems == [("$.masker.target_scale[1]", "must be <= 1 (got 1.5)")]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lr=st.floats(min_value=0, max_value=1e9, exclude_min=True, allow_nan=False))
 def test_float_overrides_round_trip(registry, base, lr):
     recipe = recipe_from_dict(base, registry, overrides=[f"optim.lr={lr!r}"])

@@ -23,8 +23,15 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from jepa_objectives.regularizers import (
-    LeJEPALoss, global_mean_var, invariance, lejepa_loss, random_directions, sigreg,
-    vicreg_covariance, vicreg_variance)
+    LeJEPALoss,
+    global_mean_var,
+    invariance,
+    lejepa_loss,
+    random_directions,
+    sigreg,
+    vicreg_covariance,
+    vicreg_variance,
+)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -399,7 +406,7 @@ def test_two_ranks_give_the_single_process_values_and_gradients(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     x, w = ddp_problem()
     single = run_terms(x, w, slice(0, 16), 1)
-    for split, sizes in SPLITS.items():
+    for split in SPLITS:
         for name, (value, w_grad, x_grad) in single.items():
             for r in (0, 1):
                 got_value, got_w_grad, _ = ranks[r][split][name]

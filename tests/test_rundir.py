@@ -15,18 +15,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY
 
 import jepa_core.runtime.trainer
-from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.commands.cli import main
-from jepa_core.runtime.distributed import DistEnv
 from jepa_core.errors import RunError
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
+from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime.distributed import DistEnv
 from jepa_core.runtime.rundir import Lock, RunDirError, claim, drop_rows_after
 from jepa_core.runtime.trainer import train
-
-from conftest import TINY
 
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
                  "SLURM_PROCID", "SLURM_NTASKS")
@@ -67,7 +66,8 @@ def _recipe_file(tmp_path: Path, name: str = "tiny", **train_cfg) -> Path:
 
 
 def _steps(run_dir: Path) -> list[int]:
-    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines]
 
 
 def _flat(text: str) -> str:
@@ -135,7 +135,8 @@ def test_a_locked_directory_is_refused_in_process(tiny_recipe):
 
 def test_the_lock_of_a_killed_process_is_stale(tiny_recipe):
     """A process killed while holding the lock leaves the file; the OS lock died with it."""
-    code = ("import sys, time; from jepa_core.runtime.rundir import Lock; from pathlib import Path; "
+    code = ("import sys, time; from jepa_core.runtime.rundir import Lock; "
+            "from pathlib import Path; "
             "Lock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(60)")
     tiny_recipe.run_dir.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", code, str(tiny_recipe.run_dir)],

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-
 from typing import Literal
 
 import attrs
@@ -18,6 +17,7 @@ from jepa_core.plugins import make_plugin_manager
 from jepa_core.testing import check_masker
 from jepa_core.testing import strategies as js
 from jepa_core.validate import Bounds, at_least, at_most, between, greater, range_pair
+
 
 @attrs.frozen
 class Inner:

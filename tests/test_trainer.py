@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import copy
 import json
-import types
 
 import attrs
 import pytest
 import torch
 
-from jepa_core.runtime import checkpoint as ckpt
-from jepa_core.runtime.data import batch_layout
 from jepa_core.errors import RunError
 from jepa_core.hookspecs import hookimpl
-from jepa_core.runtime.launch import find_resume
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
+from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime.data import batch_layout
+from jepa_core.runtime.launch import find_resume
 from jepa_core.runtime.trainer import train
 
 
@@ -27,7 +26,8 @@ def _run(d, registry=None, resume=None):
 
 
 def _losses(run_dir):
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
 
 
 def _weights(run):

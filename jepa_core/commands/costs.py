@@ -91,6 +91,7 @@ class StepFlops:
 
     @property
     def total(self) -> float:
+        """FLOPs of the whole step per image: target + context + predictor."""
         return self.target + self.context + self.predictor
 
 

@@ -21,16 +21,19 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 
-from jepa_core.runtime import checkpoint as ckpt
-from jepa_core.runtime.build import build, build_models
 from jepa_core.errors import ConfigError, RunError
 from jepa_core.recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_dict
+from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime.build import build, build_models
 from jepa_core.runtime.rundir import ensure_writable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
 
 MODELS = ("encoder", "predictor", "target_encoder")
 EXTRAS = ("opt", "scaler", "epoch", "loss", "batch_size", "world_size", "lr")
@@ -50,11 +53,15 @@ class KeyMatch:
 
     @property
     def complete(self) -> bool:
+        """True when every key matched in name and shape (nothing missing, unexpected or
+        mismatched)."""
         return not (self.missing or self.unexpected or self.mismatched)
 
 
 @attrs.frozen
 class ImportReport:
+    """What an import did: the source file, the checkpoint written, the epoch the source
+    recorded, and how each model's keys matched."""
     source: str
     out_path: str
     epoch: int | None
@@ -62,6 +69,7 @@ class ImportReport:
 
     @property
     def complete(self) -> bool:
+        """True when every model of the import matched completely."""
         return all(m.complete for m in self.models)
 
 
@@ -128,6 +136,7 @@ def read_official(path: Path) -> dict:
 
 
 def strip_prefix(state: dict) -> dict:
+    """The state dict with the DDP `module.` prefix removed from the keys that have it."""
     return {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in state.items()}
 
 
@@ -183,7 +192,7 @@ def _plain(value: Any) -> int | float | str | None:
 
 
 def import_official(path_in: str | os.PathLike, recipe: Recipe | str | os.PathLike,
-                    registry: Any, out_path: str | os.PathLike, *,
+                    registry: Registry, out_path: str | os.PathLike, *,
                     allow_partial: bool = False) -> ImportReport:
     """Convert an official I-JEPA checkpoint into a jepa checkpoint at `out_path` (step 0, no
     optimizer state, `imported_from` recording the source and its epoch), using the models of
@@ -210,9 +219,9 @@ def import_official(path_in: str | os.PathLike, recipe: Recipe | str | os.PathLi
     return report
 
 
-def _imported_state(models: dict, recipe: Recipe, registry: Any, data: dict,
+def _imported_state(models: dict, recipe: Recipe, registry: Registry, data: dict,
                     report: ImportReport) -> dict:
-    origin = {k: _plain(data.get(k)) for k in EXTRAS if k not in ("opt", "scaler")}
+    origin: dict[str, Any] = {k: _plain(data.get(k)) for k in EXTRAS if k not in ("opt", "scaler")}
     origin.update(path=report.source, format="official-ijepa", complete=report.complete,
                   not_imported={m.model: m.missing + [k for k, _, _ in m.mismatched]
                                 for m in report.models if not m.complete})
@@ -231,6 +240,8 @@ def _imported_state(models: dict, recipe: Recipe, registry: Any, data: dict,
 
 
 def print_report(report: ImportReport, console: Any) -> None:
+    """Print an ImportReport as a table: per model, the keys matched, missing, unexpected and
+    of another shape."""
     from rich.table import Table
 
     title = f"{report.source} → {report.out_path}" + (
@@ -259,7 +270,7 @@ def to_official_layout(our_state: dict) -> dict:
     out as the official I-JEPA training code saves it: DDP `module.` key prefixes and its
     top-level keys. The optimizer and scaler states are empty. Used to test the import."""
     modules = our_state.get("modules", our_state)
-    official = {m: {PREFIX + k: v for k, v in modules[m].items()} for m in MODELS}
+    official: dict[str, Any] = {m: {PREFIX + k: v for k, v in modules[m].items()} for m in MODELS}
     official.update(opt={"state": {}, "param_groups": []}, scaler=None,
                     epoch=int(our_state.get("epoch", 0)), loss=0.0, batch_size=1, world_size=1,
                     lr=0.0)
@@ -267,7 +278,7 @@ def to_official_layout(our_state: dict) -> dict:
 
 
 # -- export -------------------------------------------------------------------------------
-def timm_model_of(recipe: Recipe, registry: Any) -> tuple[str, dict]:
+def timm_model_of(recipe: Recipe, registry: Registry) -> tuple[str, dict]:
     """(timm model name, create_model kwargs) of the recipe's encoder, from the optional
     `timm_model` attribute an encoder plugin gives its modules (read off an encoder built on
     the meta device); ConfigError for an encoder without one."""
@@ -333,7 +344,7 @@ def timm_usage(name: str, weights: str | os.PathLike, kwargs: dict) -> str:
 
 
 def export_timm(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, *,
-                which: str | None = None, registry: Any = None) -> dict:
+                which: str | None = None, registry: Registry | None = None) -> dict:
     """Write one encoder of a jepa checkpoint as timm weights: `out_path` (.safetensors, timm
     key names) and `out_path` with suffix .json holding {model_name, kwargs, ...}, so that
 

@@ -13,17 +13,20 @@ training: batch i uses `mask_generator(seed, step + i)`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image, ImageDraw
 
-from jepa_core.runtime.build import encoder_geometry
-from jepa_core.runtime.data import draw_masks
-from jepa_core.runtime.tokens import TOKEN_BATCHES, draw_token_counts
 from jepa_core.errors import PluginError
 from jepa_core.interfaces import MaskBatch, MaskerWithStats, MaskStats
 from jepa_core.maskcheck import target_membership, target_sizes
+from jepa_core.runtime.build import encoder_geometry
+from jepa_core.runtime.data import draw_masks, mask_generator
+from jepa_core.runtime.tokens import TOKEN_BATCHES, draw_token_counts
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
 
 BACKGROUND = (235, 235, 235)
 PICTURE_KEY = ("top row, a few samples: blue = context, one colour per target block, grey = "
@@ -117,13 +120,13 @@ def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0,
         valid = _valid(masks)
         after.append(valid.sum(1))
         has_stats = has_stats and info is not None
-        if has_stats:
+        if has_stats and info is not None:
             before.append(info.context_sizes)
             fallbacks += int(info.fallbacks)
         sizes.append(target_sizes(masks).flatten())  # valid indices of each block
         block_aspects = _aspects(masks, gw)
         rectangles = rectangles and block_aspects is not None
-        if rectangles:
+        if rectangles and block_aspects is not None:
             aspects.append(block_aspects)
         member = target_membership(masks, n)  # [B, N]: in some target (valid positions)
         overlap.append((member.gather(1, masks.context) & valid).sum() / valid.sum())
@@ -319,7 +322,7 @@ def print_statistics(stats: dict[str, Any], console: Any) -> None:
     console.print(table)
 
 
-def masks_command(recipe: Any, registry: Any, out: str | Path, samples: int = 4,
+def masks_command(recipe: Any, registry: Registry, out: str | Path, samples: int = 4,
                   seed: int | None = None, batch_size: int | None = None,
                   console: Any = None) -> dict[str, Any]:
     """`jepa masks RECIPE --out masks.png`: build the recipe's masker on its encoder's grid,

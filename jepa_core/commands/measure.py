@@ -12,12 +12,15 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 import torch
 
 from jepa_core.recipe import Recipe
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
 
 WARMUP_STEPS = 1
 TIMED_STEPS = 3
@@ -55,7 +58,7 @@ def too_large(step_flops: float | None, parameters: int) -> str | None:
     return None
 
 
-def time_cpu_steps(recipe: Recipe, registry: Any, steps: int = TIMED_STEPS) -> Measured:
+def time_cpu_steps(recipe: Recipe, registry: Registry, steps: int = TIMED_STEPS) -> Measured:
     """Build the run as `jepa run` does on the CPU and time `steps` training steps after
     WARMUP_STEPS; the batches are loaded before the clock starts (data loading excluded)."""
     from jepa_core.runtime.data import train_loader

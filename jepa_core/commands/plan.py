@@ -12,18 +12,27 @@ the run, and its duration at a stated fraction of the GPUs' bf16 peak.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 
 from jepa_core.commands import costs, measure
-from jepa_core.runtime.build import (MethodParts, build, encoder_geometry, steps_per_epoch,
-                             total_steps)
+from jepa_core.errors import ConfigError, PluginFailed, RunError
+from jepa_core.interfaces import Masker
+from jepa_core.recipe import Recipe, recipe_to_yaml
+from jepa_core.runtime.build import (
+    MethodParts,
+    build,
+    encoder_geometry,
+    steps_per_epoch,
+    total_steps,
+)
 from jepa_core.runtime.data import BatchLayout, batch_layout
 from jepa_core.runtime.tokens import TokenCounts, draw_token_counts
-from jepa_core.errors import ConfigError, PluginFailed, RunError
-from jepa_core.recipe import Recipe, recipe_to_yaml
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
 
 # Training images of the data sets the paper recipes name, used when their folder is absent.
 IMAGENET_1K = ("ImageNet-1K", 1_281_167)
@@ -38,6 +47,8 @@ GIB = 2**30
 
 @attrs.frozen
 class Plan:
+    """What `jepa check` prints for a recipe: world size and batch layout, parameters, tokens,
+    schedule, and (where the cost model describes the models) FLOPs, memory and time."""
     world_size: int
     world_source: str  # where the world size came from
     layout: BatchLayout
@@ -67,7 +78,7 @@ def count_parameters(module: torch.nn.Module) -> tuple[int, int]:
 def transformer_shape(module: torch.nn.Module) -> costs.TransformerShape | None:
     """Depth, width and MLP ratio of a model made of timm-layout blocks (`attn.qkv`,
     `mlp.fc1`); None for any other architecture (the cost model does not describe it)."""
-    blocks = [m for m in module.modules()
+    blocks: list[Any] = [m for m in module.modules()
               if isinstance(getattr(getattr(m, "attn", None), "qkv", None), torch.nn.Linear)
               and isinstance(getattr(getattr(m, "mlp", None), "fc1", None), torch.nn.Linear)]
     if not blocks:
@@ -76,7 +87,7 @@ def transformer_shape(module: torch.nn.Module) -> costs.TransformerShape | None:
     return costs.TransformerShape(len(blocks), width, blocks[0].mlp.fc1.out_features / width)
 
 
-def patch_dim(encoder: torch.nn.Module) -> int:
+def patch_dim(encoder: Any) -> int:  # an Encoder module: .modules() and .patch_grid
     """Pixel values per patch, C * p * p, from the first convolution (3 channels otherwise)."""
     for m in encoder.modules():
         if isinstance(m, torch.nn.Conv2d):
@@ -84,7 +95,7 @@ def patch_dim(encoder: torch.nn.Module) -> int:
     return 3 * (encoder.image_size[0] // encoder.patch_grid[0]) ** 2
 
 
-def method_on_meta(recipe: Recipe, registry: Any, total: int, spe: int) -> tuple[Any, str]:
+def method_on_meta(recipe: Recipe, registry: Registry, total: int, spe: int) -> tuple[Any, str]:
     """The recipe's method with its modules built without memory (meta device); on the CPU
     for a plugin that cannot build on meta."""
     parts = MethodParts(recipe, registry, total, spe)
@@ -128,6 +139,8 @@ def plan_device(recipe: Recipe, gpus: int | None) -> tuple[str, str]:
 
 
 def world_size(gpus: int | None) -> tuple[int, str]:
+    """(world size, where it came from) for a GPU plan: `--gpus`, else the visible CUDA
+    devices, else 1; ConfigError for --gpus below 1."""
     if gpus is not None:
         if gpus < 1:
             raise ConfigError(f"--gpus must be at least 1 (got {gpus}).")
@@ -138,13 +151,13 @@ def world_size(gpus: int | None) -> tuple[int, str]:
     return 1, "no GPU visible; use --gpus N"
 
 
-def measure_tokens(masker: Any, recipe: Recipe) -> TokenCounts:
+def measure_tokens(masker: Masker, recipe: Recipe) -> TokenCounts:
     """The token counts of the recipe's masks (`jepa_core.runtime.tokens`: the same figures
     `jepa masks` prints), drawn for the global batch as the training loader draws them."""
     return draw_token_counts(masker, recipe.seed, recipe.train.global_batch_size)
 
 
-def data_size(recipe: Recipe, registry: Any, image_size: tuple[int, int],
+def data_size(recipe: Recipe, registry: Registry, image_size: tuple[int, int],
               read: bool = True) -> tuple[int, str]:
     """Training images: the real length of the data source (built as `jepa run` builds it, so
     missing data fails here as it would there), or with read=False (`--no-data`) the size of
@@ -167,7 +180,7 @@ def data_size(recipe: Recipe, registry: Any, image_size: tuple[int, int],
                   f"data.max_images or train.steps_per_epoch to plan for another size)")
 
 
-def cost_model(recipe: Recipe, encoder: torch.nn.Module, predictor: torch.nn.Module,
+def cost_model(recipe: Recipe, encoder: Any, predictor: torch.nn.Module,
                tokens: tuple[float, float, int], layout: BatchLayout, world: int
                ) -> tuple[costs.StepFlops | None, dict[str, float] | None]:
     """FLOPs per image and bytes per GPU of one step; (None, None) for models the cost model
@@ -192,8 +205,10 @@ def cost_model(recipe: Recipe, encoder: torch.nn.Module, predictor: torch.nn.Mod
     return flops, memory
 
 
-def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None, *,
+def make_plan(recipe: Recipe, registry: Registry, gpus: int | None = None, *,
               read_data: bool = True) -> Plan:
+    """Build the recipe's models on the meta device and gather its Plan: counts, token sizes,
+    schedule, cost-model FLOPs and memory, and on a CPU-only machine measured steps."""
     notes: list[str] = []
     device, device_reason = plan_device(recipe, gpus)
     world, world_source = world_size(gpus) if device == "gpu" else (1, device_reason)
@@ -221,7 +236,7 @@ def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None, *,
                          "attn.qkv and mlp.fc1 (timm's layout); these models have none")
     elif not ijepa_shaped(method):
         notes.append(f"no FLOPs or memory: the cost model describes I-JEPA-shaped methods "
-                     f"(encoder, predictor, target_encoder); method {recipe.method.name!r} "
+                     f"(encoder, predictor, target_encoder); method {recipe.method_name!r} "
                      f"has {', '.join(method.modules)}")
     measured = None
     if device == "cpu":
@@ -231,7 +246,7 @@ def make_plan(recipe: Recipe, registry: Any, gpus: int | None = None, *,
                 memory, notes, counts, device, measured)
 
 
-def _measure_on_cpu(recipe: Recipe, registry: Any, method: Any, flops: Any,
+def _measure_on_cpu(recipe: Recipe, registry: Registry, method: Any, flops: Any,
                     layout: BatchLayout, read_data: bool,
                     notes: list[str]) -> measure.Measured | None:
     """The CPU plan's timed steps, or None with a note saying why they were not taken."""
@@ -252,12 +267,12 @@ def _measure_on_cpu(recipe: Recipe, registry: Any, method: Any, flops: Any,
 def _si(value: float, unit: str = "", top: float = 1e15) -> str:
     """630.7M, 22.3M, 1.23P: one decimal, three significant digits below 10; no prefix above
     `top` (parameters stay in millions)."""
-    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    prefix = ""
+    for scale, letter in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= scale and scale <= top:
             value /= scale
+            prefix = letter
             break
-    else:
-        prefix = ""
     if value == 0:
         return "0"
     return (f"{value:#.3g}" if abs(value) < 10 else f"{value:,.1f}") + prefix + unit
@@ -282,11 +297,12 @@ def _table(title: str, *columns: str, note: str = "") -> Any:
     table = Table(title=title, title_justify="left", title_style="bold")
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right")
-    table.note = note
+    table.note = note  # type: ignore[attr-defined]  # our own attribute, printed under it
     return table
 
 
 def parameter_table(plan: Plan) -> Any:
+    """The table of trainable and frozen parameters per module, with their sum."""
     table = _table("Parameters", "component", "trainable", "frozen", "total",
                    note="frozen: fixed sin-cos positions, and modules the optimizer never "
                         "sees (a target encoder is an EMA copy)")
@@ -299,6 +315,7 @@ def parameter_table(plan: Plan) -> Any:
 
 
 def token_table(plan: Plan, recipe: Recipe) -> Any:
+    """The table of patches, context and target tokens per image (with their share of N)."""
     n = plan.grid[0] * plan.grid[1]
     note = ("Nc: " + plan.token_counts.definition() + "; Nt likewise, per target block"
             if plan.token_counts is not None else "the recipe has no masker")
@@ -313,7 +330,9 @@ def token_table(plan: Plan, recipe: Recipe) -> Any:
 
 
 def flops_table(plan: Plan, recipe: Recipe) -> Any:
+    """The table of FLOPs per image by part of the step, and for the global batch."""
     f = plan.flops
+    assert f is not None, "a FLOPs table needs the plan's FLOPs"
     table = _table("FLOPs per step", "part", "per image", "share", note=(
         "matmul FLOPs, multiply-add = 2, backward = 2x forward (jepa_core/commands/costs.py)"))
     rows = [("target encoder forward, N tokens", f.target),
@@ -328,12 +347,15 @@ def flops_table(plan: Plan, recipe: Recipe) -> Any:
 
 
 def memory_table(plan: Plan, recipe: Recipe) -> Any:
+    """The table of bytes per GPU (weights, optimizer state, activations) and which GPU
+    size the total fits."""
     mode = "fp32" if recipe.train.precision == "fp32" else "bf16 autocast, SDPA"
     table = _table(f"Memory per GPU, micro-batch {plan.layout.micro_batch}", "what", "GiB",
                    note=(f"{recipe.dist.strategy}, {mode}: fp32 weights and AdamW state; the "
                          f"activations kept for backward when it starts "
                          f"(jepa_core/commands/costs.py). "
                          f"Add ~10% for the CUDA context, temporaries and allocator slack."))
+    assert plan.memory is not None, "a memory table needs the plan's memory figures"
     for name, value in plan.memory.items():
         table.add_row(name, _gib(value))
     total = sum(plan.memory.values())
@@ -345,6 +367,8 @@ def memory_table(plan: Plan, recipe: Recipe) -> Any:
 
 
 def schedule_table(plan: Plan, recipe: Recipe) -> Any:
+    """The table of the batch layout (per device, accumulation, global) and the schedule
+    (steps per epoch, epochs, total and warmup steps)."""
     lay, tr = plan.layout, recipe.train
     table = _table("Batch and schedule", "what", "value",
                    note=f"training images: {plan.data_note}")
@@ -365,6 +389,8 @@ def schedule_table(plan: Plan, recipe: Recipe) -> Any:
 
 
 def time_table(plan: Plan, recipe: Recipe) -> Any:
+    """The table of the run's compute time on each GPU of PLAN_GPUS at its assumed
+    utilisation, wall clock and GPU hours."""
     steps = min(plan.total_steps, recipe.train.max_steps or plan.total_steps)
     images = steps * recipe.train.global_batch_size
     g = plan.world_size
@@ -372,6 +398,7 @@ def time_table(plan: Plan, recipe: Recipe) -> Any:
                    "bf16 peak", "at", "img/s per GPU", "wall clock", "GPU time", note=(
                        "compute only, at the stated fraction of the dense bf16 peak; the "
                        "official I-JEPA code ran at ~20% on A100s (93 img/s)"))
+    assert plan.flops is not None, "a time table needs the plan's FLOPs"
     for name, peak, util in PLAN_GPUS:
         seconds = costs.run_seconds(images, plan.flops.total, g, peak, util)
         rate = peak * util / plan.flops.total
@@ -381,7 +408,10 @@ def time_table(plan: Plan, recipe: Recipe) -> Any:
 
 
 def measured_table(plan: Plan, recipe: Recipe) -> Any:
+    """The table of the steps timed on this machine: seconds per step, images per second,
+    peak memory, and the time the run would take."""
     m = plan.measured
+    assert m is not None, "a measured table needs the plan's measured steps"
     steps = min(plan.total_steps, recipe.train.max_steps or plan.total_steps)
     table = _table(f"Measured on this machine (CPU, {m.threads} threads)", "what", "value",
                    note=(f"measured on this machine: {m.steps} real training steps (after "
@@ -399,6 +429,8 @@ def measured_table(plan: Plan, recipe: Recipe) -> Any:
 
 
 def print_plan(plan: Plan, recipe: Recipe, console: Any) -> None:
+    """Print the plan's tables that apply (FLOPs, memory and time only where the cost model
+    describes the models), then its notes."""
     tables = [parameter_table(plan), token_table(plan, recipe), schedule_table(plan, recipe)]
     if plan.flops is not None:
         tables.append(flops_table(plan, recipe))
@@ -414,7 +446,7 @@ def print_plan(plan: Plan, recipe: Recipe, console: Any) -> None:
         console.print(f"[yellow]note:[/yellow] {note}")
 
 
-def import_factories(recipe: Recipe, registry: Any) -> None:
+def import_factories(recipe: Recipe, registry: Registry) -> None:
     """Import the factory of every component the recipe names (PluginError if one cannot be),
     as building the run would."""
     for section in COMPONENT_SECTIONS:
@@ -423,7 +455,7 @@ def import_factories(recipe: Recipe, registry: Any) -> None:
             registry.get(comp.kind, comp.name).resolve_factory()
 
 
-def check(recipe: Recipe, registry: Any, gpus: int | None = None, *,
+def check(recipe: Recipe, registry: Registry, gpus: int | None = None, *,
           read_data: bool = True) -> Plan:
     """What `jepa check` verifies before it calls a recipe valid: the plugins loaded, every
     factory imports, the data source builds (unless read_data is False), the method builds
@@ -434,13 +466,16 @@ def check(recipe: Recipe, registry: Any, gpus: int | None = None, *,
     return make_plan(recipe, registry, gpus, read_data=read_data)
 
 
-def print_check(recipe: Recipe, registry: Any, console: Any, gpus: int | None = None, *,
+def print_check(recipe: Recipe, registry: Registry, console: Any, gpus: int | None = None, *,
                 read_data: bool = True) -> None:
+    """`jepa check`: validate the recipe (raising before anything is printed if it fails),
+    then print the resolved recipe and its plan."""
     from rich.syntax import Syntax
 
     plan = check(recipe, registry, gpus, read_data=read_data)  # nothing printed before it passes
     console.print(f"[green]recipe {recipe.name!r} is valid[/green]")
-    console.print(Syntax(recipe_to_yaml(recipe), "yaml", theme="ansi_dark", background_color="default"))
+    console.print(Syntax(recipe_to_yaml(recipe), "yaml", theme="ansi_dark",
+                         background_color="default"))
     for kind in COMPONENT_SECTIONS:
         comp = getattr(recipe, kind)
         if comp is None:  # a section the method does without

@@ -20,8 +20,8 @@ import pickle
 import re
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from jepa_core.errors import CheckpointError, RunError
 
@@ -32,6 +32,7 @@ _NAME = re.compile(r"^step_(\d{9})\.pt$")
 
 
 def checkpoint_name(step: int) -> str:
+    """The file name of the checkpoint after `step` steps (zero-padded, so names sort by step)."""
     return f"step_{step:09d}.pt"
 
 
@@ -213,6 +214,7 @@ def _stderr(message: str) -> None:
 
 
 def step_of(path: Path) -> int:
+    """The step in a checkpoint's file name, -1 for a name that is not a checkpoint's."""
     m = _NAME.match(Path(path).name)
     return int(m.group(1)) if m else -1
 

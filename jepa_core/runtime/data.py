@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import attrs
 import torch
 
 from jepa_core.errors import BadSample, ConfigError
-from jepa_core.interfaces import MaskBatch
+from jepa_core.interfaces import DataSource, MaskBatch, Masker
 from jepa_core.seeding import generator
 
 MAX_SKIPS = 16  # consecutive unreadable samples tolerated before giving up on a row
@@ -41,9 +42,11 @@ class BatchLayout:
 
     @property
     def per_rank(self) -> int:
+        """Samples one rank processes per optimizer step (micro-batch x accumulation steps)."""
         return self.micro_batch * self.accum_steps
 
     def rows(self, micro: int) -> range:
+        """The rows of the global batch that this rank's micro-batch `micro` takes."""
         start = self.rank * self.per_rank + micro * self.micro_batch
         return range(start, start + self.micro_batch)
 
@@ -64,6 +67,7 @@ def batch_layout(global_batch: int, world_size: int, rank: int = 0,
 
 @attrs.frozen
 class Key:
+    """Which sample a batch row is: step, epoch, row in the global batch, index in the data."""
     step: int
     epoch: int
     row: int
@@ -83,12 +87,15 @@ class StepSampler:
         return max(0, self.stop_step - self.start_step) * self.layout.accum_steps
 
     def permutation(self, epoch: int) -> torch.Tensor:
+        """The seeded order of the data for `epoch` (cached for the current epoch)."""
         if self._perm is None or self._perm[0] != epoch:
             self._perm = (epoch, torch.randperm(self.data_len,
                                                 generator=generator(self.seed, "order", epoch)))
         return self._perm[1]
 
     def keys(self, step: int, micro: int) -> list[Key]:
+        """The Keys of this rank's micro-batch `micro` of `step`; a step past the data wraps
+        around it."""
         epoch, within = divmod(step, self.spe)
         perm = self.permutation(epoch)
         base = within * self.layout.global_batch
@@ -107,7 +114,7 @@ class TrainSamples:
     first view is the same image whatever the number of views). An unreadable sample
     (`BadSample`) is replaced by the next index and counted."""
 
-    def __init__(self, source: Any, seed: int, num_views: int = 1):
+    def __init__(self, source: DataSource, seed: int, num_views: int = 1):
         self.source, self.seed, self.num_views = source, seed, num_views
 
     def __len__(self) -> int:
@@ -162,7 +169,7 @@ class Batch:
                              f"({', '.join(self.masks) or 'none'}), not one")
         return next(iter(self.masks.values()))
 
-    def to(self, device: Any) -> "Batch":
+    def to(self, device: Any) -> Batch:
         """The same batch with every tensor on `device` (non-blocking copies)."""
         def move(t: Any) -> Any:
             return None if t is None else t.to(device, non_blocking=True)
@@ -208,7 +215,8 @@ def draw_masks(masker: Any, batch_size: int, seed: int, step: int, *,
         return draw(batch_size, mask_generator(seed, step))
 
 
-def _trim(index: torch.Tensor, valid: torch.Tensor | None):
+def _trim(index: torch.Tensor,
+          valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(index, valid) without the trailing columns that are padding everywhere; a `valid`
     that is then all True becomes None (the encoders' and predictor's fast path)."""
     if valid is None:
@@ -226,8 +234,8 @@ def _take_rows(masks: MaskBatch, rows: slice) -> MaskBatch:
     def part(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t[rows]
 
-    context, valid = _trim(part(masks.context), part(masks.context_valid))
-    targets, targets_valid = _trim(part(masks.targets), part(masks.targets_valid))
+    context, valid = _trim(masks.context[rows], part(masks.context_valid))
+    targets, targets_valid = _trim(masks.targets[rows], part(masks.targets_valid))
     return MaskBatch(context, targets, valid, targets_valid)
 
 
@@ -235,7 +243,7 @@ class MaskingCollate:
     """collate_fn: stacks samples (one tensor per view) and attaches their rows of the step's
     global mask batch (no masks without a masker)."""
 
-    def __init__(self, masker: Any, seed: int, global_batch: int,
+    def __init__(self, masker: Masker | None, seed: int, global_batch: int,
                  view_names: tuple[str, ...] = ("image",)):
         self.masker, self.seed, self.global_batch = masker, seed, global_batch
         self.view_names = tuple(view_names)
@@ -264,7 +272,7 @@ class MaskingCollate:
         return Batch(views, labels, masks, step, skipped)
 
 
-class _Keyed:
+class _Keyed(torch.utils.data.Dataset):
     """Dataset returning (key, sample) so the collate function knows the step and rows."""
 
     def __init__(self, samples: TrainSamples):
@@ -273,7 +281,7 @@ class _Keyed:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: Key) -> tuple[Key, tuple[torch.Tensor, int, int]]:
+    def __getitem__(self, key: Key) -> tuple[Key, tuple[list[torch.Tensor], int, int]]:
         return key, self.samples[key]
 
 
@@ -286,7 +294,7 @@ def leave_signals_to_trainer(_worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def train_loader(source: Any, masker: Any, layout: BatchLayout, *, seed: int,
+def train_loader(source: DataSource, masker: Masker | None, layout: BatchLayout, *, seed: int,
                  steps_per_epoch: int, start_step: int, stop_step: int, num_workers: int = 0,
                  pin_memory: bool = False,
                  view_names: tuple[str, ...] = ("image",)) -> torch.utils.data.DataLoader:

@@ -10,8 +10,8 @@ Modes, detected in this order (never silently degraded):
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Mapping
 
 import attrs
 
@@ -20,6 +20,8 @@ from jepa_core.errors import RunError
 
 @attrs.frozen
 class DistEnv:
+    """Where this process stands in the job: rank, world size, local rank, how it was
+    launched, and the rendezvous address."""
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -29,10 +31,12 @@ class DistEnv:
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0, the process that writes logs and checkpoints."""
         return self.rank == 0
 
     @property
     def distributed(self) -> bool:
+        """True when a process group is used (several processes, or launched by torchrun/SLURM)."""
         return self.world_size > 1 or self.mode != "plain"
 
 
@@ -45,6 +49,8 @@ def _int(env: Mapping[str, str], key: str) -> int:
 
 
 def detect(env: Mapping[str, str] | None = None) -> DistEnv:
+    """The DistEnv described by torchrun's or SLURM's environment variables in `env`
+    (os.environ by default); a plain single process otherwise."""
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistEnv(_int(env, "RANK"), _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK")
@@ -90,7 +96,7 @@ def init_process_group(dist_env: DistEnv, backend: str, timeout_s: float = 1800.
     return added
 
 
-def destroy(added_env: list[str] = ()) -> None:
+def destroy(added_env: Sequence[str] = ()) -> None:
     """Leave the process group and remove the variables `init_process_group` added."""
     import torch.distributed as dist
 

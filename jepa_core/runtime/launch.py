@@ -13,13 +13,16 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from jepa_core.errors import ConfigError, Preempted, RunError
+from jepa_core.recipe import Recipe, recipe_to_dict
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime import rundir
 from jepa_core.runtime.distributed import DistEnv, destroy, detect, init_process_group
-from jepa_core.errors import ConfigError, Preempted, RunError
-from jepa_core.recipe import Recipe, recipe_to_dict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
 
 # Recipe keys that may change between a checkpoint and its resumption.
 SAFE_TO_CHANGE = ("train.max_steps", "train.num_workers", "train.log_every",
@@ -46,6 +49,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def recipe_differences(saved: dict, current: dict) -> list[str]:
+    """'key: old -> new' for each dotted key where two recipe dicts differ, sorted."""
     a, b = _flatten(saved), _flatten(current)
     return [f"{k}: {a.get(k, '(unset)')!r} → {b.get(k, '(unset)')!r}"
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -84,8 +88,10 @@ def _check_recipe(state: dict, recipe: Recipe, path: Path, force: bool) -> None:
             "resume anyway (the run is then no longer one consistent run).")
 
 
-def run_worker(recipe: Recipe, registry: Any, resume: str | None, force: bool,
+def run_worker(recipe: Recipe, registry: Registry, resume: str | None, force: bool,
                dist: DistEnv) -> int:
+    """Train in this process as one rank of `dist` (process group set up and torn down
+    around it); returns the exit code."""
     from jepa_core.runtime.trainer import train
 
     backend = recipe.dist.backend
@@ -124,7 +130,7 @@ def print_outputs(run_dir: Path) -> None:
         console.print(line, soft_wrap=True, markup=False)
 
 
-def _spawn(recipe: Recipe, registry: Any, args: argparse.Namespace) -> int:
+def _spawn(recipe: Recipe, registry: Registry, args: argparse.Namespace) -> int:
     """Re-run this command in N local processes through torch's elastic launcher."""
     if args.nproc == "gpu":
         import torch
@@ -205,7 +211,9 @@ def die_with_launcher() -> None:
                        f"this worker stops.")
 
 
-def launch(recipe: Recipe, registry: Any, args: argparse.Namespace) -> int:
+def launch(recipe: Recipe, registry: Registry, args: argparse.Namespace) -> int:
+    """`jepa run`: train in this process, as a rank of an existing distributed job, or spawn
+    `--nproc` local workers (or submit to SLURM); returns the exit code."""
     dist = detect()
     if dist.distributed:
         return run_worker(recipe, registry, args.resume, args.force, dist)

@@ -22,14 +22,23 @@ sample and the fix; a masker that raises while drawing is a `PluginFailed` namin
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, NoReturn
 
 from jepa_core.errors import JepaError, MaskerOutputError, PluginFailed
-from jepa_core.interfaces import MaskBatch, MaskerWithStats
-from jepa_core.maskcheck import (MaskProblem, differing_field, global_rng_states,
-                                 overlap_problem, redraw_problem, same_global_rng_states,
-                                 set_global_rng_states, structure_problem, RNG_FIX)
-from jepa_core.plugins import _describe, code_roots, raised_at
+from jepa_core.interfaces import MaskBatch, Masker, MaskerWithStats
+from jepa_core.maskcheck import (
+    RNG_FIX,
+    MaskProblem,
+    differing_field,
+    global_rng_states,
+    overlap_problem,
+    redraw_problem,
+    same_global_rng_states,
+    set_global_rng_states,
+    structure_problem,
+)
+from jepa_core.plugins import Registry, _describe, code_roots, raised_at
 from jepa_core.runtime.data import DEFAULT_MASKS, BatchLayout, _take_rows, draw_masks
 
 CHECK_STEPS = 3  # steps whose masks are checked at the start of a run
@@ -37,7 +46,7 @@ GUIDE = ("Test the masker with jepa_core.testing.check_masker (see docs/writing_
          "which runs the same checks.")
 
 
-def describe_masker(masker: Any, recipe: Any, registry: Any) -> str:
+def describe_masker(masker: Masker, recipe: Any, registry: Registry) -> str:
     """'masker NAME (class, plugin P, distribution D V)' for messages."""
     kind = type(masker)
     where = f"{kind.__module__}.{kind.__qualname__}"
@@ -55,7 +64,7 @@ class MaskGuard:
     """See the module docstring. `check_start()` before the loader is iterated, then
     `check_batch(batch, micro)` on each collated micro-batch."""
 
-    def __init__(self, masker: Any, who: str, seed: int, layout: BatchLayout,
+    def __init__(self, masker: Masker, who: str, seed: int, layout: BatchLayout,
                  first_step: int, stop_step: int, roots: list[str] | None = None):
         self.masker, self.who, self.seed, self.layout = masker, who, seed, layout
         self.steps = range(first_step, min(first_step + CHECK_STEPS, stop_step))
@@ -77,7 +86,9 @@ class MaskGuard:
                 f"{raised_at(exc, self.roots)}). The fault is in the masker: fix it or report "
                 f"it to its authors. {GUIDE}") from exc
 
-    def refuse(self, step: int, name: str, problem: MaskProblem, several: bool) -> None:
+    def refuse(self, step: int, name: str, problem: MaskProblem, several: bool) -> NoReturn:
+        """Raise the MaskerOutputError for `problem` at `step` (naming the mask set when the
+        masker returns several)."""
         where = f"step {step}" + (f", mask set {name!r}" if several else "")
         fix = f" Fix: {problem.fix}." if problem.fix else ""
         raise MaskerOutputError(
@@ -86,6 +97,8 @@ class MaskGuard:
             f"{problem.detail}.{fix} {GUIDE}")
 
     def mask_sets(self, step: int, out: Any) -> dict[str, Any]:
+        """The masker's output as {name: masks}: a MaskBatch becomes the default set; anything but
+        a non-empty dict with str keys is refused."""
         if isinstance(out, MaskBatch):
             return {DEFAULT_MASKS: out}
         if isinstance(out, dict) and out and all(isinstance(k, str) for k in out):
@@ -96,8 +109,11 @@ class MaskGuard:
             "dict {name: MaskBatch} for several mask sets)"), False)
 
     def check_step(self, step: int, out: Any) -> dict[str, MaskBatch]:
+        """The mask sets of `out` after checking each one's structure and (unless the masker
+        allows overlap) that targets stay out of the context; refuses the first problem."""
         sets = self.mask_sets(step, out)
-        grid = tuple(self.masker.grid)
+        gh, gw = self.masker.grid
+        grid = (int(gh), int(gw))
         overlap_ok = bool(getattr(self.masker, "allow_overlap", False))
         for name, masks in sets.items():
             problem = structure_problem(masks, grid, self.layout.global_batch)
@@ -112,6 +128,7 @@ class MaskGuard:
     def fallbacks(self, step: int) -> int:
         """The fallbacks a MaskerWithStats reports for this step (0 if it reports nonsense)."""
         try:
+            assert isinstance(self.masker, MaskerWithStats)
             _, stats = draw_masks(self.masker, self.layout.global_batch, self.seed, step,
                                   with_stats=True)
             return int(stats.fallbacks)
@@ -130,7 +147,7 @@ class MaskGuard:
                                        "numpy's global RNG state changed while drawing",
                                        RNG_FIX) if touched else None)
                 sets = self.check_step(step, out)
-                problem = problem or redraw_problem(out, lambda: self.draw(step))
+                problem = problem or redraw_problem(out, functools.partial(self.draw, step))
                 if problem:
                     self.refuse(step, "", problem, False)
             else:

@@ -22,16 +22,22 @@ class Ticker:
                  every_s: float = EVERY_S):
         self.console, self.description, self.total, self.unit = console, description, total, unit
         self.every_s, self.done = every_s, 0
-        self.progress = self.task = None
+        self.progress: Any = None  # a rich Progress on a terminal
+        self.task: Any = None
         self._t0 = self._t_last = 0.0
 
-    def __enter__(self) -> "Ticker":
+    def __enter__(self) -> Ticker:
         self._t0 = self._t_last = runlog.now()
         if self.console is None:
             return self
         if self.console.is_terminal:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self.progress = Progress(TextColumn(self.description), BarColumn(),
                                      MofNCompleteColumn(), TextColumn(self.unit),
@@ -43,6 +49,7 @@ class Ticker:
         return self
 
     def advance(self, n: int = 1) -> None:
+        """Count `n` more units done and update the bar (or the plain-text line)."""
         self.done += n
         if self.console is None:
             return

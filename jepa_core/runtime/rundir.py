@@ -24,12 +24,13 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.errors import JepaError, RunError
+from jepa_core.runtime import checkpoint as ckpt
 
 LOCK_NAME = ".lock"
 METRICS_NAME = "metrics.jsonl"
@@ -68,12 +69,14 @@ class Lock:
     """An exclusive flock on `run_dir/.lock`, which records the holder's pid, host and start.
     Released, the file goes, and so do the folders `created` for the run if still empty."""
 
-    def __init__(self, run_dir: Path, created: list[Path] = ()):
+    def __init__(self, run_dir: Path, created: Sequence[Path] = ()):
         self.path = Path(run_dir) / LOCK_NAME
         self.created = list(created)  # deepest first
         self.fd: int | None = None
 
     def acquire(self) -> None:
+        """Take the run folder's lock (an flock on the lock file), or raise RunDirError naming
+        the process that holds it."""
         for _ in range(3):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             if self._lock(fd):
@@ -113,6 +116,8 @@ class Lock:
         return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
     def release(self) -> None:
+        """Remove the lock file and unlock it, and remove the folders created for the run if they
+        are still empty. Does nothing if not held."""
         if self.fd is None:
             return
         # Unlinked while still locked: a run that opened the old file sees (after its own
@@ -172,7 +177,7 @@ def drop_rows_after(metrics: Path, step: int) -> int:
     except FileNotFoundError:
         return 0
     steps = [_row_step(line) for line in lines]
-    keep = [line for line, s in zip(lines, steps) if s is not None and s <= step]
+    keep = [line for line, s in zip(lines, steps, strict=True) if s is not None and s <= step]
     if len(keep) == len(lines) and all(line.endswith(b"\n") for line in keep):
         return 0
     tmp = metrics.with_name(f".{metrics.name}.tmp-{os.getpid()}")

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.errors import RunError
+from jepa_core.runtime import checkpoint as ckpt
 
 COLLAPSE_STD = 1e-2  # pooled target features this flat across a batch mean collapse
 
@@ -44,6 +44,8 @@ def _figure(metrics: dict[str, float], key: str, fmt: str) -> str:
 
 
 class RunLogger:
+    """A run's logging, as a with-block: metrics.jsonl lines and the progress bar (main
+    process only), and the warnings about collapsing representations."""
     def __init__(self, run: Any, stop_step: int, console: Any = None):
         from rich.console import Console
 
@@ -51,21 +53,26 @@ class RunLogger:
         self.main = run.dist.is_main
         self.console = console or Console(stderr=False, highlight=False)
         self.every = run.recipe.train.log_every
-        self.file = None
-        self.progress = None
-        self.task = None
+        self.file: MetricsFile | None = None  # opened on entry, main process only
+        self.progress: Any = None  # a rich Progress on a terminal
+        self.task: Any = None
         self.start_step = run.step  # where this process began (a resumed run: not 0)
         self._t0 = self._t_last = now()
         self._images_since = 0
         self._warned = False
 
-    def __enter__(self) -> "RunLogger":
+    def __enter__(self) -> RunLogger:
         if not self.main:
             return self
         self.file = MetricsFile(self.run.run_dir / "metrics.jsonl")
         if self.console.is_terminal:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                                      MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
@@ -92,6 +99,8 @@ class RunLogger:
             self.file.close()
 
     def step_end(self, metrics: dict[str, float]) -> None:
+        """Log one step's metrics: throughput every `log_every` steps, a metrics.jsonl line and
+        the progress bar on the main process, and the collapse check."""
         self._images_since += self.run.layout.global_batch
         t = now()
         if self.run.step % self.every == 0 or self.run.step == self.stop:
@@ -100,6 +109,7 @@ class RunLogger:
         if not self.main:
             return
         metrics["elapsed_s"] = t - self._t0
+        assert self.file is not None, "log() outside the logger's with-block"
         self.file.append(json.dumps({k: _num(v) for k, v in metrics.items()}) + "\n",
                          self.run.step)
         self._check_collapse(metrics)
@@ -135,6 +145,7 @@ class MetricsFile:
         self.size = os.fstat(self.fd).st_size
 
     def append(self, line: str, step: int) -> None:
+        """Write `line` with one append (whole, or RunError naming the file and `step`)."""
         data = line.encode()
         try:
             done = 0
@@ -162,6 +173,7 @@ class MetricsFile:
                         f"{exc.strerror or exc}{full}. The run stops; {tail}. {kept}")
 
     def close(self) -> None:
+        """Close the file."""
         os.close(self.fd)
 
 

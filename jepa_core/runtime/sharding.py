@@ -17,6 +17,7 @@ from jepa_core.errors import ConfigError
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside torch.compile's and DDP's wrappers (the module itself if unwrapped)."""
     model = getattr(model, "_orig_mod", model)  # torch.compile
     return getattr(model, "module", model)  # DDP
 
@@ -59,19 +60,19 @@ class no_gradient_sync:
 
     def __init__(self, models: list[torch.nn.Module]):
         self.models = models
-        self.ctxs = [m.no_sync() for m in models if hasattr(m, "no_sync")]  # DDP
+        self.ctxs = [getattr(m, "no_sync")() for m in models if hasattr(m, "no_sync")]  # noqa: B009 (DDP)
 
     def __enter__(self) -> None:
         for c in self.ctxs:
             c.__enter__()
         for m in self.models:
             if hasattr(unwrap(m), "set_requires_gradient_sync"):  # FSDP2
-                unwrap(m).set_requires_gradient_sync(False)
+                getattr(unwrap(m), "set_requires_gradient_sync")(False)  # noqa: B009
 
     def __exit__(self, *exc: Any) -> None:
         for m in self.models:
             if hasattr(unwrap(m), "set_requires_gradient_sync"):
-                unwrap(m).set_requires_gradient_sync(True)
+                getattr(unwrap(m), "set_requires_gradient_sync")(True)  # noqa: B009
         for c in reversed(self.ctxs):
             c.__exit__(*exc)
 
@@ -85,8 +86,11 @@ def full_states(method: Any, optimizer: torch.optim.Optimizer, sharded: bool) ->
     if not sharded:
         return {"modules": {name: unwrap(m).state_dict() for name, m in method.modules.items()},
                 "optimizer": optimizer.state_dict()}
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return {"modules": {name: get_model_state_dict(unwrap(m), options=opts)
@@ -104,8 +108,11 @@ def load_full_states(state: dict, method: Any, optimizer: torch.optim.Optimizer,
         if state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])
         return
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     opts = StateDictOptions(full_state_dict=True)
     for name, m in method.modules.items():

@@ -52,6 +52,8 @@ class JepaJob:
 
 
 def submit(args: argparse.Namespace, run_dir: Path) -> Any:
+    """Submit the run to SLURM with submitit (`--slurm-*` options in `args`); returns the job.
+    ConfigError if submitit is not installed."""
     try:
         import submitit
     except ImportError:

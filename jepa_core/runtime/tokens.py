@@ -7,10 +7,9 @@ and its cost model) and `jepa masks` (the masker's statistics).
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
+from jepa_core.interfaces import Masker
 from jepa_core.runtime.data import MaskingCollate
 
 TOKEN_BATCHES = 8  # steps whose masks are drawn
@@ -35,7 +34,7 @@ class TokenCounts:
                 f"with seed {self.seed}, drawn as training draws them")
 
 
-def draw_token_counts(masker: Any, seed: int, batch_size: int,
+def draw_token_counts(masker: Masker, seed: int, batch_size: int,
                       batches: int = TOKEN_BATCHES) -> TokenCounts:
     """Token counts of the masks training would draw for steps 0..batches-1 (the global batch
     of each, generator (seed, "masks", step)); for a masker of several mask sets, the first."""

@@ -18,22 +18,26 @@ import os
 import signal
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 
+from jepa_core.errors import ConfigError, Preempted, RunError
+from jepa_core.interfaces import Method
+from jepa_core.recipe import Recipe, recipe_to_dict, recipe_to_yaml
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime import schedules
 from jepa_core.runtime.build import Components, build_components
 from jepa_core.runtime.data import Batch, BatchLayout, batch_layout, train_loader
 from jepa_core.runtime.distributed import DistEnv
 from jepa_core.runtime.mask_guard import MaskGuard, describe_masker
-from jepa_core.errors import ConfigError, Preempted, RunError
 from jepa_core.runtime.runlog import RunLogger
-from jepa_core.recipe import Recipe, recipe_to_dict, recipe_to_yaml
-from jepa_core.seeding import derive_seed
 from jepa_core.runtime.sharding import full_states, load_full_states, no_gradient_sync, wrap_models
+from jepa_core.seeding import derive_seed
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry, SafeHooks
 
 
 @attrs.define
@@ -41,7 +45,7 @@ class RunContext:
     """Everything a run holds; handed to lifecycle hooks as `run`."""
 
     recipe: Recipe
-    registry: Any
+    registry: Registry
     dist: DistEnv
     device: torch.device
     run_dir: Path
@@ -60,11 +64,13 @@ class RunContext:
     metrics: dict = attrs.Factory(dict)
 
     @property
-    def hook(self) -> Any:
-        return self.registry.hooks  # names a plugin that raises
+    def hook(self) -> SafeHooks:
+        """The plugins' lifecycle hooks; a hook that raises is reported naming its plugin."""
+        return self.registry.hooks
 
     @property
-    def method(self) -> Any:
+    def method(self) -> Method:
+        """The recipe's method, which owns the models."""
         return self.parts.method
 
     def trainable(self) -> list[torch.nn.Module]:
@@ -73,6 +79,8 @@ class RunContext:
 
 
 def select_device(recipe: Recipe, dist: DistEnv) -> torch.device:
+    """The device this rank trains on (`train.device`; a CUDA device by local rank); RunError
+    when CUDA is asked for and absent."""
     want = recipe.train.device
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -86,7 +94,8 @@ def select_device(recipe: Recipe, dist: DistEnv) -> torch.device:
 def make_optimizer(models: list[torch.nn.Module], recipe: Recipe,
                    device: torch.device) -> torch.optim.Optimizer:
     """AdamW; biases and 1-D parameters (norms) get no weight decay; frozen ones are left out."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for model in models:
         for name, p in model.named_parameters():
             if p.requires_grad:
@@ -100,6 +109,8 @@ def make_optimizer(models: list[torch.nn.Module], recipe: Recipe,
 
 
 def apply_schedules(run: RunContext) -> dict[str, float]:
+    """Set this step's learning rate and weight decay on the optimizer; returns them for
+    logging."""
     o, total = run.recipe.optim, run.parts.total_steps
     warmup = int(round(o.warmup_epochs * run.parts.steps_per_epoch))
     lr = schedules.learning_rate(run.step, total, warmup, o.start_lr, o.lr, o.final_lr)
@@ -158,7 +169,7 @@ def _reduce_step(run: RunContext, loss_sum: torch.Tensor, grad_norm: torch.Tenso
         run.stop_signal = run.stop_signal or int(signal.SIGTERM)
     values = both.tolist()
     loss = values[0]
-    return loss, math.isfinite(loss) and values[1] == 0.0, dict(zip(terms, values[3:]))
+    return loss, math.isfinite(loss) and values[1] == 0.0, dict(zip(terms, values[3:], strict=True))
 
 
 def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
@@ -262,6 +273,7 @@ def _stop_diverged(run: RunContext) -> None:
 
 
 def sharded(run: RunContext) -> bool:
+    """True when the recipe trains with FSDP2 (states are sharded across ranks)."""
     return run.recipe.dist.strategy == "fsdp"
 
 
@@ -271,7 +283,7 @@ def checkpoint_state(run: RunContext) -> dict:
     return {
         "format": ckpt.FORMAT, "version": ckpt.FORMAT_VERSION, "step": run.step,
         "epoch": run.step // run.parts.steps_per_epoch, **models,
-        "method": run.recipe.method.name, "eval_module": run.method.eval_module,
+        "method": run.recipe.method_name, "eval_module": run.method.eval_module,
         "recipe": recipe_to_dict(run.recipe),
         "plugins": {name: info.version or "" for name, info in run.registry.plugins.items()},
         "counters": {"nonfinite_total": run.nonfinite_total,
@@ -285,6 +297,7 @@ def save_checkpoint(run: RunContext) -> Path | None:
     path = None
     state = checkpoint_state(run) if run.dist.is_main or sharded(run) else None
     if run.dist.is_main:
+        assert state is not None
         directory = run.run_dir / "checkpoints"
         path = directory / ckpt.checkpoint_name(run.step)
         ckpt.save_atomic(state, path)
@@ -297,11 +310,13 @@ def save_checkpoint(run: RunContext) -> Path | None:
 
 
 def load_state(run: RunContext, state: dict) -> None:
+    """Load a checkpoint's modules and optimizer state into the run; ConfigError if it holds
+    another method's modules."""
     theirs, ours = sorted(state["modules"]), sorted(run.method.modules)
     if theirs != ours:
         raise ConfigError(
             f"the checkpoint holds the modules {', '.join(theirs)}, but method "
-            f"{run.recipe.method.name!r} has {', '.join(ours)}: it was written by another "
+            f"{run.recipe.method_name!r} has {', '.join(ours)}: it was written by another "
             f"method. Resume with the recipe it was trained with.")
     load_full_states(state, run.method, run.optimizer, sharded(run))
     run.step = int(state["step"])
@@ -310,7 +325,9 @@ def load_state(run: RunContext, state: dict) -> None:
     run.skipped_samples = int(counters.get("skipped_samples", 0))
 
 
-def setup(recipe: Recipe, registry: Any, dist: DistEnv) -> RunContext:
+def setup(recipe: Recipe, registry: Registry, dist: DistEnv) -> RunContext:
+    """Everything a run needs before its first step: device, components, wrapped models,
+    optimizer and batch layout."""
     device = select_device(recipe, dist)
     parts = build_components(recipe, registry)
     for model in parts.method.modules.values():
@@ -335,7 +352,8 @@ class StopOnSignal:
                     b"again to stop at once.\n")
 
     def __init__(self, run: RunContext):
-        self.run, self.previous, self.interrupted = run, {}, False
+        self.run, self.interrupted = run, False
+        self.previous: dict[int, Any] = {}  # signal number -> the handler it replaced
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if signum == signal.SIGINT:
@@ -346,7 +364,7 @@ class StopOnSignal:
                 os.write(2, self.FIRST_CTRL_C)  # not print: a handler may interrupt a print
         self.run.stop_signal = self.run.stop_signal or signum  # the first one sets the exit code
 
-    def __enter__(self) -> "StopOnSignal":
+    def __enter__(self) -> StopOnSignal:
         for sig in self.SIGNALS:
             self.previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -378,7 +396,7 @@ def requeue_on_slurm(signum: int) -> None:
         subprocess.run(["scontrol", "requeue", job], check=False)
 
 
-def train(recipe: Recipe, registry: Any, dist: DistEnv | None = None,
+def train(recipe: Recipe, registry: Registry, dist: DistEnv | None = None,
           resume: dict | None = None, console: Any = None) -> RunContext:
     """Run the whole training; returns the finished RunContext (metrics of the last step)."""
     dist = dist or DistEnv()

@@ -11,6 +11,7 @@ from jepa_core.commands.cli import main
 
 
 def worker_argv(argv: list[str]) -> list[str]:
+    """The `jepa` arguments of a spawned worker: the `-p` plugins, then `run` and the rest."""
     head = []
     while len(argv) >= 2 and argv[0] in ("-p", "--plugin"):
         head += argv[:2]

@@ -37,9 +37,17 @@ from typing import Any
 import torch
 
 from jepa_core.interfaces import MaskBatch
-from jepa_core.maskcheck import (differing_field, global_rng_states, overlap_problem,
-                                 redraw_problem, same_global_rng_states, structure_problem,
-                                 target_membership, target_sizes, valid_counts)
+from jepa_core.maskcheck import (
+    differing_field,
+    global_rng_states,
+    overlap_problem,
+    redraw_problem,
+    same_global_rng_states,
+    structure_problem,
+    target_membership,
+    target_sizes,
+    valid_counts,
+)
 from jepa_core.testing.deadline import Expired, deadline
 
 DEFAULT_TIME_LIMIT_S = 5.0
@@ -107,6 +115,7 @@ def check_structure(masker: Any, masks: Any, batch_size: int) -> None:
 
 
 def check_disjoint(masker: Any, masks: MaskBatch) -> None:
+    """AssertionError naming the masker if a target index is also a valid context index."""
     _raise(masker, overlap_problem(masks, tuple(masker.grid)))
 
 

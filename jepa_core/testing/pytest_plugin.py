@@ -11,13 +11,18 @@ Fixtures (none is function-scoped, so all work inside hypothesis `@given` tests)
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
+
 
 @pytest.fixture(scope="module")
-def jepa_registry() -> Any:
+def jepa_registry() -> Registry:
+    """A registry of every installed plugin, built once per test module."""
     from jepa_core.plugins import make_plugin_manager
 
     return make_plugin_manager()
@@ -25,6 +30,7 @@ def jepa_registry() -> Any:
 
 @pytest.fixture(scope="session")
 def masker_contract() -> Callable[..., Any]:
+    """`jepa_core.testing.check_masker`, the masker contract check."""
     from jepa_core.testing.contract import check_masker
 
     return check_masker
@@ -32,6 +38,8 @@ def masker_contract() -> Callable[..., Any]:
 
 @pytest.fixture(scope="session")
 def jepa_mask_generator() -> Callable[[int, int], Any]:
+    """`jepa_core.runtime.data.mask_generator`: (seed, step) -> the generator the trainer
+    gives the masker."""
     from jepa_core.runtime.data import mask_generator
 
     return mask_generator

@@ -26,7 +26,8 @@ import math
 import types
 import typing
 import warnings
-from typing import Any, Callable, Literal, Union
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import attrs
 from hypothesis import reject
@@ -34,6 +35,9 @@ from hypothesis import strategies as st
 
 from jepa_core.errors import ConfigError, PluginError
 from jepa_core.validate import Bounds
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
 
 
 def grids(min_side: int = 2, max_side: int = 32) -> st.SearchStrategy[tuple[int, int]]:
@@ -57,8 +61,8 @@ def seeds() -> st.SearchStrategy[int]:
     return st.integers(0, 2**63 - 1)
 
 
-@functools.lru_cache(maxsize=None)
-def _registry() -> Any:
+@functools.cache
+def _registry() -> Registry:
     from jepa_core.plugins import make_plugin_manager
 
     return make_plugin_manager()
@@ -224,7 +228,8 @@ def _number(tp: Any, default: Any, b: Bounds) -> st.SearchStrategy | None:
                      allow_nan=False, allow_infinity=False).map(lambda x: round(x, 4))
 
 
-def multiblock_configs(grid: tuple[int, int], registry: Any = None) -> st.SearchStrategy:
+def multiblock_configs(grid: tuple[int, int],
+                       registry: Registry | None = None) -> st.SearchStrategy:
     """Deprecated: use `masker_configs(registry.get("masker", "multiblock"), grid)`."""
     warnings.warn("jepa_core.testing.strategies.multiblock_configs is deprecated; use "
                   "masker_configs(registry.get('masker', 'multiblock'), grid)",

@@ -25,10 +25,12 @@ class MultiBlockConfig:
 
     style: Literal["corrected", "reference"] = "corrected"
     num_targets: int = attrs.field(default=4, validator=at_least(1))
-    target_scale: Pair = attrs.field(default=(0.15, 0.2), validator=range_pair(0, 1, strict_lo=True))
+    target_scale: Pair = attrs.field(default=(0.15, 0.2),
+                                     validator=range_pair(0, 1, strict_lo=True))
     target_aspect: Pair = attrs.field(default=(0.75, 1.5), validator=range_pair(0, strict_lo=True))
     num_context: int = attrs.field(default=1, validator=at_least(1))
-    context_scale: Pair = attrs.field(default=(0.85, 1.0), validator=range_pair(0, 1, strict_lo=True))
+    context_scale: Pair = attrs.field(default=(0.85, 1.0),
+                                      validator=range_pair(0, 1, strict_lo=True))
     context_aspect: Pair = attrs.field(default=(1.0, 1.0), validator=range_pair(0, strict_lo=True))
     min_keep: int = attrs.field(default=10, validator=at_least(1))
     allow_overlap: bool = False

@@ -21,8 +21,15 @@ import torch.nn.functional as F
 from jepa_core.errors import BadSample, ConfigError, RunError
 from jepa_core.seeding import derive_seed
 from jepa_image import configs
-from jepa_image.transforms import (IMAGENET_MEAN, IMAGENET_STD, decode_side, normalize,
-                                   pil_to_float, random_resized_crop, resize_center_crop)
+from jepa_image.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    decode_side,
+    normalize,
+    pil_to_float,
+    random_resized_crop,
+    resize_center_crop,
+)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif"}
 
@@ -241,9 +248,9 @@ def build_image_folder(config: configs.ImageFolderConfig, image_size: tuple[int,
     held = held_out(files, root, config.val_fraction, config.split_seed)
     share = f"{100 * config.val_fraction:.3g}%"
     if train:
-        return make(classes, [f for f, h in zip(files, held) if not h],
+        return make(classes, [f for f, h in zip(files, held, strict=True) if not h],
                     f"root {root} minus the held-out {share} (split_seed {config.split_seed})")
-    test = [f for f, h in zip(files, held) if h]
+    test = [f for f, h in zip(files, held, strict=True) if h]
     if not test:
         raise RunError(f"data.root {root} has no class with 2 or more images, so none can be "
                        f"held out for evaluation; set data.val_root.")
@@ -277,7 +284,8 @@ class SyntheticImages:
         freq = 2.0 + 3.0 * (label % 3)
         yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
         phase = float(torch.rand((), generator=g)) * 2 * torch.pi
-        wave = torch.sin(2 * torch.pi * freq * (xx * torch.cos(angle) + yy * torch.sin(angle)) + phase)
+        along = xx * torch.cos(angle) + yy * torch.sin(angle)
+        wave = torch.sin(2 * torch.pi * freq * along + phase)
         image = wave.expand(self.config.channels, h, w) + 0.3 * torch.randn(
             self.config.channels, h, w, generator=g)
         if generator is not None:

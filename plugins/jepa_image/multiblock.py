@@ -267,7 +267,7 @@ class MultiBlockMasker:
         counts = bit_counts(drawn[-1])
         while int(counts.min()) < min_keep and rounds < MAX_REDRAWS:
             rows = np.flatnonzero(counts < min_keep)
-            for old, new in zip(drawn, self.place(len(rows), tsize, csize, generator)):
+            for old, new in zip(drawn, self.place(len(rows), tsize, csize, generator), strict=True):
                 old[rows] = new
             counts = bit_counts(drawn[-1])
             rounds += 1
@@ -352,7 +352,7 @@ def _breaks(area: float, longest: int) -> list[float]:
 def _draws_between(cuts: set[float]) -> list[float]:
     """The cuts inside [0, 1] and the midpoints between consecutive ones."""
     points = sorted(u for u in cuts if 0.0 <= u <= 1.0)
-    return points + [(a + b) / 2 for a, b in zip(points, points[1:])]
+    return points + [(a + b) / 2 for a, b in zip(points, points[1:], strict=False)]
 
 
 def _smallest_sizes(masker: MultiBlockMasker, scale, aspect) -> list[Size]:
@@ -374,7 +374,7 @@ def _smallest_sizes(masker: MultiBlockMasker, scale, aspect) -> list[Size]:
     if ds > 0:  # where n * scale crosses an integer (the area is floored)
         cuts |= {(k / n - scale[0]) / ds
                  for k in range(math.ceil(scale[0] * n), math.floor(scale[1] * n) + 1)}
-    for u0, u1 in zip(sorted(cuts), sorted(cuts)[1:]):
+    for u0, u1 in zip(sorted(cuts), sorted(cuts)[1:], strict=False):
         area = math.floor(n * (scale[0] + (u0 + u1) / 2 * ds))
         if da > 0 and area > 0:
             cuts |= {(a - aspect[0]) / da for a in _breaks(area, longest)}

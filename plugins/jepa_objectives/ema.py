@@ -102,7 +102,7 @@ class EMATargetUpdater:
         if self.implementation == "foreach":
             torch._foreach_lerp_(target_params, online_params, weight)
         else:
-            for t, o in zip(target_params, online_params):
+            for t, o in zip(target_params, online_params, strict=True):
                 t.lerp_(o, weight)
 
 

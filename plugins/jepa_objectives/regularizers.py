@@ -20,7 +20,6 @@ from typing import NamedTuple
 
 import torch
 
-
 # --- distributed helpers --------------------------------------------------------------------
 
 def _world_size(group) -> int:
@@ -227,5 +226,5 @@ def vicreg_covariance(x: torch.Tensor, group=None) -> torch.Tensor:
         return off_diagonal / x.shape[1]
 
 
-__all__ = ["LeJEPALoss", "global_mean_var", "invariance", "lejepa_loss", "random_directions", "sigreg",
-           "vicreg_covariance", "vicreg_variance"]
+__all__ = ["LeJEPALoss", "global_mean_var", "invariance", "lejepa_loss", "random_directions",
+           "sigreg", "vicreg_covariance", "vicreg_variance"]

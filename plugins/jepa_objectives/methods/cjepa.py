@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from jepa_core.runtime.build import MethodParts
 from jepa_core.interfaces import MethodOutput
+from jepa_core.runtime.build import MethodParts
 from jepa_objectives.methods.ijepa import IJEPA, teacher_targets
 from jepa_objectives.regularizers import vicreg_covariance, vicreg_variance
 from jepa_objectives.tokens import pooled

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from jepa_core.runtime.build import MethodParts, frozen_copy
 from jepa_core.interfaces import MaskBatch, MethodOutput
+from jepa_core.runtime.build import MethodParts, frozen_copy
 from jepa_objectives.tokens import gather_tokens, normalised_targets
 
 

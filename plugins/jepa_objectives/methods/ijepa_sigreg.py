@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from jepa_core.runtime.build import MethodParts
 from jepa_core.interfaces import MethodOutput
+from jepa_core.runtime.build import MethodParts
 from jepa_objectives.methods.ijepa import MaskedPrediction
 from jepa_objectives.methods.lejepa import sigreg_arguments
 from jepa_objectives.regularizers import sigreg

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from jepa_core.runtime.build import MethodParts
 from jepa_core.interfaces import MethodOutput
+from jepa_core.runtime.build import MethodParts
 from jepa_core.seeding import generator
 from jepa_objectives.regularizers import global_mean_var, lejepa_loss
 
