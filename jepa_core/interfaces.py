@@ -216,21 +216,26 @@ class FeatureSet(Protocol):
     """
 
     kind: str
-    labels: "torch.Tensor"
+    labels: torch.Tensor
     item_shape: tuple[int, ...]
 
     def __len__(self) -> int: ...
 
     @property
-    def shard_sizes(self) -> list[int]: ...
+    def shard_sizes(self) -> list[int]:
+        """Images per shard, in order."""
 
-    def shard(self, s: int) -> tuple["torch.Tensor", "torch.Tensor"]: ...
+    def shard(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of shard s."""
 
-    def shards(self) -> Any: ...
+    def shards(self) -> Any:
+        """(x, y) per shard, in order."""
 
-    def take(self, rows: "torch.Tensor") -> "torch.Tensor": ...
+    def take(self, rows: torch.Tensor) -> torch.Tensor:
+        """x of the given sorted rows."""
 
-    def load(self) -> "torch.Tensor": ...
+    def load(self) -> torch.Tensor:
+        """All of x at once."""
 
 
 @attrs.frozen
@@ -271,7 +276,8 @@ class EvalProtocol(Protocol):
 
     feature_kinds: tuple[str, ...]
 
-    def run(self, features: dict, context: EvalContext) -> list[dict]: ...
+    def run(self, features: dict, context: EvalContext) -> list[dict]:
+        """The protocol's results on these features."""
 
 
 @attrs.frozen

@@ -28,14 +28,20 @@ import re
 import sys
 import traceback
 import types
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 import pluggy
 
 from jepa_core import KINDS, hookspecs
-from jepa_core.errors import (ConfigError, JepaError, PluginError, PluginFailed,
-                              UnknownComponentError)
+from jepa_core.errors import (
+    ConfigError,
+    JepaError,
+    PluginError,
+    PluginFailed,
+    UnknownComponentError,
+)
 
 AUTOLOAD_OFF_ENV = "JEPA_DISABLE_PLUGIN_AUTOLOAD"
 EXTRA_PLUGINS_ENV = "JEPA_PLUGINS"
@@ -49,6 +55,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = ()
 
 @attrs.frozen
 class PluginInfo:
+    """A plugin that loaded: its name, where it came from, its distribution and module."""
     name: str
     source: str  # "builtin", "entry point", "command line"
     distribution: str | None
@@ -288,8 +295,10 @@ def import_failure(exc: BaseException, module_name: str) -> str:
     inside = [f for f in frames
               if any(os.path.realpath(f.filename) == r
                      or os.path.realpath(f.filename).startswith(r + os.sep) for r in roots)]
-    frame = (inside or frames or [None])[-1]
-    return _describe(exc) + (f" (at {frame.filename}:{frame.lineno})" if frame else "")
+    chosen = inside or frames
+    if not chosen:
+        return _describe(exc)
+    return f"{_describe(exc)} (at {chosen[-1].filename}:{chosen[-1].lineno})"
 
 
 def fix_for(exc: BaseException) -> str:
@@ -321,12 +330,14 @@ class Registry:
 
     # -- lookup -------------------------------------------------------------------------
     def get(self, kind: str, name: str) -> ComponentSpec:
+        """The component `name` of `kind`, or UnknownComponentError naming the nearest."""
         known = self.components[kind]
         if name in known:
             return known[name]
         raise UnknownComponentError(self.unknown_message(kind, name))
 
     def unknown_message(self, kind: str, name: str) -> str:
+        """The paragraph for a name no plugin registered: the nearest name, the known ones."""
         known = sorted(self.components[kind])
         near = difflib.get_close_matches(str(name), known, n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""

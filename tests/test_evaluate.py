@@ -14,7 +14,6 @@ from conftest import load_bench
 from jepa_core.commands.evaluate import eval_indices, headline, knn_accuracy
 from jepa_core.runtime.trainer import train
 
-
 # Two cheap protocols: enough to see the table, the notes and eval.json.
 FAST = [{"name": "knn"}, {"name": "linear", "epochs": 2, "features": ["pooled"]}]
 FAST_ARG = "eval.protocols=[knn, {name: linear, epochs: 2, features: [pooled]}]"

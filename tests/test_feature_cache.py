@@ -23,8 +23,9 @@ PROTOCOLS = "eval.protocols=[{name: knn, k: 5}, {name: linear, epochs: 2, featur
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from conftest import TINY
     import copy
+
+    from conftest import TINY
 
     d = copy.deepcopy(TINY)
     d["out_dir"] = str(tmp_path_factory.mktemp("runs"))
@@ -92,5 +93,5 @@ def test_two_processes_extract_the_same_features_as_one(run_dir, tmp_path):
     got = results_of(run_dir)
     assert [(r["protocol"], r["features"]) for r in got] == [
         (r["protocol"], r["features"]) for r in expected]
-    for r, e in zip(got, expected):
+    for r, e in zip(got, expected, strict=True):
         assert r.get("accuracy") == pytest.approx(e.get("accuracy"), abs=1 / 359 + 1e-9)

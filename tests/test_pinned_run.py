@@ -75,7 +75,7 @@ def test_ijepa_final_weights_are_bit_identical_to_the_pinned_run(tiny_dict):
 
         warnings.warn(f"{len(NOT_BITWISE)} tensors equal the pinned run to a few ulp, not "
                       f"bitwise (this CPU's float kernels differ from the one that made the "
-                      f"fixture), e.g. {NOT_BITWISE[0]}")
+                      f"fixture), e.g. {NOT_BITWISE[0]}", stacklevel=1)
 
 
 def test_a_format_1_checkpoint_resumes_evaluates_and_exports(tiny_dict, tmp_path):

@@ -13,20 +13,19 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import types
 from pathlib import Path
 
 import attrs
 import pytest
 import yaml
-
 from conftest import TINY
-from jepa_core.runtime import checkpoint as ckpt
+
 from jepa_core.errors import ConfigError, PluginError, PluginFailed, RunError
 from jepa_core.hookspecs import hookimpl
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
+from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]

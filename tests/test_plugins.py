@@ -23,9 +23,9 @@ import attrs
 import pytest
 
 from jepa_core import KINDS, plugins
+from jepa_core.commands.listing import plugins_json
 from jepa_core.errors import PluginError, PluginFailed, UnknownComponentError
 from jepa_core.hookspecs import REGISTRATION_HOOKS, hookimpl
-from jepa_core.commands.listing import plugins_json
 from jepa_core.plugins import make_plugin_manager
 
 REPO = Path(__file__).resolve().parents[1]

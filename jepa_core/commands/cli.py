@@ -18,10 +18,15 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from jepa_core import __version__
 from jepa_core.errors import JepaError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
+    from jepa_core.recipe import Recipe
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,7 +113,7 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False)
 
 
-def _registry(args: argparse.Namespace, warn: bool = True) -> Any:
+def _registry(args: argparse.Namespace, warn: bool = True) -> Registry:
     """The registry of this command's plugins (`-p MODULE`, `-p no:NAME`); components refused
     for a name already taken are warned about on stderr (once, not by every worker)."""
     from jepa_core.plugins import make_plugin_manager
@@ -131,7 +136,7 @@ def print_notes(notes: list[str]) -> None:
             console.print(f"[yellow]note:[/yellow] {escape(note)}")
 
 
-def _load(args: argparse.Namespace, registry: Any) -> Any:
+def _load(args: argparse.Namespace, registry: Registry) -> Recipe:
     from jepa_core.recipe import load_recipe
 
     notes: list[str] = []
@@ -142,6 +147,7 @@ def _load(args: argparse.Namespace, registry: Any) -> Any:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    """`jepa plugins [--json]`: the components, their plugins, what broke or was left out."""
     from jepa_core.commands.listing import plugins_json, print_plugins
 
     registry = _registry(args, warn=False)  # the listing shows them
@@ -153,6 +159,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """`jepa check RECIPE`: refuse what `jepa run` refuses, print the recipe and its plan."""
     registry = _registry(args)
     registry.raise_if_broken()  # as `jepa run` does: check passes only what run accepts
     recipe = _load(args, registry)
@@ -179,6 +186,7 @@ def check_nproc(value: str | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """`jepa run RECIPE`: train here, with --nproc processes, or through SLURM."""
     check_nproc(args.nproc)
     registry = _registry(args)
     registry.raise_if_broken()
@@ -198,6 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_masks(args: argparse.Namespace) -> int:
+    """`jepa masks RECIPE`: a picture and the statistics of the recipe's masks."""
     registry = _registry(args)
     recipe = _load(args, registry)
     from jepa_core.commands.mask_preview import masks_command  # torch: only for a valid recipe
@@ -208,6 +217,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """`jepa eval RUN`: the recipe's evaluation protocols on the run's frozen encoder."""
     registry = _registry(args)
     registry.raise_if_broken()
     from jepa_core.commands.evaluate import eval_command  # torch: only once the plugins are sound
@@ -219,6 +229,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    """`jepa import-checkpoint`: an official I-JEPA checkpoint as a jepa one."""
     registry = _registry(args)
     registry.raise_if_broken()
     from jepa_core.commands.interop import import_official, print_report
@@ -230,6 +241,7 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """`jepa export`: a checkpoint's encoder as timm safetensors weights."""
     registry = _registry(args)
     registry.raise_if_broken()
     from jepa_core.commands.interop import export_timm
@@ -245,6 +257,7 @@ COMMANDS = {"plugins": cmd_plugins, "check": cmd_check, "run": cmd_run, "masks":
 
 
 def report_error(exc: JepaError) -> None:
+    """One red panel on stderr: the error's title and its paragraph."""
     from rich.panel import Panel
     from rich.text import Text
 
@@ -253,6 +266,7 @@ def report_error(exc: JepaError) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `jepa` command: parse, run the command, map errors to exit codes."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow the options (`jepa run r.yaml --nproc 2 optim.lr=1e-3`)

@@ -25,8 +25,15 @@ import torch.nn.functional as F
 
 from jepa_core.errors import RunError
 from jepa_core.evaluation.features import _Images, collate
-from jepa_core.evaluation.runner import (PIXELS, RANDOM, NoLabels, eval_indices, evaluate,
-                                         headline, no_labels_message)
+from jepa_core.evaluation.runner import (
+    PIXELS,
+    RANDOM,
+    NoLabels,
+    eval_indices,
+    evaluate,
+    headline,
+    no_labels_message,
+)
 from jepa_core.recipe import EvalConfig, recipe_from_dict
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime.progress import Ticker
@@ -208,6 +215,7 @@ def evaluate_run(run: Any, console: Any = None) -> dict | None:
     except NoLabels as exc:
         console.print(f"[yellow]note:[/yellow] evaluation skipped: {exc}", soft_wrap=True)
         return None
+    assert results is not None  # one process: rank 0
     (run.run_dir / "eval.json").write_text(json.dumps(results, indent=2))
     print_results(results, console, f"{run.recipe.name}: evaluation after {run.step} steps",
                   run.recipe.data.name)

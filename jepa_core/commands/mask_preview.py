@@ -22,7 +22,7 @@ from jepa_core.errors import PluginError
 from jepa_core.interfaces import MaskBatch, MaskerWithStats, MaskStats
 from jepa_core.maskcheck import target_membership, target_sizes
 from jepa_core.runtime.build import encoder_geometry
-from jepa_core.runtime.data import draw_masks, mask_generator
+from jepa_core.runtime.data import draw_masks
 from jepa_core.runtime.tokens import TOKEN_BATCHES, draw_token_counts
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -19,8 +19,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -97,6 +98,7 @@ class CachedFeatures:
         """[n] int64 labels of every cached image, in cache order."""
         if self._labels is None:
             self._scan()
+        assert self._labels is not None
         return self._labels
 
     @property
@@ -117,9 +119,13 @@ class CachedFeatures:
     @property
     def shard_sizes(self) -> list[int]:
         """Images per shard, in order."""
+        return list(self._shard_sizes())
+
+    def _shard_sizes(self) -> list[int]:
         if self._sizes is None:
             self._scan()
-        return list(self._sizes)
+        assert self._sizes is not None
+        return self._sizes
 
     def shard(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x float32, y) of shard s."""
@@ -135,11 +141,9 @@ class CachedFeatures:
 
     def take(self, rows: torch.Tensor) -> torch.Tensor:
         """Features of the rows at sorted positions `rows` (a subset, read shard by shard)."""
-        if self._sizes is None:
-            self._scan()
         rows = torch.as_tensor(rows, dtype=torch.long)
         out, start = [], 0
-        for s, size in enumerate(self._sizes):
+        for s, size in enumerate(self._shard_sizes()):
             inside = rows[(rows >= start) & (rows < start + size)] - start
             if len(inside):
                 out.append(self._open(s)["x"][inside].float())

@@ -4,8 +4,9 @@ extraction pass that fills the cache (`jepa_core.evaluation.cache`) shard by sha
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +59,7 @@ def encoder_extract(model: torch.nn.Module, kinds: tuple[str, ...], device: torc
     def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = images.to(device)
         if "last4" in kinds:
-            layers = model.layer_tokens(x, 4)
+            layers = model.layer_tokens(x, 4)  # type: ignore[operator]
             last = layers[-1]
         else:
             layers, last = None, model(x)

@@ -16,8 +16,14 @@ import torch
 
 from jepa_core.errors import RunError
 from jepa_core.evaluation import cache
-from jepa_core.evaluation.features import (PIXEL_KINDS, encoder_extract, encoder_kinds,
-                                           extract_split, pixel_extract, wait_for_shards)
+from jepa_core.evaluation.features import (
+    PIXEL_KINDS,
+    encoder_extract,
+    encoder_kinds,
+    extract_split,
+    pixel_extract,
+    wait_for_shards,
+)
 from jepa_core.interfaces import EvalContext
 from jepa_core.recipe import Recipe, recipe_to_dict
 from jepa_core.runtime.build import build, build_encoder
@@ -77,7 +83,7 @@ def evaluate(recipe: Recipe, registry: Any, target_state: dict, device: torch.de
     protocols = build_protocols(recipe, registry)
     wanted = {k for _, p in protocols for k in p.feature_kinds}
     trained = build_encoder(recipe, registry)
-    size = tuple(trained.image_size)
+    size = tuple(trained.image_size)  # type: ignore[arg-type]
     train_src = build("data_source", recipe, registry, "data", image_size=size, train=True)
     if not train_src.num_classes:
         raise NoLabels(no_labels_message(recipe, train_src))
@@ -92,7 +98,7 @@ def evaluate(recipe: Recipe, registry: Any, target_state: dict, device: torch.de
     root = Path(cache_root) if cache_root is not None else Path(recipe.run_dir) / "features"
     cfg = recipe.eval
     layout = recipe_to_dict(recipe)
-    extractors: dict[str, tuple[Any, tuple[str, ...], str]] = {}
+    extractors: dict[str, tuple[Any, tuple[str, ...], dict[str, Any]]] = {}
     for name, model in encoders.items():
         kinds = encoder_kinds(model, wanted)
         weights = origin if name != RANDOM else {"random init": layout["encoder"],

@@ -8,8 +8,6 @@ baseline by construction, stated with the results."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 

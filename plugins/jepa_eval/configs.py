@@ -31,8 +31,10 @@ class LinearConfig:
     BatchNorm before it; a grid of learning rates x weight decays, all heads trained in one pass
     over the cached features, the best chosen on a held-out part of the training split."""
 
-    features: tuple[Pooled, ...] = attrs.field(default=("pooled", "last4"), validator=each(lambda *a: None))
-    batchnorm: tuple[bool, ...] = attrs.field(default=(False, True), validator=each(lambda *a: None))
+    features: tuple[Pooled, ...] = attrs.field(default=("pooled", "last4"),
+                                               validator=each(lambda *a: None))
+    batchnorm: tuple[bool, ...] = attrs.field(default=(False, True),
+                                              validator=each(lambda *a: None))
     lrs: tuple[float, ...] = attrs.field(default=(1e-4, 1e-3, 1e-2), validator=each(greater(0.0)))
     weight_decays: tuple[float, ...] = attrs.field(default=(0.0, 5e-4, 5e-2),
                                                    validator=each(at_least(0.0)))
@@ -64,8 +66,10 @@ class LowShotConfig:
     `per_class` images of each class and `fractions` of the labelled training images (each
     class in proportion, at least one image), on `splits` fixed seeded draws: mean +- std."""
 
-    per_class: tuple[int, ...] = attrs.field(default=(1, 5), validator=each(at_least(1), allow_empty=True))
-    fractions: tuple[float, ...] = attrs.field(default=(0.01,), validator=each(between(0.0, 1.0), allow_empty=True))
+    per_class: tuple[int, ...] = attrs.field(default=(1, 5),
+                                             validator=each(at_least(1), allow_empty=True))
+    fractions: tuple[float, ...] = attrs.field(
+        default=(0.01,), validator=each(between(0.0, 1.0), allow_empty=True))
     splits: int = attrs.field(default=3, validator=at_least(1))
     feature: Pooled = "pooled"
     C: float = attrs.field(default=1.0, validator=greater(0.0))  # inverse L2 strength

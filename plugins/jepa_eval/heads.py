@@ -5,7 +5,8 @@ cosine schedule; the best head is picked on held-out training rows."""
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ def train_heads(heads: torch.nn.ModuleList, pairs: list[tuple[float, float]],
     """Train every head (head i with lr, wd = pairs[i]) on the same minibatches; the loss is
     the sum of the heads' cross-entropies, so their gradients stay separate."""
     groups = [{"params": list(h.parameters()), "lr": lr, "base_lr": lr, "weight_decay": wd}
-              for h, (lr, wd) in zip(heads, pairs)]
+              for h, (lr, wd) in zip(heads, pairs, strict=True)]
     opt = torch.optim.AdamW(groups)
     steps_per_epoch = sum(-(-int((~skip[s:s + n]).sum()) // batch_size)
                           for s, n in _starts(train.shard_sizes))

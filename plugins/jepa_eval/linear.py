@@ -59,7 +59,7 @@ class LinearProbe:
         def forward(x: torch.Tensor, training: bool) -> list[torch.Tensor]:
             bn.train(training)
             normed = bn(x) if any(b for b, _, _ in layout) else None
-            return [head(normed if b else x) for head, (b, _, _) in zip(heads, layout)]
+            return [head(normed if b else x) for head, (b, _, _) in zip(heads, layout, strict=True)]
 
         name = f"linear-{kind}"
         val = validation_rows(train, c.val_fraction, context.seed, name)

@@ -9,7 +9,6 @@ solver is maintained and exact. The test split is streamed from the cache.
 from __future__ import annotations
 
 import statistics
-from typing import Any
 
 import torch
 
