@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,9 @@ from jepa_core.runtime.progress import Ticker
 __all__ = ["NoLabels", "eval_indices", "evaluate", "headline", "no_labels_message", "extract",
            "knn_accuracy", "comparison_notes", "print_results", "evaluate_run", "load_source",
            "eval_command"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
 
 
 @torch.no_grad()
@@ -265,7 +268,7 @@ def wait_extractors(procs: list[subprocess.Popen]) -> None:
                            f"written stay; the same command resumes.")
 
 
-def eval_command(source: str, registry: Any, overrides: list[str], baseline: bool,
+def eval_command(source: str, registry: Registry, overrides: list[str], baseline: bool,
                  console: Any, nproc: int | None = None, argv: list[str] | None = None) -> int:
     """`jepa eval SOURCE [overrides]`: evaluate, write eval.json beside the run's checkpoints
     (or the checkpoint file), print the table. With nproc > 1, `argv` (this command's own

@@ -10,7 +10,7 @@ extracts its share of the shards; rank 0 waits for the others' shards and runs t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +32,9 @@ from jepa_core.seeding import generator
 
 FORMAT = 2
 RANDOM, PIXELS = "random init", "raw pixels"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jepa_core.plugins import Registry
 
 
 class NoLabels(RunError):
@@ -55,7 +58,7 @@ def eval_indices(n: int, limit: int | None, seed: int) -> list[int]:
     return sorted(torch.randperm(n, generator=generator(seed, "eval"))[:limit].tolist())
 
 
-def build_protocols(recipe: Recipe, registry: Any) -> list[tuple[str, Any]]:
+def build_protocols(recipe: Recipe, registry: Registry) -> list[tuple[str, Any]]:
     """(name, protocol) of each entry of eval.protocols."""
     out = []
     for component in recipe.eval.protocols or ():
@@ -69,7 +72,7 @@ def _side(source: Any, images: int, skipped: int) -> dict[str, Any]:
             "skipped": skipped}
 
 
-def evaluate(recipe: Recipe, registry: Any, target_state: dict, device: torch.device,
+def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: torch.device,
              baseline: bool = True, module: str = "target_encoder", console: Any = None,
              cache_root: str | Path | None = None, origin: dict | None = None,
              rank: int = 0, world: int = 1, before_wait: Any = None) -> dict | None:
