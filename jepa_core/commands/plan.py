@@ -453,6 +453,8 @@ def import_factories(recipe: Recipe, registry: Registry) -> None:
         comp = getattr(recipe, section)
         if comp is not None:  # absent: a section the method does without
             registry.get(comp.kind, comp.name).resolve_factory()
+    for comp in recipe.eval.protocols or ():  # the evaluation after training, and `jepa eval`
+        registry.get(comp.kind, comp.name).resolve_factory()
 
 
 def check(recipe: Recipe, registry: Registry, gpus: int | None = None, *,
