@@ -252,12 +252,29 @@ class EvalContext:
     seed: int
     device: Any
     console: Any = None
+    # progress(description, total, unit) -> context manager with .advance(n); the runner
+    # passes the core's ticker. None: silent.
+    ticker: Any = None
 
     def progress(self, description: str, total: int, unit: str) -> Any:
-        """A progress ticker on `console` (silent without one)."""
-        from jepa_core.runtime.progress import Ticker
+        """A progress ticker (`with context.progress("probe", 20, "epochs") as t:
+        t.advance()`); silent without one."""
+        if self.ticker is None:
+            return _Silent()
+        return self.ticker(description, total, unit)
 
-        return Ticker(self.console, description, total, unit)
+
+class _Silent:
+    """A progress ticker that shows nothing."""
+
+    def __enter__(self) -> _Silent:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def advance(self, n: int = 1) -> None:
+        """Nothing to show."""
 
 
 @runtime_checkable

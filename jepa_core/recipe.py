@@ -344,7 +344,7 @@ def recipe_from_dict(data: dict, registry: Registry, source: str = "recipe",
     if isinstance(data, dict) and data.get("method") is None:
         data["method"] = {"name": DEFAULT_METHOD}
     if isinstance(data, dict):
-        retire_eval_keys(data, notes)
+        retire_eval_keys(data, notes, registry)
     structurer = Structurer(registry)
     recipe = structurer.structure_attrs(data, Recipe, "$")
     problems.extend(structurer.problems)
@@ -355,9 +355,11 @@ def recipe_from_dict(data: dict, registry: Registry, source: str = "recipe",
     return recipe
 
 
-def retire_eval_keys(data: dict, notes: list[str] | None) -> None:
-    """Fill in the default protocols, and drop the retired keys of the old probe (recipes
-    saved in older checkpoints have them) with a note saying what replaced each."""
+def retire_eval_keys(data: dict, notes: list[str] | None, registry: Registry) -> None:
+    """Fill in the default protocols (those of DEFAULT_PROTOCOLS that are registered: with
+    the evaluation plugin left out, a recipe still loads and evaluates nothing), and drop the
+    retired keys of the old probe (recipes saved in older checkpoints have them) with a note
+    saying what replaced each."""
     section = data.get("eval")
     if section is None:
         section = data["eval"] = {}
@@ -369,7 +371,8 @@ def retire_eval_keys(data: dict, notes: list[str] | None) -> None:
             if notes is not None:
                 notes.append(f"eval.{key}={value} is no longer used: {instead}")
     if section.get("protocols") is None:
-        section["protocols"] = list(DEFAULT_PROTOCOLS)
+        known = registry.components.get("eval_protocol", {}) if registry is not None else {}
+        section["protocols"] = [name for name in DEFAULT_PROTOCOLS if name in known]
 
 
 def method_section_problems(data: dict, registry: Registry) -> list[tuple[str, str]]:

@@ -218,3 +218,14 @@ def test_old_probe_keys_are_accepted_with_a_note(tiny_dict):
     assert [c.name for c in recipe.eval.protocols] == ["knn", "linear", "rankme"]
     assert any("eval.probe_epochs=100 is no longer used" in n for n in notes)
     assert any("eval.knn_k=5 is no longer used: set k on the knn protocol" in n for n in notes)
+
+
+def test_without_the_eval_plugin_a_recipe_loads_and_evaluating_says_why_not(tiny_dict):
+    from jepa_core.evaluation.runner import NoProtocols, evaluate
+
+    registry = make_plugin_manager(["jepa_image.plugin", "jepa_vit.plugin",
+                                    "jepa_objectives.plugin"], autoload=False)
+    recipe = recipe_from_dict(tiny_dict, registry, "t")
+    assert recipe.eval.protocols == ()
+    with pytest.raises(NoProtocols, match="jepa -p jepa_eval.plugin"):
+        evaluate(recipe, registry, {}, torch.device("cpu"))

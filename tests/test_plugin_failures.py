@@ -29,7 +29,7 @@ from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
-FIRST_PARTY = ["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin"]
+FIRST_PARTY = ["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin", "jepa_eval.plugin"]
 
 
 def flat(text: str) -> str:

@@ -29,8 +29,9 @@ from jepa_core.hookspecs import REGISTRATION_HOOKS, hookimpl
 from jepa_core.plugins import make_plugin_manager
 
 REPO = Path(__file__).resolve().parents[1]
-FIRST_PARTY = {"image", "vit", "objectives"}
-FIRST_PARTY_MODULES = ["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin"]
+FIRST_PARTY = {"image", "vit", "objectives", "eval"}
+FIRST_PARTY_MODULES = ["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin",
+                       "jepa_eval.plugin"]
 OFF_SWITCH = "JEPA_DISABLE_PLUGIN_AUTOLOAD"
 
 
@@ -177,6 +178,10 @@ def test_every_registration_hook_reaches_its_kind():
         def register_data_sources(self, register):
             register("t_data_source", Cfg, lambda cfg, image_size, train: (image_size, train),
                      description="explicit description")
+
+        @hookimpl
+        def register_eval_protocols(self, register):
+            register("t_eval_protocol", Cfg, lambda cfg: "protocol")
 
     registry = make_plugin_manager(autoload=False, objects=[("all_kinds", AllKinds())])
     assert set(REGISTRATION_HOOKS) == set(KINDS)
@@ -684,7 +689,8 @@ def test_cli_off_switch_and_dash_p_work_around_a_broken_entry_point(kaput):
     env = kaput.env(**{OFF_SWITCH: "1"})
     bare = json.loads(jepa("plugins", "--json", env=env).stdout)
     assert bare == {"components": [], "plugins": [], "broken": [], "refused": [], "blocked": []}
-    loaded = ["-p", "jepa_image.plugin", "-p", "jepa_vit.plugin", "-p", "jepa_objectives.plugin"]
+    loaded = ["-p", "jepa_image.plugin", "-p", "jepa_vit.plugin", "-p", "jepa_objectives.plugin",
+              "-p", "jepa_eval.plugin"]
     check = jepa(*loaded, "check", "recipes/quickstart.yaml", env=env)
     assert check.returncode == 0, check.stderr
     assert "masker: multiblock from plugin jepa_image.plugin (jepa-core" in check.stdout

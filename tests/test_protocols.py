@@ -22,7 +22,7 @@ from jepa_core.recipe import recipe_from_dict
 from jepa_core.runtime.build import build_components, build_data, build_encoder
 from jepa_core.runtime.trainer import train
 
-FIRST_PARTY = ["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin"]
+FIRST_PARTY = ["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin", "jepa_eval.plugin"]
 
 
 @attrs.frozen

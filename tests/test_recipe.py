@@ -42,7 +42,7 @@ OPTIM_KEYS = sorted(f.name for f in attrs.fields(OptimConfig))
 def registry():
     # The first-party plugins by name, so that other installed plugins cannot change the
     # "registered names" in the messages checked below.
-    return make_plugin_manager(["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin"],
+    return make_plugin_manager(["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin", "jepa_eval.plugin"],
                                autoload=False)
 
 
@@ -347,7 +347,7 @@ def test_third_party_section_is_validated_by_its_own_config_class():
             register("toy", ToyConfig, "toy_module:build")
 
     registry = make_plugin_manager(["jepa_image.plugin", "jepa_vit.plugin",
-                                    "jepa_objectives.plugin"], autoload=False,
+                                    "jepa_objectives.plugin", "jepa_eval.plugin"], autoload=False,
                                    objects=[("toy", Toy())])
     data = with_(read_yaml(QUICKSTART), "masker", {"name": "toy", "blocks": 0, "size": 3})
     assert problems_of(data, registry) == [
@@ -494,7 +494,7 @@ class Alternatives:
 @pytest.mark.parametrize("section", sorted(component_sections()))
 def test_every_component_section_switches_by_name(section):
     registry = make_plugin_manager(["jepa_image.plugin", "jepa_vit.plugin",
-                                    "jepa_objectives.plugin"], autoload=False,
+                                    "jepa_objectives.plugin", "jepa_eval.plugin"], autoload=False,
                                    objects=[("alternatives", Alternatives())])
     data = read_yaml(QUICKSTART)
     data.setdefault(section, {"name": "ijepa"})  # the quickstart has no method section

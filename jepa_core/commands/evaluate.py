@@ -29,6 +29,7 @@ from jepa_core.evaluation.runner import (
     PIXELS,
     RANDOM,
     NoLabels,
+    NoProtocols,
     eval_indices,
     evaluate,
     headline,
@@ -215,7 +216,7 @@ def evaluate_run(run: Any, console: Any = None) -> dict | None:
     try:
         results = evaluate(run.recipe, run.registry, run.target_state, run.device,
                            module=run.method.eval_module, console=console, origin=origin)
-    except NoLabels as exc:
+    except (NoLabels, NoProtocols) as exc:
         console.print(f"[yellow]note:[/yellow] evaluation skipped: {exc}", soft_wrap=True)
         return None
     assert results is not None  # one process: rank 0

@@ -41,6 +41,10 @@ class NoLabels(RunError):
     """The data source has no labels, so there is nothing to probe."""
 
 
+class NoProtocols(RunError):
+    """eval.protocols is empty: nothing to run."""
+
+
 def no_labels_message(recipe: Recipe, source: Any) -> str:
     """Why the probes cannot run on an unlabelled source, and how to give them labels."""
     where = getattr(source, "split", "") or recipe.data.name
@@ -84,6 +88,12 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
     runs on rank 0 between its own share and waiting for the others'. An unlabelled data
     source raises `NoLabels`."""
     protocols = build_protocols(recipe, registry)
+    if not protocols:
+        raise NoProtocols(
+            "eval.protocols is empty, so there is nothing to evaluate: no evaluation protocol "
+            "is registered (jepa-core's `eval` plugin left out with `-p no:eval` or "
+            "JEPA_DISABLE_PLUGIN_AUTOLOAD?) or the recipe lists none. Load it "
+            "(`jepa -p jepa_eval.plugin ...`) or list protocols: eval.protocols=[knn, linear].")
     wanted = {k for _, p in protocols for k in p.feature_kinds}
     trained = build_encoder(recipe, registry)
     size = tuple(trained.image_size)  # type: ignore[arg-type]
@@ -144,7 +154,8 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
 
     results = []
     context = EvalContext(num_classes=train_src.num_classes, seed=recipe.seed, device=device,
-                          console=console)
+                          console=console,
+                          ticker=lambda what, total, unit: Ticker(console, what, total, unit))
     (_, train_folders, train_shards), (_, test_folders, test_shards) = sides
     for fname in extractors:
         _, kinds, train_folder = train_folders[fname]
