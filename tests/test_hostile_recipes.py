@@ -24,7 +24,8 @@ BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".jo
 
 @pytest.fixture(scope="module")
 def registry():
-    return make_plugin_manager(["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin", "jepa_eval.plugin"],
+    return make_plugin_manager(["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin",
+                                "jepa_eval.plugin"],
                                autoload=False)
 
 

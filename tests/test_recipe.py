@@ -42,7 +42,8 @@ OPTIM_KEYS = sorted(f.name for f in attrs.fields(OptimConfig))
 def registry():
     # The first-party plugins by name, so that other installed plugins cannot change the
     # "registered names" in the messages checked below.
-    return make_plugin_manager(["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin", "jepa_eval.plugin"],
+    return make_plugin_manager(["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin",
+                                "jepa_eval.plugin"],
                                autoload=False)
 
 
