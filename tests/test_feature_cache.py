@@ -52,6 +52,7 @@ def results_of(run_dir: Path) -> list:
     return json.loads((run_dir / "eval.json").read_text())["results"]
 
 
+@pytest.mark.slow
 def test_a_killed_extraction_resumes_and_gives_the_same_numbers(run_dir, tmp_path):
     clean = jepa_eval(run_dir, tmp_path / "clean", "eval.shard_size=8", "eval.batch_size=8")
     assert clean.returncode == 0, clean.stderr
@@ -78,6 +79,7 @@ def test_a_killed_extraction_resumes_and_gives_the_same_numbers(run_dir, tmp_pat
     assert results_of(run_dir) == expected
 
 
+@pytest.mark.slow
 def test_two_processes_extract_the_same_features_as_one(run_dir, tmp_path):
     one = jepa_eval(run_dir, tmp_path / "one", "eval.shard_size=64")
     assert one.returncode == 0, one.stderr
