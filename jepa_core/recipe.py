@@ -81,6 +81,12 @@ class EvalConfig:
     batch_size: int = attrs.field(default=256, validator=at_least(1))
     knn_k: int = attrs.field(default=20, validator=at_least(1))
     max_images: int | None = attrs.field(default=None, validator=at_least(2))
+    # Evaluation during training: at every K-th checkpoint (steps that are multiples of
+    # K x train.checkpoint_every) and at the last one, the main process runs a kNN of the
+    # method's eval module on `live_images` seeded probe-training and as many test images,
+    # and writes {"step", "live_knn", ...} to metrics.jsonl. None: off.
+    every_checkpoints: int | None = attrs.field(default=None, validator=at_least(1))
+    live_images: int = attrs.field(default=500, validator=at_least(2))
 
 
 @attrs.frozen
@@ -297,9 +303,22 @@ def recipe_from_dict(data: dict, registry: Any, source: str = "recipe",
     problems.extend(structurer.problems)
     if isinstance(data, dict):
         problems.extend(method_section_problems(data, registry))
+    if recipe is not FAILED:
+        problems.extend(live_eval_problems(recipe))
     if problems or recipe is FAILED:
         raise RecipeError(source, problems)
     return recipe
+
+
+def live_eval_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """eval.every_checkpoints counts checkpoints, so the run needs periodic ones."""
+    if recipe.eval.every_checkpoints is not None and not recipe.train.checkpoint_every:
+        return [("$.eval.every_checkpoints", (
+            f"runs the in-training kNN every {recipe.eval.every_checkpoints} checkpoint(s), "
+            f"but train.checkpoint_every is 0 (one checkpoint, at the end); set "
+            f"train.checkpoint_every=N too (the kNN then runs every "
+            f"N x {recipe.eval.every_checkpoints} steps), or remove eval.every_checkpoints"))]
+    return []
 
 
 def method_section_problems(data: dict, registry: Any) -> list[tuple[str, str]]:

@@ -90,6 +90,23 @@ class RunLogger:
                 f"gradient were skipped (counts in metrics.jsonl).")
         if self.file is not None:
             self.file.close()
+            self.file = None
+
+    def add_row(self, row: dict[str, Any], line: str) -> None:
+        """A row that is not a training step's (the in-training kNN) and its console line;
+        after the logger has closed (the last checkpoint) the file is opened for this row."""
+        if not self.main:
+            return
+        text = json.dumps({k: _num(v) for k, v in row.items()}) + "\n"
+        if self.file is not None:
+            self.file.append(text, row["step"])
+        else:
+            file = MetricsFile(self.run.run_dir / "metrics.jsonl")
+            try:
+                file.append(text, row["step"])
+            finally:
+                file.close()
+        self.console.print(line, soft_wrap=True, markup=False)
 
     def step_end(self, metrics: dict[str, float]) -> None:
         self._images_since += self.run.layout.global_batch
