@@ -335,19 +335,26 @@ def _params_note(row: Row, labels: list[str]) -> str | None:
     return f"{row.key[0]} on {row.key[2]} ran with other settings: {'; '.join(parts)}"
 
 
+def short_labels(runs: tuple[RunEval, ...]) -> list[str]:
+    """Column names: each run directory's name where those are unique, else the paths as
+    given (the JSON always uses the paths as given)."""
+    names = [r.path.parent.name or r.label for r in runs]
+    return names if len(set(names)) == len(names) else [r.label for r in runs]
+
+
 def print_comparison(comparison: Comparison, console: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    labels = [r.label for r in comparison.runs]
+    labels = short_labels(comparison.runs)
     table = Table(title="evaluations side by side (test accuracy; * best of the row)",
                   title_justify="left")
     for column in ("protocol", "features", "kind"):
         table.add_column(column)
-    for run in comparison.runs:
+    for label, run in zip(labels, comparison.runs):
         step = f"\nstep {run.step}" if run.step is not None else ""
-        table.add_column(escape(run.label) + step, justify="right")
-    table.add_column("best")
+        table.add_column(escape(label) + step, justify="right")
+    table.add_column("best", overflow="fold")
     for row in comparison.rows:
         protocol, kind, features = row.key
         shown = protocol if row.measure == "value" or row.split == "test" else (
@@ -356,6 +363,10 @@ def print_comparison(comparison: Comparison, console: Any) -> None:
         table.add_row(escape(shown), escape(features), escape(kind),
                       *(_cell(row, i) for i in range(len(labels))), best)
     console.print(table)
+    if labels != [r.label for r in comparison.runs]:
+        where = ", ".join(f"{name} = {r.path.parent}" for name, r in
+                                 zip(labels, comparison.runs))
+        console.print(f"runs: {escape(where)}", soft_wrap=True)
     for row in comparison.rows:
         note = _params_note(row, labels)
         if note:
