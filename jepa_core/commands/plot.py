@@ -134,7 +134,7 @@ def draw(series: dict, bars: list, panels: list[Panel], title: str, out: Path) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import PercentFormatter
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     width, height = figure_size(len(panels))
     rows, cols = max(1, math.ceil(len(panels) / COLUMNS)), min(COLUMNS, len(panels))
@@ -152,6 +152,7 @@ def draw(series: dict, bars: list, panels: list[Panel], title: str, out: Path) -
                         style = dict(marker="o", markersize=3) if len(steps) < 30 else {}
                         ax.plot(steps, values, linewidth=1, label=label, **style)
                 ax.set_xlabel("step", fontsize=8)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 if len(panel.lines) > 1:
                     ax.legend(fontsize=7)
             else:  # the probe bar chart
@@ -167,7 +168,7 @@ def draw(series: dict, bars: list, panels: list[Panel], title: str, out: Path) -
             if panel.log:
                 ax.set_yscale("log")
             if panel.percent:
-                ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+                ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
