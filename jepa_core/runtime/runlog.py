@@ -203,9 +203,16 @@ def describe_outputs(run_dir: Path) -> list[str]:
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         with metrics.open("rb") as f:
-            rows = sum(1 for _ in f)
+            live = rows = 0
+            for line in f:
+                if b'"live_knn"' in line:
+                    live += 1
+                else:
+                    rows += 1
+        knn = f"; {live} in-training kNN row(s) (live_knn)" if live else ""
         lines.append(f"  metrics.jsonl   {rows} row(s), one per step: loss, lr, img/s, token "
-                     f"counts, representation health")
+                     f"counts, representation health{knn}; draw them with `jepa plot "
+                     f"{run_dir}`")
     if (run_dir / "eval.json").is_file():
         lines.append("  eval.json       the probe accuracies above, and which images they used")
     return lines
