@@ -167,3 +167,26 @@ def test_bad_live_eval_settings_are_refused_by_path(tiny_dict, registry, keys, w
     assert [p for p, _ in info.value.problems] == [where]
     if "checkpoint_every" not in keys.get("train", {}):
         assert "train.checkpoint_every=N" in str(info.value)
+
+
+@pytest.mark.slow
+def test_under_two_process_ddp_only_the_main_process_measures(tmp_path):
+    """--nproc 2: one row per due checkpoint (not one per rank), the same weights as without."""
+    import yaml
+
+    from test_distributed import _final, _jepa
+
+    dirs = {}
+    for name, live in (("on", True), ("off", False)):
+        d = tiny(tmp_path / name, live=live)
+        d["train"]["device"] = "cpu"
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(d))
+        out = _jepa("run", str(path), "--nproc", "2")
+        dirs[name] = tmp_path / name / "tiny"
+    assert [r["step"] for r in rows(dirs["on"]) if "live_knn" in r] == [2, 4]
+    assert out.stdout.count("live kNN at step") == 0  # the run without it says nothing
+    a, b = _final(dirs["on"]), _final(dirs["off"])
+    for name in a["modules"]:
+        for key, value in a["modules"][name].items():
+            assert torch.equal(value, b["modules"][name][key]), (name, key)

@@ -79,8 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=None, help="default: the recipe's seed")
 
     e = sub.add_parser("eval", help="linear probe and kNN on frozen target-encoder features; "
-                                    "with several runs, their eval.json side by side")
-    e.add_argument("source", nargs="+", metavar="RUN [KEY=VALUE ...]",
+                                    "with several runs, their eval.json side by side",
+                       usage="jepa eval [-h] [--no-baseline] RUN_OR_CHECKPOINT [KEY=VALUE ...]"
+                             "\n       jepa eval [--json] RUN_A RUN_B [RUN ...]")
+    e.add_argument("source", nargs="+", metavar="SOURCE",
                    help="a run directory or a checkpoint file, then overrides of the run's "
                         "recipe (e.g. data.name=digits); or two or more run directories / "
                         "eval.json files to compare (nothing is evaluated again)")
