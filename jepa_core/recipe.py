@@ -104,6 +104,13 @@ class EvalConfig:
     shard_size: int = attrs.field(default=4096, validator=at_least(1))
     max_images: int | None = attrs.field(default=None, validator=at_least(2))
     cache_dir: str | None = None
+    # Evaluation during training: at every K-th checkpoint (steps that are multiples of
+    # K x train.checkpoint_every) and at the last one, the main process runs a kNN of the
+    # method's eval module on `live_images` seeded probe-training and as many test images,
+    # and writes {"step", "live_knn", ...} to metrics.jsonl. None: off.
+    every_checkpoints: int | None = attrs.field(default=None, validator=at_least(1))
+    live_images: int = attrs.field(default=500, validator=at_least(2))
+    live_k: int = attrs.field(default=20, validator=at_least(1))  # neighbours of that kNN
 
 
 # The protocols of a recipe without `eval.protocols` (names of registered eval protocols, as
@@ -350,6 +357,8 @@ def recipe_from_dict(data: dict, registry: Registry, source: str = "recipe",
     problems.extend(structurer.problems)
     if isinstance(data, dict):
         problems.extend(method_section_problems(data, registry))
+    if recipe is not FAILED:
+        problems.extend(live_eval_problems(recipe))
     if problems or recipe is FAILED:
         raise RecipeError(source, problems)
     return recipe
@@ -373,6 +382,17 @@ def retire_eval_keys(data: dict, notes: list[str] | None, registry: Registry) ->
     if section.get("protocols") is None:
         known = registry.components.get("eval_protocol", {}) if registry is not None else {}
         section["protocols"] = [name for name in DEFAULT_PROTOCOLS if name in known]
+
+
+def live_eval_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """eval.every_checkpoints counts checkpoints, so the run needs periodic ones."""
+    if recipe.eval.every_checkpoints is not None and not recipe.train.checkpoint_every:
+        return [("$.eval.every_checkpoints", (
+            f"runs the in-training kNN every {recipe.eval.every_checkpoints} checkpoint(s), "
+            f"but train.checkpoint_every is 0 (one checkpoint, at the end); set "
+            f"train.checkpoint_every=N too (the kNN then runs every "
+            f"N x {recipe.eval.every_checkpoints} steps), or remove eval.every_checkpoints"))]
+    return []
 
 
 def method_section_problems(data: dict, registry: Registry) -> list[tuple[str, str]]:

@@ -97,7 +97,8 @@ def test_quickstart_values(registry):
     assert (recipe.encoder.config.embed_dim, recipe.predictor.config.embed_dim) == (48, 32)
     assert recipe.optim.lr == 1e-3 and isinstance(recipe.optim.warmup_epochs, float)
     assert recipe.train == TrainConfig(epochs=20.0, global_batch_size=64, num_workers=0,
-                                       log_every=20)
+                                       log_every=20, checkpoint_every=110)
+    assert (recipe.eval.every_checkpoints, recipe.eval.live_images) == (1, 500)
     assert recipe.run_dir == Path("runs/quickstart")
 
 

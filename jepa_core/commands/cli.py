@@ -6,6 +6,8 @@
     jepa run RECIPE [key=value ...]       train (CPU, one GPU, all local GPUs, torchrun, SLURM)
     jepa masks RECIPE --out masks.png     picture and statistics of the recipe's masker
     jepa eval RUN_OR_CHECKPOINT           the recipe's eval protocols on frozen features
+    jepa eval RUN_A RUN_B [...] [--json]  the runs' eval.json side by side, recipe differences
+    jepa plot RUN_DIR [--out FILE.png]    loss, lr, EMA, rank, live kNN and probes in one PNG
 
 Global options come before the command: `jepa -p my_plugin.module check recipe.yaml`;
 `jepa -p no:NAME ...` leaves an installed plugin out.
@@ -81,15 +83,28 @@ def _parser() -> argparse.ArgumentParser:
                    help="batch size for the statistics (default: the recipe's global batch)")
     m.add_argument("--seed", type=int, default=None, help="default: the recipe's seed")
 
-    e = sub.add_parser("eval", help="evaluation protocols (kNN, linear, ...) on frozen features")
-    e.add_argument("source", help="a run directory or a checkpoint file")
-    e.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="overrides of the run's recipe, e.g. data.name=digits")
+    e = sub.add_parser("eval", help="evaluation protocols (kNN, linear, ...) on frozen "
+                                    "features; with several runs, their eval.json side by side",
+                       usage="jepa eval [-h] [--no-baseline] [--nproc N] RUN_OR_CHECKPOINT "
+                             "[KEY=VALUE ...]"
+                             "\n       jepa eval [--json] RUN_A RUN_B [RUN ...]")
+    e.add_argument("source", nargs="+", metavar="SOURCE",
+                   help="a run directory or a checkpoint file, then overrides of the run's "
+                        "recipe (e.g. data.name=digits); or two or more run directories / "
+                        "eval.json files to compare (nothing is evaluated again)")
+    e.set_defaults(overrides=[])
     e.add_argument("--no-baseline", action="store_true",
                    help="skip the randomly initialised encoder and raw pixels used for "
                         "comparison")
     e.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="extract features with N processes (each its share of the shards)")
+    e.add_argument("--json", action="store_true",
+                   help="the comparison of several runs as JSON")
+
+    pl = sub.add_parser("plot", help="draw a run's metrics and probe results to a PNG")
+    pl.add_argument("run_dir", help="a run directory (holding metrics.jsonl)")
+    pl.add_argument("--out", default=None, metavar="FILE.png",
+                    help="PNG to write (default RUN_DIR/plot.png)")
     i = sub.add_parser("import-checkpoint",
                        help="convert an official I-JEPA checkpoint to a jepa checkpoint")
     i.add_argument("official", help="the official .pth.tar (encoder, predictor, target_encoder)")
@@ -216,16 +231,54 @@ def cmd_masks(args: argparse.Namespace) -> int:
     return 0
 
 
+def split_eval_sources(values: list[str]) -> tuple[list[str], list[str]]:
+    """(sources, overrides) of `jepa eval`'s positional arguments: KEY=VALUE is an override
+    unless it names an existing path."""
+    sources: list[str] = []
+    overrides: list[str] = []
+    for value in values:
+        is_override = "=" in value and not os.path.exists(value)
+        (overrides if is_override else sources).append(value)
+    return sources, overrides
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """`jepa eval RUN`: the recipe's evaluation protocols on the run's frozen encoder."""
+    from jepa_core.errors import ConfigError
+
+    sources, overrides = split_eval_sources(args.source)
+    overrides += args.overrides
+    if not sources:
+        raise ConfigError("jepa eval needs a run directory or a checkpoint file (got only "
+                          f"overrides: {' '.join(overrides)}).")
+    if len(sources) > 1:
+        unused = [*overrides, *(["--no-baseline"] if args.no_baseline else [])]
+        if unused:
+            raise ConfigError(
+                f"jepa eval with {len(sources)} runs compares their eval.json and evaluates "
+                f"nothing, so {' '.join(unused)} would change nothing. Evaluate each run on its "
+                f"own with them (`jepa eval RUN {' '.join(unused)}`), then compare.")
+        from jepa_core.commands.compare import compare_command  # no torch: reads files
+
+        return compare_command(sources, args.json, _console())
+    if args.json:
+        raise ConfigError("--json is for comparing two or more runs (`jepa eval RUN_A RUN_B "
+                          "--json`); the evaluation of one run writes its eval.json.")
     registry = _registry(args)
     registry.raise_if_broken()
     from jepa_core.commands.evaluate import eval_command  # torch: only once the plugins are sound
 
-    argv = [*sum((["-p", m] for m in args.plugin), []), "eval", args.source, *args.overrides,
+    argv = [*sum((["-p", m] for m in args.plugin), []), "eval", sources[0], *overrides,
             *(["--no-baseline"] if args.no_baseline else [])]
-    return eval_command(args.source, registry, args.overrides, baseline=not args.no_baseline,
+    return eval_command(sources[0], registry, overrides, baseline=not args.no_baseline,
                         console=_console(), nproc=args.nproc, argv=argv)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """`jepa plot RUN_DIR`: the run's metrics and evaluation as one PNG."""
+    from jepa_core.commands.plot import plot_command  # matplotlib: only for this command
+
+    return plot_command(args.run_dir, args.out, _console())
 
 
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
@@ -253,7 +306,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"plugins": cmd_plugins, "check": cmd_check, "run": cmd_run, "masks": cmd_masks,
-            "eval": cmd_eval, "import-checkpoint": cmd_import_checkpoint, "export": cmd_export}
+            "eval": cmd_eval, "plot": cmd_plot, "import-checkpoint": cmd_import_checkpoint,
+            "export": cmd_export}
 
 
 def report_error(exc: JepaError) -> None:

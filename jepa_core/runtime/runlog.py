@@ -97,6 +97,23 @@ class RunLogger:
                 f"gradient were skipped (counts in metrics.jsonl).")
         if self.file is not None:
             self.file.close()
+            self.file = None
+
+    def add_row(self, row: dict[str, Any], line: str) -> None:
+        """A row that is not a training step's (the in-training kNN) and its console line;
+        after the logger has closed (the last checkpoint) the file is opened for this row."""
+        if not self.main:
+            return
+        text = json.dumps({k: _num(v) for k, v in row.items()}) + "\n"
+        if self.file is not None:
+            self.file.append(text, row["step"])
+        else:
+            file = MetricsFile(self.run.run_dir / "metrics.jsonl")
+            try:
+                file.append(text, row["step"])
+            finally:
+                file.close()
+        self.console.print(line, soft_wrap=True, markup=False)
 
     def step_end(self, metrics: dict[str, float]) -> None:
         """Log one step's metrics: throughput every `log_every` steps, a metrics.jsonl line and
@@ -198,9 +215,16 @@ def describe_outputs(run_dir: Path) -> list[str]:
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         with metrics.open("rb") as f:
-            rows = sum(1 for _ in f)
+            live = rows = 0
+            for line in f:
+                if b'"live_knn"' in line:
+                    live += 1
+                else:
+                    rows += 1
+        knn = f"; {live} in-training kNN row(s) (live_knn)" if live else ""
         lines.append(f"  metrics.jsonl   {rows} row(s), one per step: loss, lr, img/s, token "
-                     f"counts, representation health")
+                     f"counts, representation health{knn}; draw them with `jepa plot "
+                     f"{run_dir}`")
     if (run_dir / "eval.json").is_file():
         lines.append("  eval.json       the probe accuracies above, and which images they used")
     return lines

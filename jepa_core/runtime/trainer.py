@@ -396,6 +396,15 @@ def requeue_on_slurm(signum: int) -> None:
         subprocess.run(["scontrol", "requeue", job], check=False)
 
 
+def _live_row(live: Any, run: RunContext, logger: RunLogger) -> None:
+    """The in-training kNN after a checkpoint (eval.every_checkpoints): a metrics row and a
+    console line (jepa_core.runtime.live_eval)."""
+    from jepa_core.runtime.live_eval import line
+
+    row = live.measure(run)
+    logger.add_row(row, line(row))
+
+
 def train(recipe: Recipe, registry: Registry, dist: DistEnv | None = None,
           resume: dict | None = None, console: Any = None) -> RunContext:
     """Run the whole training; returns the finished RunContext (metrics of the last step)."""
@@ -422,7 +431,12 @@ def train(recipe: Recipe, registry: Registry, dist: DistEnv | None = None,
                           view_names=tuple(run.method.views))
     run.hook.on_train_start(run=run)
     every = recipe.train.checkpoint_every
+    live = None
     with RunLogger(run, stop, console) as logger, StopOnSignal(run):
+        if recipe.eval.every_checkpoints is not None and dist.is_main:
+            from jepa_core.runtime import live_eval
+
+            live = live_eval.start(run, logger.console)
         micro: list[Batch] = []
         for batch in loader:
             if guard is not None:
@@ -438,6 +452,10 @@ def train(recipe: Recipe, registry: Registry, dist: DistEnv | None = None,
                 _preempt(run)
             if every and run.step % every == 0 and run.step < stop and not run.nonfinite_in_row:
                 save_checkpoint(run)
+                if live is not None and live.due(run):
+                    _live_row(live, run, logger)
     save_checkpoint(run)
+    if live is not None and live.due(run, final=True):
+        _live_row(live, run, logger)
     run.hook.on_train_end(run=run, metrics=run.metrics)
     return run

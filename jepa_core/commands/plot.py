@@ -1,0 +1,216 @@
+"""`jepa plot RUN_DIR`: a run's metrics.jsonl and eval.json as one PNG of small panels.
+
+Panels, each only where the run logged its series: the loss, the method's named loss terms,
+learning rate, weight decay, EMA momentum, effective rank and feature std of the pooled target
+features, the in-training kNN accuracy (`eval.every_checkpoints`), and a bar chart of the
+probe results of eval.json. matplotlib (Agg backend) is imported here only.
+
+    series = read_metrics(Path("runs/quickstart/metrics.jsonl"))   # {key: ([step], [value])}
+    panels = choose_panels(series, results)                         # what will be drawn
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from jepa_core.errors import JepaError
+
+COLUMNS = 3
+PANEL_INCHES = (4.0, 3.0)
+DPI = 100
+# Keys of a training row that are not loss terms (everything else numeric is a named term).
+NOT_TERMS = frozenset({
+    "step", "loss", "lr", "wd", "momentum", "grad_norm", "img_per_s", "elapsed_s",
+    "skipped_samples", "skipped_steps", "skipped_step", "target_std", "effective_rank", "rank",
+    "live_knn", "live_images", "live_train_images", "live_s"})
+
+
+class PlotError(JepaError):
+    """Nothing to plot: no run directory, no metrics.jsonl, or no rows in it."""
+
+    title = "cannot plot"
+
+
+def read_metrics(path: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """{key: (steps, values)} of every numeric key of metrics.jsonl, finite values only; torn
+    or non-JSON lines (a killed run's last line) are left out."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
+                continue
+            step = int(row["step"])
+            for key, value in row.items():
+                if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                if math.isfinite(value):
+                    steps, values = series.setdefault(key, ([], []))
+                    steps.append(step)
+                    values.append(float(value))
+    return series
+
+
+def probe_results(path: Path) -> list[tuple[str, float, str]]:
+    """[(label, test accuracy, features)] of an eval.json (format 2 or 1); [] when it has none
+    or cannot be read (the plot then goes without the bar chart)."""
+    from jepa_core.commands.compare import CompareError, results_of
+
+    try:
+        results = results_of(json.loads(path.read_text()), path)
+    except (OSError, ValueError, CompareError):
+        return []
+    bars = []
+    for r in results:
+        value, split = r.figure()
+        if split != "value" and value is not None:
+            name = f"{r.protocol} ({split})" if split != "test" else r.protocol
+            bars.append((f"{name}\n{r.features}", value, r.features))
+    return bars
+
+
+@attrs.frozen
+class Panel:
+    """One panel of the plot: a title and its series (or the probe bars)."""
+    title: str
+    lines: tuple[tuple[str, str], ...] = ()  # (series key, legend label)
+    ylabel: str = ""
+    log: bool = False  # a log y axis
+    percent: bool = False  # values are fractions, shown as %
+
+
+def choose_panels(series: dict, bars: list) -> list[Panel]:
+    """The panels of the series present, in a fixed order; a missing series has no panel."""
+    panels = []
+
+    def add(panel: Panel) -> None:
+        if any(key in series for key, _ in panel.lines):
+            panels.append(panel)
+
+    add(Panel("loss", (("loss", "loss"),), log=_positive(series.get("loss"))))
+    terms = sorted(k for k in series if k not in NOT_TERMS and not k.endswith("_tokens"))
+    if terms:
+        panels.append(Panel("loss terms", tuple((k, k) for k in terms)))
+    add(Panel("learning rate", (("lr", "lr"),)))
+    add(Panel("weight decay", (("wd", "weight decay"),)))
+    add(Panel("EMA momentum", (("momentum", "momentum"),)))
+    rank = "effective_rank" if "effective_rank" in series else "rank"
+    add(Panel("effective rank (pooled target features)", ((rank, rank),)))
+    add(Panel("feature std across the batch", (("target_std", "target_std"),),
+              log=_positive(series.get("target_std"))))
+    add(Panel("in-training kNN accuracy", (("live_knn", "live kNN"),), percent=True))
+    if bars:
+        panels.append(Panel("probe results (eval.json)", percent=True))
+    return panels
+
+
+def _colour(features: str) -> str:
+    """Bars of the trained encoder blue, of the baselines grey and orange."""
+    if features.startswith("trained"):
+        return "tab:blue"
+    return {"random init": "tab:gray", "raw pixels": "tab:orange"}.get(features, "tab:green")
+
+
+def _positive(found: tuple | None) -> bool:
+    if not found:
+        return False
+    return min(found[1]) > 0 and max(found[1]) / min(found[1]) > 20
+
+
+def figure_size(panels: int) -> tuple[int, int]:
+    """(width, height) in pixels of the PNG for this many panels."""
+    rows = max(1, math.ceil(panels / COLUMNS))
+    cols = min(COLUMNS, max(1, panels))
+    return int(cols * PANEL_INCHES[0] * DPI), int(rows * PANEL_INCHES[1] * DPI)
+
+
+def draw(series: dict, bars: list, panels: list[Panel], title: str, out: Path) -> None:
+    """Draw the panels into a PNG at `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    width, height = figure_size(len(panels))
+    rows, cols = max(1, math.ceil(len(panels) / COLUMNS)), min(COLUMNS, len(panels))
+    fig, axes = plt.subplots(rows, cols, figsize=(width / DPI, height / DPI), dpi=DPI,
+                             squeeze=False, layout="constrained")
+    try:
+        fig.suptitle(title)
+        for ax, panel in zip(axes.flat, panels, strict=False):  # spare axes stay blank
+            ax.set_title(panel.title, fontsize=10)
+            ax.tick_params(labelsize=8)
+            if panel.lines:
+                for key, label in panel.lines:
+                    if key in series:
+                        steps, values = series[key]
+                        style = dict(marker="o", markersize=3) if len(steps) < 30 else {}
+                        ax.plot(steps, values, linewidth=1, label=label, **style)
+                ax.set_xlabel("step", fontsize=8)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                if len(panel.lines) > 1:
+                    ax.legend(fontsize=7)
+            else:  # the probe bar chart
+                labels, values, features = zip(*bars, strict=True)
+                ax.barh(range(len(values)), values, color=[_colour(f) for f in features])
+                ax.set_yticks(range(len(values)), labels, fontsize=6)
+                ax.invert_yaxis()
+                ax.set_xlim(0, 1)
+                ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+                for i, v in enumerate(values):
+                    ax.text(min(v, 1.0), i, f" {100 * v:.1f}%", va="center", fontsize=6)
+                continue
+            if panel.log:
+                ax.set_yscale("log")
+            if panel.percent:
+                ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_visible(False)
+        fig.savefig(out, dpi=DPI)
+    finally:
+        plt.close(fig)
+
+
+def plot_command(run_dir: str, out: str | None, console: Any) -> int:
+    """`jepa plot RUN_DIR [--out]`: read metrics.jsonl and eval.json, draw, say where."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise PlotError(f"{run} is not a run directory (it does not exist or is a file). "
+                        f"Point `jepa plot` at the folder a run wrote, out_dir/name (e.g. "
+                        f"runs/quickstart), which holds metrics.jsonl.")
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        raise PlotError(f"run directory {run} has no metrics.jsonl, so there is nothing to "
+                        f"plot. A run writes it from its first step (`jepa run RECIPE`); check "
+                        f"that this is the run's folder (out_dir/name).")
+    series = read_metrics(metrics)
+    if not series:
+        raise PlotError(f"{metrics} holds no rows with a step and numbers, so there is nothing "
+                        f"to plot. The run may have stopped before its first step; train it "
+                        f"(`jepa run RECIPE --resume auto`) and plot again.")
+    eval_json = run / "eval.json"
+    bars = probe_results(eval_json) if eval_json.is_file() else []
+    panels = choose_panels(series, bars)
+    target = Path(out) if out else run / "plot.png"
+    if not target.parent.is_dir():
+        raise PlotError(f"cannot write {target}: folder {target.parent} does not exist; "
+                        f"create it or choose another --out.")
+    last = max(max(steps) for steps, _ in series.values())
+    draw(series, bars, panels, f"{run.name}: {last} steps", target)
+    left_out = [] if bars else ["probe results (no eval.json)" if not eval_json.is_file()
+                                else "probe results (eval.json has none)"]
+    console.print(f"wrote {target} ({len(panels)} panels: "
+                  f"{', '.join(p.title for p in panels)})", soft_wrap=True, markup=False)
+    if left_out:
+        console.print(f"left out: {', '.join(left_out)}", soft_wrap=True, markup=False)
+    return 0
