@@ -156,7 +156,8 @@ def test_rankme_protocol_uses_a_seeded_subset_of_rows(tmp_path):
     x, y = blobs(300, 16)
     sets = {"pooled": split_sets(tmp_path, x, y)}
     [r] = RankMe(configs.RankMeConfig(max_rows=50)).run(sets, CTX)
-    assert r["params"] == {"rows": 50, "dim": 16} and "value" in r and "accuracy" not in r
+    assert r["params"] == {"rows": 50, "dim": 16, "center": True}
+    assert "value" in r and "accuracy" not in r
     assert RankMe(configs.RankMeConfig(max_rows=50)).run(sets, CTX) == [r]
 
 

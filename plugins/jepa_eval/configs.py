@@ -35,7 +35,7 @@ class LinearConfig:
                                                validator=each(lambda *a: None))
     batchnorm: tuple[bool, ...] = attrs.field(default=(False, True),
                                               validator=each(lambda *a: None))
-    lrs: tuple[float, ...] = attrs.field(default=(1e-4, 1e-3, 1e-2), validator=each(greater(0.0)))
+    lrs: tuple[float, ...] = attrs.field(default=(1e-3, 1e-2, 1e-1), validator=each(greater(0.0)))
     weight_decays: tuple[float, ...] = attrs.field(default=(0.0, 5e-4, 5e-2),
                                                    validator=each(at_least(0.0)))
     epochs: int = attrs.field(default=20, validator=at_least(1))
@@ -84,3 +84,6 @@ class RankMeConfig:
 
     feature: Pooled = "pooled"
     max_rows: int | None = attrs.field(default=25600, validator=at_least(2))
+    # Ours: subtract the mean first. Average-pooled ViT tokens share a large offset, which
+    # alone makes the uncentred rank close to 1 for any encoder, trained or not.
+    center: bool = True

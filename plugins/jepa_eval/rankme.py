@@ -38,8 +38,11 @@ class RankMe:
             x = train.take(rows.sort().values)
         else:
             x = train.load()
+        if c.center:
+            x = x - x.mean(0, keepdim=True)
         return [{"protocol": "rankme", "feature_kind": c.feature,
-                 "params": {"rows": len(x), "dim": int(x.shape[1])}, "value": rankme(x)}]
+                 "params": {"rows": len(x), "dim": int(x.shape[1]), "center": c.center},
+                 "value": rankme(x)}]
 
 
 def build_rankme(config: RankMeConfig) -> RankMe:
