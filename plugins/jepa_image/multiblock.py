@@ -19,7 +19,11 @@ Two styles (see the "official sampler's quirks" in the project reference):
   their first indices in raster order. Its infinite loop and global-RNG use are not reproduced.
 - "corrected" (default): independent draws of scale and log-aspect, sizes capped at the grid,
   corners drawn from [0, grid - size] (every patch reachable), and rows equalised without bias:
-  a uniformly random subset of each row ("subset") or padding with `context_valid` ("pad").
+  a uniformly random subset of each row ("subset").
+
+In either style, context_equalize "pad" keeps every sample's whole context (rows padded to
+the longest, `context_valid` marks the padding) and "pack" returns the same masks with
+`MaskBatch.packed` set, so the models run the valid tokens only (no compute on padding).
 
 Fallback: a sample still short of `min_keep` after the redraws removes the target blocks from
 its context one by one, in order, and stops before the one that would leave fewer than
@@ -118,7 +122,8 @@ class MultiBlockMasker:
 
     grid: (gh, gw) patches. __call__(B, generator) -> MaskBatch with context [B, Nc] int64
     (sorted, raster order), targets [B, M, h*w] int64 (raster order inside each block),
-    context_valid [B, Nc] bool only with context_equalize="pad" in the corrected style.
+    context_valid [B, Nc] bool only with context_equalize "pad" or "pack" (the latter also
+    sets `packed`).
     """
 
     def __init__(self, config: MultiBlockConfig, grid: Size):
@@ -127,6 +132,8 @@ class MultiBlockMasker:
         self.reference = config.style == "reference"
         self.allow_overlap = config.allow_overlap  # the trainer's mask guard reads it
         self.cap = (self.grid[0] - 1, self.grid[1] - 1) if self.reference else self.grid
+        self.padded = config.context_equalize in ("pad", "pack")  # whole contexts, padded
+        self.packed = config.context_equalize == "pack"
         self._spans: dict[tuple[int, int], torch.Tensor] = {}  # memo of span_table
         self._offsets: dict[Size, torch.Tensor] = {}  # memo of block_offsets
 
@@ -245,8 +252,7 @@ class MultiBlockMasker:
         """Rows of a [B, N] float 0/1 mask -> (context [B, Nc] int64 in raster order,
         context_valid [B, Nc] bool | None, row counts [B] int64 before equalisation)."""
         group = self.config.equalize_group
-        padded = not self.reference and self.config.context_equalize == "pad"
-        if group is None or group >= keep.shape[0] or padded:
+        if group is None or group >= keep.shape[0] or self.padded:
             return self.equalize_rows(keep, generator)
         parts = [self.equalize_rows(keep[i:i + group], generator)
                  for i in range(0, keep.shape[0], group)]
@@ -259,9 +265,9 @@ class MultiBlockMasker:
 
     def equalize_rows(self, keep: torch.Tensor, generator: torch.Generator):
         """`equalize` for one group of rows: all cut (or padded) to one length."""
-        if self.reference or self.config.context_equalize == "pad":
+        if self.reference or self.padded:
             positions, counts = ranked_positions(keep)  # [B, max count], padded with 0
-            if self.reference:  # the first indices in raster order
+            if not self.padded:  # reference: the first indices in raster order
                 return positions[:, : int(counts.min())], None, counts
             valid = torch.arange(positions.shape[1]) < counts[:, None]
             return torch.where(valid, positions, positions[:, :1]), valid, counts
@@ -280,7 +286,7 @@ class MultiBlockMasker:
         targets = (tops * self.grid[1] + lefts)[..., None] + self.block_offsets(tsize)
         context, valid, counts = self.equalize(keep, generator)
         stats = MaskDrawStats(counts, tsize, csize, rounds, fallbacks)
-        return MaskBatch(context, targets, valid), stats
+        return MaskBatch(context, targets, valid, packed=self.packed), stats
 
     def __call__(self, batch_size: int, generator: torch.Generator) -> MaskBatch:
         return self.sample_with_stats(batch_size, generator)[0]
