@@ -53,7 +53,9 @@ def grads_of(modules: dict, names=("encoder", "predictor")) -> dict[str, torch.T
 def assert_same_grads(a: dict, b: dict) -> None:
     assert a.keys() == b.keys() and a
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=ATOL, msg=name)
+        scale = float(b[name].abs().max())  # fp32 sums in another order: relative to it
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=max(ATOL, 1e-5 * scale),
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 # -- the method: one batch, padded and packed --------------------------------------------
@@ -234,12 +236,24 @@ def test_packing_round_trips_any_validity_mask(seed, rows, width):
     p = Packing(valid)
     assert p.num_tokens == int(valid.sum())
     assert torch.equal(p.scatter(p.gather(x)), torch.where(valid[..., None], x, 0.0))
-    assert torch.equal(p.unpad(p.repad(p.gather(x))), p.gather(x))
-    repadded = p.repad(p.gather(x))  # each sequence's valid tokens first, in order
-    for r in range(rows):
-        n = int(valid[r].sum())
-        assert torch.equal(repadded[r, :n], x[r][valid[r]])
-        assert p.key_mask[r, 0, 0].tolist() == [True] * n + [False] * (p.width - n)
+    packed = p.gather(x)
+    # the stream: whole sequences, shortest first, each in column order
+    start = 0
+    for row in sorted(range(rows), key=lambda r: (int(valid[r].sum()), r)):
+        n = int(valid[row].sum())
+        assert bool((p.rows[start:start + n] == row).all())
+        assert torch.equal(packed[start:start + n], x[row][valid[row]])
+        start += n
+    # buckets cover the stream in order; re-padded, each sequence is a prefix of its row
+    assert sum(b.tokens for b in p.buckets) == p.num_tokens and len(p.buckets) <= 4
+    start = 0
+    for b in p.buckets:
+        padded = packed.new_zeros(b.n * b.width, 3).index_copy(0, b.index, packed[
+            start:start + b.tokens]).view(b.n, b.width, 3)
+        have = (padded != 0).any(-1) if b.key_mask is None else b.key_mask[:, 0, 0]
+        assert int(have.sum()) == b.tokens
+        assert torch.equal(have, torch.arange(b.width) < have.sum(1, keepdim=True))
+        start += b.tokens
 
 
 # -- the masker, the loader and a real run --------------------------------------------------

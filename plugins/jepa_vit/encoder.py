@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from jepa_core.errors import ConfigError
 from jepa_vit.configs import ViTConfig
-from jepa_vit.packing import Packing, run_packed_blocks, supports_packing
+from jepa_vit.packing import Packing, run_packed_blocks, supports_packing, take
 from jepa_vit.pos_embed import sincos_2d
 
 
@@ -187,7 +187,8 @@ class ViTEncoder(nn.Module):
                        keep_valid: torch.Tensor) -> torch.Tensor:
         """`forward` with pack=True: [B, K, D], zeros at padded positions."""
         packing = Packing(keep_valid)
-        x = self.embed(images)[packing.rows, packing.gather(keep)]  # [T, D]
+        patches = packing.rows * self.num_patches + packing.gather(keep)  # [T] in B * N
+        x = take(self.embed(images).flatten(0, 1), patches)  # [T, D]
         x = self.norm_pre(x)
         x = run_packed_blocks(self.blocks, x, packing, self.grad_checkpointing)
         return packing.scatter(self.norm(x))

@@ -194,20 +194,23 @@ class VisionTransformerPredictor(nn.Module):
         table = self.predictor_pos_embed[0]  # [N, Dp]
         ctx = Packing(ctx_valid)
         context = (self.predictor_embed(ctx.gather(context_tokens))
-                   + table[ctx.gather(context_idx)])  # [Tc, Dp]
+                   + table.index_select(0, ctx.gather(context_idx)))  # [Tc, Dp]
         flat_targets = target_idx.reshape(batch * num_blocks, num_targets)
-        queries = self.mask_token[0] + table[flat_targets[qry_valid]]  # [Tq, Dp]
+        queries = self.mask_token[0] + table.index_select(0, flat_targets[qry_valid])  # [Tq]
         # Each padded sequence position -> its token in cat([context, queries]).
-        ctx_id = (ctx_valid.flatten().cumsum(0) - 1).reshape(ctx_valid.shape)
+        ctx_id = torch.zeros_like(ctx_valid, dtype=torch.int64)
+        ctx_id.view(-1)[ctx.flat] = torch.arange(len(context), device=ctx_id.device)
         qry_id = (qry_valid.flatten().cumsum(0) - 1).reshape(qry_valid.shape) + len(context)
         source = torch.cat([ctx_id.repeat_interleave(num_blocks, dim=0), qry_id], dim=1)
         seq = Packing(torch.cat([ctx_valid.repeat_interleave(num_blocks, dim=0), qry_valid],
                                 dim=1))  # [B*M, Nc + Nt]
-        x = torch.cat([context, queries])[seq.gather(source)]  # [T, Dp]
+        x = torch.cat([context, queries]).index_select(0, seq.gather(source))  # [T, Dp]
         x = run_packed_blocks(self.predictor_blocks, x, seq, self.grad_checkpointing)
-        x = self.predictor_proj(self.predictor_norm(x[seq.cols >= width]))  # [Tq, D]
+        is_query = seq.cols >= width
+        x = self.predictor_proj(self.predictor_norm(x[is_query]))  # [Tq, D]
+        where = seq.rows[is_query] * num_targets + seq.cols[is_query] - width
         out = x.new_zeros(batch * num_blocks * num_targets, self.encoder_dim)
-        out[qry_valid.flatten()] = x
+        out = out.index_copy(0, where, x)
         return out.reshape(batch, num_blocks, num_targets, self.encoder_dim)
 
 
