@@ -36,6 +36,13 @@ class MaskBatch:
         Predictors that receive it ignore padded target queries as attention keys, and losses
         average over valid target tokens only. Every block keeps at least one valid index.
         None: all valid.
+    packed: bool, a compute layout the masker asks for (the masks are the same either way):
+        True lets encoders and predictors that say `supports_packing = True` run only the
+        valid context tokens of the batch, packed into one stream without padding, instead
+        of the padded [B, Nc] rows; methods then pass them `pack=True` (by keyword). The
+        outputs at valid positions, the loss and the gradients are those of the padded
+        computation (to float tolerance). Meaningful only with `context_valid` (or
+        `targets_valid`); False: the padded computation.
 
     A masker whose context and targets may share patches says so with an attribute
     `allow_overlap = True`; otherwise the trainer refuses masks that leak targets into the
@@ -46,6 +53,7 @@ class MaskBatch:
     targets: torch.Tensor
     context_valid: torch.Tensor | None = None
     targets_valid: torch.Tensor | None = None
+    packed: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -119,6 +127,9 @@ class Encoder(Protocol):
         of `keep`. Positional embeddings are added before tokens are dropped.
     Optional, for the "last4" features of `jepa eval`: layer_tokens(images, n) -> list of the
         last n blocks' outputs [B, N, D], oldest first, each through the final norm.
+    Optional: an encoder with `supports_packing = True` also takes `pack=True` (with
+        keep_valid), computes the valid tokens only (see `MaskBatch.packed`) and returns the
+        same [B, K, D] (values at padded positions meaningless).
     """
 
     embed_dim: int
@@ -139,7 +150,8 @@ class Predictor(Protocol):
         -> [B, M, Nt, D] predictions, one prediction per target index, in the encoder's
         width D. Methods pass `targets_valid` (by keyword) only when a masker pads its target
         blocks; padded target queries must then not be attended to, and their predictions
-        are ignored.
+        are ignored. Optional: a predictor with `supports_packing = True` also takes
+        `pack=True`, as the encoder does (see `Encoder` and `MaskBatch.packed`).
     """
 
     def __call__(self, context_tokens: torch.Tensor, context_idx: torch.Tensor,

@@ -113,6 +113,9 @@ def structure_problem(masks: Any, grid: tuple[int, int], batch_size: int) -> Mas
         problem = None if valid is None else _valid_problem(name, valid, like)
         if problem:
             return problem
+    if not isinstance(masks.packed, bool):
+        return MaskProblem("packed is a bool", f"got {type(masks.packed).__name__}",
+                           "pass packed=True or False (the default) to MaskBatch")
     return (duplicate_problem("unique indices per target block", tgt, masks.targets_valid)
             or duplicate_problem("unique indices per context row", ctx, masks.context_valid))
 

@@ -76,8 +76,11 @@ def test_multiblock_contract_for_any_valid_config(data, grid, batch_size, seed):
     check_masker(masker, batch_size, seed, scale_range=config.target_scale,
                  aspect_range=config.target_aspect, min_keep=config.min_keep,
                  allow_overlap=overlap, time_limit_s=5)
-    if config.style == "corrected" and config.context_equalize == "pad":
-        assert masker(batch_size, _gen(seed)).context_valid is not None
+    if config.context_equalize in ("pad", "pack"):  # whole contexts, in either style
+        masks = masker(batch_size, _gen(seed))
+        assert masks.context_valid is not None
+        assert torch.equal(masks.context_valid.sum(1), stats.context_sizes)
+        assert masks.packed == (config.context_equalize == "pack")
 
 
 # -- the reference style reproduces the official sampler ---------------------------------

@@ -29,7 +29,13 @@ from jepa_core.runtime.build import (
     total_steps,
 )
 from jepa_core.runtime.data import BatchLayout, batch_layout
-from jepa_core.runtime.tokens import TokenCounts, draw_token_counts
+from jepa_core.runtime.tokens import (
+    LAYOUTS,
+    ContextLayouts,
+    TokenCounts,
+    context_layouts,
+    draw_token_counts,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from jepa_core.plugins import Registry
@@ -66,6 +72,7 @@ class Plan:
     token_counts: TokenCounts | None = None  # where `tokens` comes from, with its definition
     device: str = "gpu"  # what the plan is for: "gpu" (the cost model) or "cpu" (measured)
     measured: measure.Measured | None = None  # the CPU plan's timed steps
+    context_layouts: ContextLayouts | None = None  # context tokens per step: truncate/pad/pack
 
 
 # -- gathering ---------------------------------------------------------------------------
@@ -223,10 +230,13 @@ def make_plan(recipe: Recipe, registry: Registry, gpus: int | None = None, *,
     method, where = method_on_meta(recipe, registry, total, spe)
     if where == "cpu":
         notes.append("the models could not be built on the meta device; counted on the CPU")
-    tokens = counts = None  # a masker that cannot build refuses the check, as the run would
+    tokens = counts = layouts = None  # a masker that cannot build refuses the check
     if recipe.masker is not None:
-        counts = measure_tokens(build("masker", recipe, registry, "masker", grid=grid), recipe)
+        masker = build("masker", recipe, registry, "masker", grid=grid)
+        counts = measure_tokens(masker, recipe)
         tokens = (counts.context, counts.target, counts.num_targets)
+        layouts = context_layouts(masker, recipe.seed, recipe.train.global_batch_size,
+                                  layout.micro_batch)
     flops = memory = None
     if tokens is not None and ijepa_shaped(method):
         flops, memory = cost_model(recipe, method.modules["encoder"],
@@ -243,7 +253,7 @@ def make_plan(recipe: Recipe, registry: Registry, gpus: int | None = None, *,
         measured = _measure_on_cpu(recipe, registry, method, flops, layout, read_data, notes)
     return Plan(world, world_source, layout, parameter_rows(method), grid, tokens, n_data,
                 data_note, spe, total, int(round(recipe.optim.warmup_epochs * spe)), flops,
-                memory, notes, counts, device, measured)
+                memory, notes, counts, device, measured, layouts)
 
 
 def _measure_on_cpu(recipe: Recipe, registry: Registry, method: Any, flops: Any,
@@ -326,6 +336,34 @@ def token_table(plan: Plan, recipe: Recipe) -> Any:
         table.add_row("context Nc", f"{nc:.1f}", f"{nc / n:.0%}")
         table.add_row("target blocks M x Nt", f"{m} x {nt:.1f}", f"{m} x {nt / n:.0%}")
         table.add_row("predictor sequence Nc + Nt", f"{nc + nt:.1f}", "")
+    return table
+
+
+def context_layout_table(plan: Plan, recipe: Recipe) -> Any:
+    """Context tokens the context encoder processes per step, for the recipe's layout and,
+    when the masker reports its context sizes, for each of truncate / pad / pack."""
+    c = plan.context_layouts
+    assert c is not None  # print_check adds this table only when there are layouts
+    table = _table(f"Context tokens per step (global batch {c.batch_size})", "layout",
+                   "processed", "per image", "vs pad", note=(
+                       f"tokens the context encoder computes per step, in micro-batches of "
+                       f"{c.micro_batch} rows (each trimmed of padding no row needs), mean over "
+                       f"the masks of steps 0-{c.batches - 1}. truncate: every row cut to its "
+                       f"micro-batch's shortest (context thrown away); pad: padded to the "
+                       f"longest; pack: the valid tokens only, no padding (the loss of pad). "
+                       f"Valid context: {c.valid / c.batch_size:.1f} per image. Chosen by the "
+                       f"masker (multiblock: context_equalize subset / pad / pack)."))
+    base = c.by_layout["pad"] if c.by_layout else None
+
+    def row(name: str, tokens: float, style: str = "") -> None:
+        share = f"{tokens / base:.0%}" if base else ""
+        table.add_row(name, f"{tokens:,.0f}", f"{tokens / c.batch_size:.1f}", share,
+                      style=style)
+
+    for name in LAYOUTS:
+        if c.by_layout:
+            row(name + (" (this recipe)" if name == c.layout else ""), c.by_layout[name])
+    row(f"as trained ({c.layout})", c.processed, "bold")
     return table
 
 
@@ -431,7 +469,10 @@ def measured_table(plan: Plan, recipe: Recipe) -> Any:
 def print_plan(plan: Plan, recipe: Recipe, console: Any) -> None:
     """Print the plan's tables that apply (FLOPs, memory and time only where the cost model
     describes the models), then its notes."""
-    tables = [parameter_table(plan), token_table(plan, recipe), schedule_table(plan, recipe)]
+    tables = [parameter_table(plan), token_table(plan, recipe)]
+    if plan.context_layouts is not None:
+        tables.append(context_layout_table(plan, recipe))
+    tables.append(schedule_table(plan, recipe))
     if plan.flops is not None:
         tables.append(flops_table(plan, recipe))
         if plan.device == "gpu":

@@ -175,7 +175,7 @@ class Batch:
             return None if t is None else t.to(device, non_blocking=True)
 
         masks = {name: MaskBatch(move(m.context), move(m.targets), move(m.context_valid),
-                                 move(m.targets_valid))
+                                 move(m.targets_valid), m.packed)
                  for name, m in self.masks.items()}
         return Batch({k: move(v) for k, v in self.views.items()}, move(self.labels), masks,
                      self.step, self.skipped)
@@ -236,7 +236,7 @@ def _take_rows(masks: MaskBatch, rows: slice) -> MaskBatch:
 
     context, valid = _trim(masks.context[rows], part(masks.context_valid))
     targets, targets_valid = _trim(masks.targets[rows], part(masks.targets_valid))
-    return MaskBatch(context, targets, valid, targets_valid)
+    return MaskBatch(context, targets, valid, targets_valid, masks.packed)
 
 
 class MaskingCollate:

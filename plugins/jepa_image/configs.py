@@ -17,7 +17,8 @@ class MultiBlockConfig:
 
     style: "corrected" (default: every patch reachable, independent scale and aspect draws,
     unbiased context length equalisation) or "reference" (the official sampler's
-    distribution, quirks included; the paper recipes use it).
+    distribution, quirks included; the paper recipes use it). Either style can keep whole
+    contexts instead of cutting them (context_equalize "pad" or "pack").
     """
 
     # For tests: where jepa_core.testing.strategies.masker_configs finds varied configs.
@@ -34,10 +35,15 @@ class MultiBlockConfig:
     context_aspect: Pair = attrs.field(default=(1.0, 1.0), validator=range_pair(0, strict_lo=True))
     min_keep: int = attrs.field(default=10, validator=at_least(1))
     allow_overlap: bool = False
-    # corrected style: how context rows of unequal length become one tensor.
-    # "subset": keep a uniformly random subset of each row, of the batch-minimum length.
-    # "pad": pad rows to the batch maximum and return `context_valid`.
-    context_equalize: Literal["subset", "pad"] = "subset"
+    # How context rows of unequal length become one tensor (truncate, pad or pack):
+    # "subset" (truncate): cut every row to the batch-minimum length, keeping a uniformly
+    #   random subset of it (corrected style) or its first indices in raster order (reference
+    #   style, the official cut).
+    # "pad": every sample keeps its whole context; rows are padded to the batch maximum and
+    #   `context_valid` marks the padding (the models compute on the padding, then ignore it).
+    # "pack": the masks of "pad", plus `MaskBatch.packed`: the encoder and predictor run
+    #   only the valid tokens, packed without padding (same loss and gradients as "pad").
+    context_equalize: Literal["subset", "pad", "pack"] = "subset"
     # Rows equalised together (subset/reference): consecutive groups of this many rows of the
     # global batch, each cut to its own shortest context, then padded to the longest group
     # (context_valid marks the padding). The official code cut per GPU batch (128 for

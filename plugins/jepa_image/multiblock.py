@@ -24,7 +24,11 @@ Two styles (see the "official sampler's quirks" in the project reference):
   their first indices in raster order. Its infinite loop and global-RNG use are not reproduced.
 - "corrected" (default): independent draws of scale and log-aspect, sizes capped at the grid,
   corners drawn from [0, grid - size] (every patch reachable), and rows equalised without bias:
-  a uniformly random subset of each row ("subset") or padding with `context_valid` ("pad").
+  a uniformly random subset of each row ("subset").
+
+In either style, context_equalize "pad" keeps every sample's whole context (rows padded to
+the longest, `context_valid` marks the padding) and "pack" returns the same masks with
+`MaskBatch.packed` set, so the models run the valid tokens only (no compute on padding).
 
 Fallback: a sample still short of `min_keep` after the redraws removes the target blocks from
 its context one by one, in order, and stops before the one that would leave fewer than
@@ -193,7 +197,8 @@ class MultiBlockMasker:
 
     grid: (gh, gw) patches. __call__(B, generator) -> MaskBatch with context [B, Nc] int64
     (sorted, raster order), targets [B, M, h*w] int64 (raster order inside each block),
-    context_valid [B, Nc] bool only with context_equalize="pad" in the corrected style.
+    context_valid [B, Nc] bool only with context_equalize "pad" or "pack" (the latter also
+    sets `packed`).
 
     Every random draw is a torch call on `generator` (sizes, corners, subset keys); the rest
     is numpy on bit rows (above), which uses no thread pool, so a call costs the same in a
@@ -206,6 +211,8 @@ class MultiBlockMasker:
         self.reference = config.style == "reference"
         self.allow_overlap = config.allow_overlap  # the trainer's mask guard reads it
         self.cap = (self.grid[0] - 1, self.grid[1] - 1) if self.reference else self.grid
+        self.padded = config.context_equalize in ("pad", "pack")  # whole contexts, padded
+        self.packed = config.context_equalize == "pack"
         self._offsets: dict[Size, np.ndarray] = {}  # memo of block_offsets
         self.tables = BlockTables(self.grid)
 
@@ -297,11 +304,11 @@ class MultiBlockMasker:
         int64 in raster order, context_valid [B, Nc] bool | None).
 
         Rows are cut to the shortest of their group (`equalize_group`, else the batch) and
-        groups padded to the longest with a row's first index; "pad" pads every row to the
-        longest instead and always returns context_valid."""
+        groups padded to the longest with a row's first index; "pad" and "pack" pad every
+        row to the longest instead and always return context_valid."""
         batch, gw = keep.shape[0], self.grid[1]
         n_patches = self.grid[0] * gw
-        padded = not self.reference and self.config.context_equalize == "pad"
+        padded = self.padded
         group = self.config.equalize_group
         group = batch if group is None or padded else min(group, batch)
         lengths = counts if padded else np.repeat(np.minimum.reduceat(
@@ -333,7 +340,7 @@ class MultiBlockMasker:
         targets = (tops * self.grid[1] + lefts)[..., None] + self.block_offsets(tsize)
         context, valid = self.equalize(keep, counts, generator)
         stats = MaskDrawStats(torch.from_numpy(counts), tsize, csize, rounds, fallbacks)
-        return MaskBatch(context, torch.from_numpy(targets), valid), stats
+        return MaskBatch(context, torch.from_numpy(targets), valid, packed=self.packed), stats
 
     def __call__(self, batch_size: int, generator: torch.Generator) -> MaskBatch:
         return self.sample_with_stats(batch_size, generator)[0]

@@ -35,7 +35,7 @@ def _multiblock_fields(draw: Any, grid: tuple[int, int]) -> dict[str, Any]:
         context_aspect=draw(st.sampled_from([(1.0, 1.0), (0.75, 1.5), (0.5, 2.0)])),
         min_keep=draw(st.integers(1, max(1, n // 8))),
         allow_overlap=draw(st.booleans()),
-        context_equalize=draw(st.sampled_from(["subset", "pad"])),
+        context_equalize=draw(st.sampled_from(["subset", "pad", "pack"])),
         equalize_group=draw(st.one_of(st.none(), st.integers(1, 8))),
     )
 

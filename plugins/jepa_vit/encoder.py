@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from jepa_core.errors import ConfigError
 from jepa_vit.configs import ViTConfig
+from jepa_vit.packing import Packing, run_packed_blocks, supports_packing, take
 from jepa_vit.pos_embed import sincos_2d
 
 
@@ -161,11 +162,20 @@ class ViTEncoder(nn.Module):
         """x [B, K, D], attn_mask [B, 1, 1, K] bool | None -> [B, K, D] after all blocks."""
         return apply_blocks(self.blocks, x, attn_mask, self.grad_checkpointing)
 
+    @property
+    def supports_packing(self) -> bool:
+        """Whether forward takes pack=True: all blocks are timm's plain Block."""
+        return supports_packing(self.blocks)
+
     def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None,
-                keep_valid: torch.Tensor | None = None) -> torch.Tensor:
+                keep_valid: torch.Tensor | None = None, *, pack: bool = False) -> torch.Tensor:
         """images [B, C, H, W]; keep [B, K] int64 patch indices (None: all N, in grid order);
         keep_valid [B, K] bool, False marks padding, ignored as attention keys (None: all valid).
+        pack: run only the valid tokens, packed without padding (`jepa_vit.packing`; needs
+        keep and keep_valid): the same values, less compute.
         Returns [B, K, D] final-normed tokens; outputs at padded positions are meaningless."""
+        if pack and keep is not None and keep_valid is not None:
+            return self.forward_packed(images, keep, keep_valid)
         x = self.embed(images)
         if keep is not None:
             x = gather_tokens(x, keep)
@@ -185,6 +195,16 @@ class ViTEncoder(nn.Module):
             if i >= first:
                 outs.append(self.norm(x))
         return outs
+
+    def forward_packed(self, images: torch.Tensor, keep: torch.Tensor,
+                       keep_valid: torch.Tensor) -> torch.Tensor:
+        """`forward` with pack=True: [B, K, D], zeros at padded positions."""
+        packing = Packing(keep_valid)
+        patches = packing.rows * self.num_patches + packing.gather(keep)  # [T] in B * N
+        x = take(self.embed(images).flatten(0, 1), patches)  # [T, D]
+        x = self.norm_pre(x)
+        x = run_packed_blocks(self.blocks, x, packing, self.grad_checkpointing)
+        return packing.scatter(self.norm(x))
 
     def to_timm_state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict under timm's key names (identical to ours): loads strictly into

@@ -39,6 +39,7 @@ from jepa_vit.encoder import (
     set_attention,
     trunc_normal,
 )
+from jepa_vit.packing import Packing, run_packed_blocks, supports_packing
 from jepa_vit.pos_embed import sincos_2d
 
 
@@ -144,14 +145,25 @@ class VisionTransformerPredictor(nn.Module):
         """x [S, L, Dp] -> [S, L, Dp] after all predictor blocks."""
         return apply_blocks(self.predictor_blocks, x, attn_mask, self.grad_checkpointing)
 
+    @property
+    def supports_packing(self) -> bool:
+        """Whether forward takes pack=True: all blocks are timm's plain Block."""
+        return supports_packing(self.predictor_blocks)
+
     def forward(self, context_tokens: torch.Tensor, context_idx: torch.Tensor,
                 target_idx: torch.Tensor, context_valid: torch.Tensor | None = None,
-                targets_valid: torch.Tensor | None = None) -> torch.Tensor:
+                targets_valid: torch.Tensor | None = None, *,
+                pack: bool = False) -> torch.Tensor:
         """context_tokens [B, Nc, D] (the context encoder's output), context_idx [B, Nc] int64,
         target_idx [B, M, Nt] int64, context_valid [B, Nc] bool | None and targets_valid
         [B, M, Nt] bool | None (False = padding, ignored as attention keys).
+        pack: run each (image, block) sequence's valid tokens only, packed without padding
+        (`jepa_vit.packing`): the same values, less compute.
         Returns [B, M, Nt, D]: one prediction per target index, in the encoder's width; at
         padded target positions the values are meaningless (losses skip them)."""
+        if pack and (context_valid is not None or targets_valid is not None):
+            return self.forward_packed(context_tokens, context_idx, target_idx, context_valid,
+                                       targets_valid)
         batch, num_blocks, num_targets = target_idx.shape
         context = self.embed_context(context_tokens, context_idx)
         context = context.repeat_interleave(num_blocks, dim=0)  # [B*M, Nc, Dp], (b, m) order
@@ -162,6 +174,44 @@ class VisionTransformerPredictor(nn.Module):
         x = self.run_blocks(x, mask)[:, -num_targets:]
         x = self.predictor_proj(self.predictor_norm(x))  # [B*M, Nt, D]
         return x.reshape(batch, num_blocks, num_targets, self.encoder_dim)
+
+    def forward_packed(self, context_tokens: torch.Tensor, context_idx: torch.Tensor,
+                       target_idx: torch.Tensor, context_valid: torch.Tensor | None,
+                       targets_valid: torch.Tensor | None) -> torch.Tensor:
+        """`forward` with pack=True: [B, M, Nt, D], zeros at padded target positions.
+
+        The packed stream holds, for each (image b, block m) in (b, m) order, the valid
+        context tokens of b and then the valid mask queries of (b, m): the sequences of the
+        padded computation without their padding. The context projection runs once per
+        valid context token, the output head once per valid query."""
+        batch, num_blocks, num_targets = target_idx.shape
+        width = context_idx.shape[1]
+        ctx_valid = (context_valid if context_valid is not None
+                     else context_idx.new_ones(context_idx.shape, dtype=torch.bool))
+        qry_valid = (targets_valid.reshape(batch * num_blocks, num_targets)
+                     if targets_valid is not None
+                     else target_idx.new_ones(batch * num_blocks, num_targets, dtype=torch.bool))
+        table = self.predictor_pos_embed[0]  # [N, Dp]
+        ctx = Packing(ctx_valid)
+        context = (self.predictor_embed(ctx.gather(context_tokens))
+                   + table.index_select(0, ctx.gather(context_idx)))  # [Tc, Dp]
+        flat_targets = target_idx.reshape(batch * num_blocks, num_targets)
+        queries = self.mask_token[0] + table.index_select(0, flat_targets[qry_valid])  # [Tq]
+        # Each padded sequence position -> its token in cat([context, queries]).
+        ctx_id = torch.zeros_like(ctx_valid, dtype=torch.int64)
+        ctx_id.view(-1)[ctx.flat] = torch.arange(len(context), device=ctx_id.device)
+        qry_id = (qry_valid.flatten().cumsum(0) - 1).reshape(qry_valid.shape) + len(context)
+        source = torch.cat([ctx_id.repeat_interleave(num_blocks, dim=0), qry_id], dim=1)
+        seq = Packing(torch.cat([ctx_valid.repeat_interleave(num_blocks, dim=0), qry_valid],
+                                dim=1))  # [B*M, Nc + Nt]
+        x = torch.cat([context, queries]).index_select(0, seq.gather(source))  # [T, Dp]
+        x = run_packed_blocks(self.predictor_blocks, x, seq, self.grad_checkpointing)
+        is_query = seq.cols >= width
+        x = self.predictor_proj(self.predictor_norm(x[is_query]))  # [Tq, D]
+        where = seq.rows[is_query] * num_targets + seq.cols[is_query] - width
+        out = x.new_zeros(batch * num_blocks * num_targets, self.encoder_dim)
+        out = out.index_copy(0, where, x)
+        return out.reshape(batch, num_blocks, num_targets, self.encoder_dim)
 
 
 def build_predictor(config: PredictorConfig, encoder: Any) -> VisionTransformerPredictor:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from jepa_core.errors import ConfigError
 from jepa_core.interfaces import MaskBatch, MethodOutput
 from jepa_core.runtime.build import MethodParts, frozen_copy
 from jepa_objectives.tokens import gather_tokens, normalised_targets
@@ -32,12 +33,35 @@ class MaskedPrediction:
 
     def predict(self, modules: dict, images: torch.Tensor,
                 masks: MaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(predictions [B, M, Nt, D] fp32, context tokens [B, Nc, D])."""
-        z = modules["encoder"](images, masks.context, masks.context_valid)
+        """(predictions [B, M, Nt, D] fp32, context tokens [B, Nc, D]).
+
+        With `masks.packed` (and padding to skip) the encoder and the predictor get
+        pack=True: the same values, computed on the valid tokens only."""
+        packed = masks.packed and (masks.context_valid is not None
+                                   or masks.targets_valid is not None)
+        if packed:
+            self.check_packing()
+        encoder_pack = {"pack": True} if packed and masks.context_valid is not None else {}
+        z = modules["encoder"](images, masks.context, masks.context_valid, **encoder_pack)
         padded = {} if masks.targets_valid is None else {"targets_valid": masks.targets_valid}
+        if packed:
+            padded["pack"] = True
         pred = modules["predictor"](z, masks.context, masks.targets, masks.context_valid,
                                     **padded)
         return pred.float(), z
+
+    def check_packing(self) -> None:
+        """ConfigError unless the encoder and the predictor compute packed contexts."""
+        for name in ("encoder", "predictor"):
+            module = self.modules[name]
+            if not getattr(module, "supports_packing", False):
+                raise ConfigError(
+                    f"the masks ask for packed contexts (MaskBatch.packed, e.g. masker "
+                    f"context_equalize: pack), but the {name} ({type(module).__name__}) does "
+                    f"not compute them: it has no `supports_packing = True` (the vit encoder "
+                    f"and vit_predictor support packing when all their blocks are timm's "
+                    f"plain Block). Use context_equalize: pad, which gives the same loss on "
+                    f"padded rows, or a {name} that supports packing.")
 
     def prediction_term(self, pred: torch.Tensor, targets: torch.Tensor,
                         masks: MaskBatch) -> torch.Tensor:
