@@ -300,7 +300,8 @@ class EvalProtocol(Protocol):
         "pooled" and "tokens" only; skip a missing kind). A result is a dict:
         {"protocol": name, "feature_kind": kind, "params": {hyper-parameters},
          "accuracy": {"val": ..., "test": ...}} for a classifier (a fraction in [0, 1], per
-        split it was measured on), or {..., "value": float} for a diagnostic.
+        split it was measured on), or {..., "value": float} for a diagnostic; an optional
+        "setting" (a few words) tells apart several results of one protocol on one kind.
     """
 
     feature_kinds: tuple[str, ...]

@@ -45,11 +45,13 @@ class Result:
     params: dict
     accuracy: dict  # {split: fraction}; empty for a diagnostic
     value: float | None = None  # a diagnostic (e.g. rankme)
+    setting: str = ""  # tells apart results of one protocol on one kind (low-shot labels)
 
     @property
     def key(self) -> tuple[str, str, str]:
-        """(protocol, feature kind, features): what a row of the comparison is."""
-        return (self.protocol, self.feature_kind, self.features)
+        """(protocol [setting], feature kind, features): what a row of the comparison is."""
+        protocol = f"{self.protocol} ({self.setting})" if self.setting else self.protocol
+        return (protocol, self.feature_kind, self.features)
 
     def figure(self) -> tuple[float | None, str]:
         """(the figure compared, which split or 'value'): test accuracy where there is one,
@@ -131,7 +133,8 @@ def _result(entry: Any, i: int, path: Path) -> Result:
     params = entry.get("params") or {}
     return Result(entry["protocol"], str(entry.get("features", "")),
                   str(entry.get("feature_kind", "")), dict(params) if isinstance(params, dict)
-                  else {}, {str(k): float(v) for k, v in accuracy.items()}, value)
+                  else {}, {str(k): float(v) for k, v in accuracy.items()}, value,
+                  str(entry.get("setting", "")))
 
 
 def _format1(data: dict, path: Path) -> tuple[Result, ...]:

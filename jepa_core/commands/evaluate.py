@@ -146,14 +146,8 @@ def comparison_notes(results: dict, data_name: str = "") -> list[str]:
 
 
 def setting(result: dict) -> str:
-    """The hyper-parameters of a result that tell its row apart, in a few words."""
-    p = result.get("params", {})
-    proto = result["protocol"]
-    if proto == "knn":
-        return f"k={p.get('k')}"
-    if proto == "lowshot":
-        return str(p.get("labels", ""))
-    return ""
+    """The result's own "setting" (a few words telling its row apart), if it gives one."""
+    return str(result.get("setting", ""))
 
 
 def cell(result: dict) -> str:

@@ -60,7 +60,7 @@ class KNN:
         train, test = features[c.feature]
         acc = knn_accuracy(train, test, context.num_classes, c.k, c.temperature, c.center,
                            context.device)
-        return [{"protocol": "knn", "feature_kind": c.feature,
+        return [{"protocol": "knn", "feature_kind": c.feature, "setting": f"k={c.k}",
                  "params": {"k": c.k, "temperature": c.temperature, "center": c.center},
                  "accuracy": {"test": acc}}]
 

@@ -77,7 +77,7 @@ class LowShot:
                     sizes.append(len(rows))
                     ticker.advance()
                 results.append({
-                    "protocol": "lowshot", "feature_kind": c.feature,
+                    "protocol": "lowshot", "feature_kind": c.feature, "setting": name,
                     "params": {"labels": name, **draw, "splits": c.splits, "C": c.C,
                                "labelled_images": sizes},
                     "accuracy": {"test": statistics.fmean(accs)},
