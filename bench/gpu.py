@@ -3,6 +3,7 @@
     python bench/gpu.py                          # ViT-H/16 @224, batch 64, compile off, then on
     python bench/gpu.py --batch 128 --iters 20 --compile on
     python bench/gpu.py --recipe recipes/ijepa_vith16_448.yaml --batch 16
+    python bench/gpu.py --recipe recipes/ijepa_vith14.yaml --layout pad,pack   # padded vs packed contexts
     python bench/gpu.py --cpu-smoke              # tiny model, 2 steps on the CPU: the script works
 
 What is timed is the trainer's own path: `jepa_core.runtime.trainer.setup` builds the run from the
@@ -67,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "with --cpu-smoke)")
     p.add_argument("--compile", choices=("on", "off", "both"), default=None,
                    help="torch.compile the models (default both; off with --cpu-smoke)")
+    p.add_argument("--layout", default="recipe",
+                   help="context layouts to time, comma separated: recipe (the recipe's own), "
+                        "subset (truncate), pad, pack; e.g. pad,pack")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's dense bf16 peak, when its name is not known")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny model on the CPU")
@@ -76,6 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.iters = args.iters or (2 if smoke else 10)
     args.warmup = args.warmup if args.warmup is not None else (1 if smoke else 3)
     args.compile = args.compile or ("off" if smoke else "both")
+    args.layouts = [x.strip() for x in args.layout.split(",") if x.strip()]
+    bad = [x for x in args.layouts if x not in ("recipe", "subset", "pad", "pack")]
+    if bad or not args.layouts:
+        p.error(f"--layout: {', '.join(bad) or 'nothing'} is not one of recipe, subset, pad, "
+                f"pack")
     return args
 
 
@@ -89,8 +98,10 @@ def device_peak(args: argparse.Namespace) -> tuple[str, float | None]:
     return name, next((peak for key, peak in PEAK_BF16 if key in name), None)
 
 
-def bench_recipe(args: argparse.Namespace, registry, compiled: bool, out_dir: str):
-    """The recipe with synthetic data and one micro-batch of --batch images per step."""
+def bench_recipe(args: argparse.Namespace, registry, compiled: bool, out_dir: str,
+                 layout: str = "recipe"):
+    """The recipe with synthetic data and one micro-batch of --batch images per step, its
+    contexts truncated / padded / packed as `layout` says (recipe: as the recipe has it)."""
     data = read_yaml(args.recipe)
     steps = args.warmup + args.iters
     data["data"] = {"name": "synthetic", "num_images": args.batch * steps}
@@ -100,6 +111,8 @@ def bench_recipe(args: argparse.Namespace, registry, compiled: bool, out_dir: st
                  "eval.after_train=false", f"out_dir={out_dir}"]
     if args.cpu_smoke:
         overrides += SMOKE
+    if layout != "recipe":
+        overrides.append(f"masker.context_equalize={layout}")
     return recipe_from_dict(data, registry, args.recipe, overrides)
 
 
@@ -159,10 +172,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_one(args: argparse.Namespace, registry, compiled: bool, peak: float | None) -> dict:
+def bench_one(args: argparse.Namespace, registry, compiled: bool, peak: float | None,
+              layout: str = "recipe") -> dict:
     """Build the run, warm up, time --iters steps; returns one row of the summary."""
     with tempfile.TemporaryDirectory() as out_dir:
-        recipe = bench_recipe(args, registry, compiled, out_dir)
+        recipe = bench_recipe(args, registry, compiled, out_dir, layout)
         t0 = time.perf_counter()
         run = setup(recipe, registry, DistEnv())
         build_s = time.perf_counter() - t0
@@ -188,7 +202,7 @@ def bench_one(args: argparse.Namespace, registry, compiled: bool, peak: float | 
         step_s, mean_flops = statistics.median(times), sum(flops) / len(flops)
         estimate = estimated_memory(run, batches[-1])
         row = {
-            "compile": "on" if compiled else "off", "batch": args.batch,
+            "compile": "on" if compiled else "off", "layout": layout, "batch": args.batch,
             "build_s": build_s, "warmup_s": warmup_s,
             "step_ms": 1e3 * step_s, "img_s": args.batch / step_s,
             "tflops": mean_flops / step_s / 1e12, "gflop_img": mean_flops / args.batch / 1e9,
@@ -219,13 +233,13 @@ def summary(rows: list[dict], args: argparse.Namespace, device: str, peak: float
     table = Table(title=f"I-JEPA train_step, {Path(args.recipe).name}"
                         f"{' (cpu smoke: tiny model)' if args.cpu_smoke else ''}",
                   title_justify="left")
-    cols = ["compile", "batch", "build s", "warm-up s", "step ms", "img/s", "GFLOP/img",
+    cols = ["compile", "layout", "batch", "build s", "warm-up s", "step ms", "img/s", "GFLOP/img",
             "TFLOP/s", "MFU", "peak GiB", "model GiB", "recompiles", "loss"]
     for c in cols:
         table.add_column(c, justify="left" if c == "compile" else "right", no_wrap=True)
     for r in rows:
         table.add_row(
-            r["compile"], str(r["batch"]), _num(r["build_s"]), _num(r["warmup_s"]),
+            r["compile"], r["layout"], str(r["batch"]), _num(r["build_s"]), _num(r["warmup_s"]),
             _num(r["step_ms"]), _num(r["img_s"]), _num(r["gflop_img"]), _num(r["tflops"]),
             _num(r["mfu"], ".1%"), _num(r["peak_gib"]), _num(r["estimate_gib"]),
             str(r["recompiles"]), _num(r["loss"], ".4f"))
@@ -238,8 +252,14 @@ def summary(rows: list[dict], args: argparse.Namespace, device: str, peak: float
                   f"jepa_core.commands.costs (multiply-add = 2); peak GiB: "
                   f"torch.cuda.max_memory_allocated over the timed steps; model GiB: the "
                   f"cost model's estimate for the same batch")
-    if len(rows) == 2:
-        console.print(f"compile on / off: {rows[1]['img_s'] / rows[0]['img_s']:.2f}x images/s")
+    by = {(r["compile"], r["layout"]): r for r in rows}
+    for (comp, layout), r in by.items():
+        if comp == "on" and ("off", layout) in by:
+            console.print(f"compile on / off ({layout}): "
+                          f"{r['img_s'] / by[('off', layout)]['img_s']:.2f}x images/s")
+        if layout == "pack" and (comp, "pad") in by:
+            console.print(f"pack / pad (compile {comp}): "
+                          f"{r['img_s'] / by[(comp, 'pad')]['img_s']:.2f}x images/s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,8 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     modes = {"on": [True], "off": [False], "both": [False, True]}[args.compile]
     rows = []
     for compiled in modes:
-        print(f"benchmarking compile={'on' if compiled else 'off'} ...", flush=True)
-        rows.append(bench_one(args, registry, compiled, peak))
+        for layout in args.layouts:
+            print(f"benchmarking compile={'on' if compiled else 'off'} layout={layout} ...",
+                  flush=True)
+            rows.append(bench_one(args, registry, compiled, peak, layout))
     summary(rows, args, device, peak)
     return 0
 
