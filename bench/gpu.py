@@ -3,7 +3,7 @@
     python bench/gpu.py                          # ViT-H/16 @224, batch 64, compile off, then on
     python bench/gpu.py --batch 128 --iters 20 --compile on
     python bench/gpu.py --recipe recipes/ijepa_vith16_448.yaml --batch 16
-    python bench/gpu.py --recipe recipes/ijepa_vith14.yaml --layout pad,pack   # padded vs packed contexts
+    python bench/gpu.py --recipe recipes/ijepa_vith14.yaml --layout pad,pack  # pad vs pack
     python bench/gpu.py --cpu-smoke              # tiny model, 2 steps on the CPU: the script works
 
 What is timed is the trainer's own path: `jepa_core.runtime.trainer.setup` builds the run from the
