@@ -272,3 +272,20 @@ def test_a_flat_unlabelled_folder_trains_and_the_evaluation_says_it_needs_labels
                            capture_output=True, text=True, timeout=300)
     assert probe.returncode == 1 and "Traceback" not in probe.stderr
     assert "the probes need labels" in " ".join(probe.stderr.replace("│", " ").split())
+
+
+def test_progress_lines_give_the_rate_and_the_time_left(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from jepa_core.runtime import progress, runlog
+
+    clock = iter([0.0, 12.0, 20.0])
+    monkeypatch.setattr(runlog, "now", lambda: next(clock))
+    out = io.StringIO()
+    with progress.Ticker(Console(file=out, width=200), "extracting", 1000, "images") as t:
+        t.advance(300)  # at 12 s: 25 images/s, 700 left
+    text = out.getvalue()
+    assert "extracting: 300/1000 images (12 s, 25 images/s, ETA 28 s)" in text
+    assert "extracting: done in 20 s (15 images/s)" in text

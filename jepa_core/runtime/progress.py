@@ -37,13 +37,16 @@ class Ticker:
                 Progress,
                 TextColumn,
                 TimeElapsedColumn,
+                TimeRemainingColumn,
             )
 
             self.progress = Progress(TextColumn(self.description), BarColumn(),
                                      MofNCompleteColumn(), TextColumn(self.unit),
-                                     TimeElapsedColumn(), console=self.console, transient=True)
+                                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                     TimeRemainingColumn(), console=self.console,
+                                     transient=True)
             self.progress.start()
-            self.task = self.progress.add_task(self.description, total=self.total)
+            self.task = self.progress.add_task(self.description, total=self.total, rate="")
         else:
             self.console.print(f"{self.description}: {self.total} {self.unit}", markup=False)
         return self
@@ -53,14 +56,24 @@ class Ticker:
         self.done += n
         if self.console is None:
             return
-        if self.progress is not None:
-            self.progress.update(self.task, completed=self.done)
-            return
         t = runlog.now()
+        if self.progress is not None:
+            self.progress.update(self.task, completed=self.done, rate=self.rate(t))
+            return
         if t - self._t_last >= self.every_s:
             self._t_last = t
             self.console.print(f"  {self.description}: {self.done}/{self.total} {self.unit} "
-                               f"({t - self._t0:.0f} s)", markup=False)
+                               f"({t - self._t0:.0f} s, {self.rate(t)}, ETA "
+                               f"{self.eta(t):.0f} s)", markup=False)
+
+    def rate(self, t: float) -> str:
+        """Units per second so far, e.g. "412 images/s"."""
+        return f"{self.done / max(t - self._t0, 1e-9):.0f} {self.unit}/s"
+
+    def eta(self, t: float) -> float:
+        """Seconds left at the rate so far."""
+        per_s = self.done / max(t - self._t0, 1e-9)
+        return (self.total - self.done) / max(per_s, 1e-9)
 
     def __exit__(self, *exc: Any) -> None:
         if self.console is None:
@@ -68,5 +81,6 @@ class Ticker:
         if self.progress is not None:
             self.progress.stop()
         elif exc[0] is None:
-            self.console.print(f"  {self.description}: done in {runlog.now() - self._t0:.0f} s",
-                               markup=False)
+            t = runlog.now()
+            self.console.print(f"  {self.description}: done in {t - self._t0:.0f} s "
+                               f"({self.rate(t)})", markup=False)
