@@ -96,6 +96,7 @@ class EvalConfig:
     batch_size: images per forward pass when extracting. shard_size: images per cache shard
         (the most features held in memory at once while extracting).
     max_images: a seeded random subset of each split (None: all of them).
+    tokens: where token features live (see the field).
     """
 
     after_train: bool = True
@@ -104,6 +105,10 @@ class EvalConfig:
     shard_size: int = attrs.field(default=4096, validator=at_least(1))
     max_images: int | None = attrs.field(default=None, validator=at_least(2))
     cache_dir: str | None = None
+    # Token features (the attentive probe): "cache" on disk like the others, "on_the_fly"
+    # computed each time a protocol reads a shard (nothing stored), "auto": on the fly when
+    # the token cache would take more than half of the free disk under the cache folder.
+    tokens: Literal["auto", "cache", "on_the_fly"] = "auto"
     # Evaluation during training: at every K-th checkpoint (steps that are multiples of
     # K x train.checkpoint_every) and at the last one, the main process runs a kNN of the
     # method's eval module on `live_images` seeded probe-training and as many test images,

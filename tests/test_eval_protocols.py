@@ -230,3 +230,53 @@ def test_without_the_eval_plugin_a_recipe_loads_and_evaluating_says_why_not(tiny
     assert recipe.eval.protocols == ()
     with pytest.raises(NoProtocols, match="jepa -p jepa_eval.plugin"):
         evaluate(recipe, registry, {}, torch.device("cpu"))
+
+
+def test_tokens_computed_when_read_give_the_cached_results_and_store_nothing(tiny_dict,
+                                                                             tmp_path):
+    """eval.tokens=on_the_fly: the attentive probe reads tokens computed shard by shard
+    (for token caches that would not fit on disk), with the numbers of the cached ones."""
+    from jepa_core.evaluation.runner import evaluate
+    from jepa_core.runtime.build import build_encoder
+
+    registry = make_plugin_manager()
+    tiny_dict["data"] = {"name": "digits"}
+    tiny_dict["eval"] = {"protocols": [{"name": "attentive", "epochs": 2, "lrs": [0.01]}],
+                         "max_images": 48, "shard_size": 16}
+    results = {}
+    for mode in ("cache", "on_the_fly"):
+        recipe = recipe_from_dict(tiny_dict, registry, "t", [f"eval.tokens={mode}"])
+        state = build_encoder(recipe, registry).state_dict()
+        results[mode] = evaluate(recipe, registry, state, torch.device("cpu"),
+                                 cache_root=tmp_path / mode)["results"]
+        stored = list((tmp_path / mode).rglob("tokens-*.pt"))
+        assert bool(stored) == (mode == "cache")
+    assert results["cache"] == results["on_the_fly"]
+    assert {r["features"] for r in results["cache"]} == {"trained target encoder",
+                                                         "random init", "raw pixels"}
+
+
+def test_auto_computes_tokens_when_read_if_the_cache_would_not_fit(tiny_dict, tmp_path,
+                                                                   monkeypatch):
+    import io
+    import shutil
+    from collections import namedtuple
+
+    from rich.console import Console
+
+    from jepa_core.evaluation.runner import evaluate
+    from jepa_core.runtime.build import build_encoder
+
+    registry = make_plugin_manager()
+    tiny_dict["data"] = {"name": "digits"}
+    tiny_dict["eval"] = {"protocols": [{"name": "attentive", "epochs": 1}], "max_images": 24}
+    recipe = recipe_from_dict(tiny_dict, registry, "t")
+    assert recipe.eval.tokens == "auto"
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    out = io.StringIO()
+    state = build_encoder(recipe, registry).state_dict()
+    evaluate(recipe, registry, state, torch.device("cpu"), cache_root=tmp_path,
+             console=Console(file=out, width=300), baseline=False)
+    assert "more than half its free disk: computed when read instead" in out.getvalue()
+    assert not list(tmp_path.rglob("tokens-*.pt"))

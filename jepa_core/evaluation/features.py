@@ -130,6 +130,77 @@ def extract_split(extractors: dict[str, tuple[Extract, tuple[str, ...], Path]], 
                 cache.write_shard(folder, kind, s, x, y_all, skipped)
 
 
+class TokensOnTheFly:
+    """A `FeatureSet` of token features computed when a shard is read, never stored: for
+    token caches that would not fit on disk. Shard s holds the same images, in the same
+    batches, as the cached shard s would; labels and sizes come from the cached `pooled`
+    features of the same images."""
+
+    kind = "tokens"
+
+    def __init__(self, extract: Extract, source: Any, indices: list[int], shard_size: int,
+                 batch_size: int, num_workers: int, pooled: Any, item_shape: tuple[int, ...]):
+        self.extract, self.source, self.indices = extract, source, indices
+        self.shard_size, self.batch_size, self.num_workers = shard_size, batch_size, num_workers
+        self.pooled, self.item_shape = pooled, item_shape
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """[n] labels, from the cached pooled features of the same images."""
+        return self.pooled.labels
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        """Images per shard (readable ones), as cached."""
+        return self.pooled.shard_sizes
+
+    def __len__(self) -> int:
+        return len(self.pooled)
+
+    def shard(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens float32, labels) of shard s, computed now."""
+        part = self.indices[s * self.shard_size:(s + 1) * self.shard_size]
+        loader = torch.utils.data.DataLoader(_Images(self.source, part),
+                                             batch_size=self.batch_size,
+                                             num_workers=self.num_workers, collate_fn=collate)
+        xs, ys = [], []
+        for images, y, _ in loader:
+            if images is not None:
+                xs.append(self.extract(images)["tokens"].float())
+                ys.append(y)
+        if not xs:
+            return torch.zeros(0, *self.item_shape), torch.zeros(0, dtype=torch.long)
+        return torch.cat(xs), torch.cat(ys)
+
+    def shards(self) -> Any:
+        """(x, y) per shard, in order, each computed when reached."""
+        for s in range(len(self.shard_sizes)):
+            x, y = self.shard(s)
+            if len(y):
+                yield x, y
+
+    def take(self, rows: torch.Tensor) -> torch.Tensor:
+        """Tokens of the rows at sorted positions `rows`."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        out, start = [], 0
+        for s, size in enumerate(self.shard_sizes):
+            inside = rows[(rows >= start) & (rows < start + size)] - start
+            if len(inside):
+                out.append(self.shard(s)[0][inside])
+            start += size
+        return torch.cat(out) if out else torch.zeros(0, *self.item_shape)
+
+    def load(self) -> torch.Tensor:
+        """All tokens at once (small sets only)."""
+        parts = [x for x, _ in self.shards()]
+        return torch.cat(parts) if parts else torch.zeros(0, *self.item_shape)
+
+
+def tokens_bytes(n: int, tokens: int, dim: int) -> int:
+    """Bytes a token cache of n images takes (float16)."""
+    return n * tokens * dim * 2
+
+
 def wait_for_shards(folders: list[tuple[Path, tuple[str, ...]]], shards: int,
                     stall_s: float = 600.0, poll_s: float = 0.5) -> None:
     """Block until every shard of every folder is on disk (the other processes' share);

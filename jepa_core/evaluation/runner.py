@@ -14,14 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from jepa_core.errors import RunError
+from jepa_core.errors import BadSample, RunError
 from jepa_core.evaluation import cache
 from jepa_core.evaluation.features import (
     PIXEL_KINDS,
+    TokensOnTheFly,
     encoder_extract,
     encoder_kinds,
     extract_split,
     pixel_extract,
+    tokens_bytes,
     wait_for_shards,
 )
 from jepa_core.interfaces import EvalContext
@@ -112,7 +114,9 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
     cfg = recipe.eval
     layout = recipe_to_dict(recipe)
     extractors: dict[str, tuple[Any, tuple[str, ...], dict[str, Any]]] = {}
+    makers: dict[str, Any] = {}  # name -> kinds -> extract function of those kinds
     for name, model in encoders.items():
+        makers[name] = lambda kinds, model=model: encoder_extract(model, kinds, device)
         kinds = encoder_kinds(model, wanted)
         weights = origin if name != RANDOM else {"random init": layout["encoder"],
                                                   "seed": recipe.seed}
@@ -121,9 +125,16 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
     if baseline:
         kinds = tuple(k for k in PIXEL_KINDS if k in wanted)
         patch = _patch_size(trained)
+        makers[PIXELS] = lambda kinds: pixel_extract(kinds, patch)
         extractors[PIXELS] = (pixel_extract(kinds, patch), kinds,
                               {"pixels": patch, "kinds": kinds})
 
+    sample = first_image(train_src)
+    n_images = sum(len(eval_indices(len(s), cfg.max_images, 0)) for s in (train_src, test_src))
+    live = tokens_on_the_fly(recipe, trained, extractors, sample, root, console, n_images)
+    stored = {name: (fn, kinds, parts) if name not in live else
+              (makers[name](live[name][0]), live[name][0], parts)
+              for name, (fn, kinds, parts) in extractors.items()}
     sides = []
     for src, split, offset in ((train_src, "train", 0), (test_src, "test", 1)):
         indices = eval_indices(len(src), cfg.max_images, recipe.seed + offset)
@@ -131,7 +142,7 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
                   "n": len(src), "indices": indices, "shard_size": cfg.shard_size}
         folders = {name: (fn, kinds, cache.folder_for(root, name, split, what=parts,
                                                       images=images))
-                   for name, (fn, kinds, parts) in extractors.items()}
+                   for name, (fn, kinds, parts) in stored.items()}
         shards = cache.num_shards(len(indices), cfg.shard_size)
         what = "probe-training" if split == "train" else "test"
         share = len(range(rank, shards, world))
@@ -142,12 +153,12 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
         with Ticker(console if rank == 0 else None, label, mine, "images") as ticker:
             extract_split(folders, src, indices, cfg.shard_size, cfg.batch_size,
                           recipe.train.num_workers, rank, world, ticker)
-        sides.append((src, folders, shards))
+        sides.append((src, folders, shards, indices))
     if rank != 0:
         return None
     if before_wait is not None:  # e.g. wait for the processes `jepa eval --nproc` started
         before_wait()
-    for _, folders, shards in sides:
+    for _, folders, shards, _ in sides:
         wait_for_shards([(f, kinds) for _, kinds, f in folders.values()], shards)
         for _, _, folder in folders.values():
             cache.prune_others(folder)
@@ -156,21 +167,27 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
     context = EvalContext(num_classes=train_src.num_classes, seed=recipe.seed, device=device,
                           console=console,
                           ticker=lambda what, total, unit: Ticker(console, what, total, unit))
-    (_, train_folders, train_shards), (_, test_folders, test_shards) = sides
+    (_, train_folders, train_shards, _), (_, test_folders, test_shards, _) = sides
     for fname in extractors:
         _, kinds, train_folder = train_folders[fname]
         test_folder = test_folders[fname][2]
         features = {kind: (cache.CachedFeatures(train_folder, kind, train_shards),
                            cache.CachedFeatures(test_folder, kind, test_shards))
                     for kind in kinds}
+        if fname in live:  # tokens computed when read, labels from the cached pooled ones
+            fn, item_shape = extractors[fname][0], live[fname][1]
+            features["tokens"] = tuple(  # type: ignore[assignment]
+                TokensOnTheFly(fn, src, indices, cfg.shard_size, cfg.batch_size,
+                               recipe.train.num_workers, features["pooled"][i], item_shape)
+                for i, (src, _, _, indices) in enumerate(sides))
         for pname, protocol in protocols:
             for result in protocol.run({k: v for k, v in features.items()
                                         if k in protocol.feature_kinds}, context):
                 results.append({"features": fname, **result, "protocol": result.get(
                     "protocol", pname)})
-    first = next(iter(extractors))
-    tr = cache.CachedFeatures(train_folders[first][2], extractors[first][1][0], train_shards)
-    te = cache.CachedFeatures(test_folders[first][2], extractors[first][1][0], test_shards)
+    first = next(iter(stored))
+    tr = cache.CachedFeatures(train_folders[first][2], stored[first][1][0], train_shards)
+    te = cache.CachedFeatures(test_folders[first][2], stored[first][1][0], test_shards)
     return {"format": FORMAT,
             "source": {**origin, "method": recipe.method.name if recipe.method else None,
                        "module": module, "cache": str(root)},
@@ -179,6 +196,49 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
                      "test": _side(test_src, len(te), te.skipped),
                      "skipped_images": tr.skipped + te.skipped},
             "results": results}
+
+
+def first_image(source: Any, tries: int = 16) -> torch.Tensor | None:
+    """One readable image of a source (its channels size raw pixels' tokens), or None."""
+    for i in range(min(len(source), tries)):
+        try:
+            return source.get(i, None)[0]
+        except BadSample:
+            continue
+    return None
+
+
+def tokens_on_the_fly(recipe: Recipe, encoder: Any, extractors: dict, sample: Any, root: Path,
+                      console: Any, n_images: int
+                      ) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """{features: (kinds to store, one image's token shape)} of the extractors whose tokens
+    are computed when read rather than cached (eval.tokens)."""
+    import shutil
+
+    mode = recipe.eval.tokens
+    wanting = [name for name, (_, kinds, _) in extractors.items() if "tokens" in kinds]
+    if mode == "cache" or not wanting or sample is None:
+        return {}
+    n_tokens = int(encoder.patch_grid[0] * encoder.patch_grid[1])
+    patch = _patch_size(encoder)
+    shapes = {name: (n_tokens, int(encoder.embed_dim) if name != PIXELS
+                     else int(sample.shape[0]) * patch[0] * patch[1]) for name in wanting}
+    if mode == "auto":
+        need = sum(tokens_bytes(n_images, *shape) for shape in shapes.values())
+        where = root if root.exists() else next((p for p in root.parents if p.exists()), root)
+        if need <= shutil.disk_usage(where).free // 2:
+            return {}
+        if console is not None:
+            console.print(f"[yellow]note:[/yellow] token features would take up to "
+                          f"{need / 2**30:.1f} GiB under {root}, more than half its free disk: "
+                          f"computed when read instead (eval.tokens=cache to store them).",
+                          soft_wrap=True)
+    out: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+    for name in wanting:
+        kinds = extractors[name][1]
+        keep = tuple(dict.fromkeys(("pooled", *[k for k in kinds if k != "tokens"])))
+        out[name] = (keep, shapes[name])
+    return out
 
 
 def _patch_size(encoder: Any) -> tuple[int, int]:
