@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from jepa_core.errors import RunError
-from jepa_core.evaluation.features import _Images, collate
+from jepa_core.evaluation.features import encoder_extract, image_batches, pixel_extract
 from jepa_core.evaluation.runner import (
     PIXELS,
     RANDOM,
@@ -55,26 +55,17 @@ def extract(encoders: dict[str, torch.nn.Module], source: Any, indices: list[int
     """In memory, for small sets (the evaluation during training): {name: [n, D]
     patch-averaged features}, labels [n], and the unreadable images skipped. With `pixels`,
     also "raw pixels" (images pooled to at most 16x16, flattened)."""
-    loader = torch.utils.data.DataLoader(_Images(source, indices), batch_size=cfg.batch_size,
-                                         num_workers=num_workers, collate_fn=collate)
-    feats: dict[str, list[torch.Tensor]] = {name: [] for name in encoders}
+    runs = {name: encoder_extract(model, ("pooled",), device) for name, model in encoders.items()}
     if pixels:
-        feats[PIXELS] = []
+        runs[PIXELS] = pixel_extract(("pooled",), (1, 1))
+    feats: dict[str, list[torch.Tensor]] = {name: [] for name in runs}
     labels, skipped = [], 0
-    for model in encoders.values():
-        model.eval()
-    for images, y, bad in loader:
+    for images, y, bad in image_batches(source, indices, cfg.batch_size, num_workers, ticker):
         skipped += bad
-        if ticker is not None:
-            ticker.advance(bad + (0 if images is None else len(images)))
         if images is None:
             continue
-        x = images.to(device)
-        for name, model in encoders.items():
-            feats[name].append(model(x).float().mean(dim=1).cpu())
-        if pixels:
-            side = min(16, images.shape[-1])
-            feats[PIXELS].append(F.adaptive_avg_pool2d(images, side).flatten(1))
+        for name, run in runs.items():
+            feats[name].append(run(images)["pooled"])
         labels.append(y)
     if not labels:
         raise RunError(f"none of the {len(indices)} evaluation images of "

@@ -70,7 +70,55 @@ def prune_others(folder: Path) -> None:
             shutil.rmtree(other, ignore_errors=True)
 
 
-class CachedFeatures:
+class ShardedFeatures:
+    """What every `jepa_core.interfaces.FeatureSet` of shards derives from `shard(s)`,
+    `shard_sizes` and `item_shape`: the stream, a subset of rows, everything at once."""
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """Shape of one image's features."""
+        raise NotImplementedError
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        """Images per shard, in order."""
+        raise NotImplementedError
+
+    def shard(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x float32, y) of shard s."""
+        raise NotImplementedError
+
+    def rows_of_shard(self, s: int, inside: torch.Tensor) -> torch.Tensor:
+        """x of the rows `inside` shard s (positions within it)."""
+        return self.shard(s)[0][inside]
+
+    def shards(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x float32, y) per shard, in order, one shard in memory at a time."""
+        for s in range(len(self.shard_sizes)):
+            x, y = self.shard(s)
+            if len(y):
+                yield x, y
+
+    def take(self, rows: torch.Tensor) -> torch.Tensor:
+        """Features of the rows at sorted positions `rows` (a subset, read shard by shard)."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        out, start = [], 0
+        for s, size in enumerate(self.shard_sizes):
+            inside = rows[(rows >= start) & (rows < start + size)] - start
+            if len(inside):
+                out.append(self.rows_of_shard(s, inside))
+            start += size
+        if not out:
+            return torch.zeros(0, *self.item_shape)
+        return torch.cat(out)
+
+    def load(self) -> torch.Tensor:
+        """Every feature as one tensor (for small sets)."""
+        parts = [x for x, _ in self.shards()]
+        return torch.cat(parts) if parts else torch.zeros(0, *self.item_shape)
+
+
+class CachedFeatures(ShardedFeatures):
     """A `jepa_core.interfaces.FeatureSet` over the shards of one kind in one folder."""
 
     def __init__(self, folder: Path, kind: str, shards: int):
@@ -132,27 +180,6 @@ class CachedFeatures:
         part = self._open(s)
         return part["x"].float(), part["y"]
 
-    def shards(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(x float32, y) per shard, in order, one shard in memory at a time."""
-        for s in range(self.num_shards):
-            x, y = self.shard(s)
-            if len(y):
-                yield x, y
-
-    def take(self, rows: torch.Tensor) -> torch.Tensor:
-        """Features of the rows at sorted positions `rows` (a subset, read shard by shard)."""
-        rows = torch.as_tensor(rows, dtype=torch.long)
-        out, start = [], 0
-        for s, size in enumerate(self._shard_sizes()):
-            inside = rows[(rows >= start) & (rows < start + size)] - start
-            if len(inside):
-                out.append(self._open(s)["x"][inside].float())
-            start += size
-        if not out:
-            return torch.zeros(0, *self.item_shape)
-        return torch.cat(out)
-
-    def load(self) -> torch.Tensor:
-        """Every cached feature as one tensor (for small sets)."""
-        parts = [x for x, _ in self.shards()]
-        return torch.cat(parts) if parts else torch.zeros(0, *self.item_shape)
+    def rows_of_shard(self, s: int, inside: torch.Tensor) -> torch.Tensor:
+        """x of rows of shard s, indexed before the float copy (the rest stays on disk)."""
+        return self._open(s)["x"][inside].float()

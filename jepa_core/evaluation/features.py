@@ -4,7 +4,7 @@ extraction pass that fills the cache (`jepa_core.evaluation.cache`) shard by sha
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,19 @@ def collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, int]
         return None, None, len(items)
     return (torch.stack([x for x, _ in kept]), torch.tensor([y for _, y in kept]),
             len(items) - len(kept))
+
+
+def image_batches(source: Any, indices: list[int], batch_size: int, num_workers: int,
+                  ticker: Any = None) -> Iterator[tuple[Any, Any, int]]:
+    """(images, labels, unreadable images) per batch of the images at `indices` (evaluation
+    transform); images and labels are None for a batch of unreadable images only. The ticker
+    advances by every image read."""
+    loader = torch.utils.data.DataLoader(_Images(source, indices), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=collate)
+    for images, y, bad in loader:
+        if ticker is not None:
+            ticker.advance(bad + (0 if images is None else len(images)))
+        yield images, y, bad
 
 
 def encoder_kinds(model: torch.nn.Module, kinds: set[str]) -> tuple[str, ...]:
@@ -107,14 +120,10 @@ def extract_split(extractors: dict[str, tuple[Extract, tuple[str, ...], Path]], 
             if ticker is not None:
                 ticker.advance(len(part))
             continue
-        loader = torch.utils.data.DataLoader(_Images(source, part), batch_size=batch_size,
-                                             num_workers=num_workers, collate_fn=collate)
         got: dict[tuple[str, str], list[torch.Tensor]] = {}
         labels, skipped = [], 0
-        for images, y, bad in loader:
+        for images, y, bad in image_batches(source, part, batch_size, num_workers, ticker):
             skipped += bad
-            if ticker is not None:
-                ticker.advance(bad + (0 if images is None else len(images)))
             if images is None:
                 continue
             labels.append(y)
@@ -130,7 +139,7 @@ def extract_split(extractors: dict[str, tuple[Extract, tuple[str, ...], Path]], 
                 cache.write_shard(folder, kind, s, x, y_all, skipped)
 
 
-class TokensOnTheFly:
+class TokensOnTheFly(cache.ShardedFeatures):
     """A `FeatureSet` of token features computed when a shard is read, never stored: for
     token caches that would not fit on disk. Shard s holds the same images, in the same
     batches, as the cached shard s would; labels and sizes come from the cached `pooled`
@@ -142,7 +151,12 @@ class TokensOnTheFly:
                  batch_size: int, num_workers: int, pooled: Any, item_shape: tuple[int, ...]):
         self.extract, self.source, self.indices = extract, source, indices
         self.shard_size, self.batch_size, self.num_workers = shard_size, batch_size, num_workers
-        self.pooled, self.item_shape = pooled, item_shape
+        self.pooled, self._item_shape = pooled, item_shape
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """[N, D] of one image's tokens."""
+        return self._item_shape
 
     @property
     def labels(self) -> torch.Tensor:
@@ -160,40 +174,15 @@ class TokensOnTheFly:
     def shard(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens float32, labels) of shard s, computed now."""
         part = self.indices[s * self.shard_size:(s + 1) * self.shard_size]
-        loader = torch.utils.data.DataLoader(_Images(self.source, part),
-                                             batch_size=self.batch_size,
-                                             num_workers=self.num_workers, collate_fn=collate)
         xs, ys = [], []
-        for images, y, _ in loader:
+        for images, y, _ in image_batches(self.source, part, self.batch_size,
+                                          self.num_workers):
             if images is not None:
                 xs.append(self.extract(images)["tokens"].float())
                 ys.append(y)
         if not xs:
             return torch.zeros(0, *self.item_shape), torch.zeros(0, dtype=torch.long)
         return torch.cat(xs), torch.cat(ys)
-
-    def shards(self) -> Any:
-        """(x, y) per shard, in order, each computed when reached."""
-        for s in range(len(self.shard_sizes)):
-            x, y = self.shard(s)
-            if len(y):
-                yield x, y
-
-    def take(self, rows: torch.Tensor) -> torch.Tensor:
-        """Tokens of the rows at sorted positions `rows`."""
-        rows = torch.as_tensor(rows, dtype=torch.long)
-        out, start = [], 0
-        for s, size in enumerate(self.shard_sizes):
-            inside = rows[(rows >= start) & (rows < start + size)] - start
-            if len(inside):
-                out.append(self.shard(s)[0][inside])
-            start += size
-        return torch.cat(out) if out else torch.zeros(0, *self.item_shape)
-
-    def load(self) -> torch.Tensor:
-        """All tokens at once (small sets only)."""
-        parts = [x for x, _ in self.shards()]
-        return torch.cat(parts) if parts else torch.zeros(0, *self.item_shape)
 
 
 def tokens_bytes(n: int, tokens: int, dim: int) -> int:

@@ -130,7 +130,7 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
                               {"pixels": patch, "kinds": kinds})
 
     sample = first_image(train_src)
-    n_images = sum(len(eval_indices(len(s), cfg.max_images, 0)) for s in (train_src, test_src))
+    n_images = sum(min(len(s), cfg.max_images or len(s)) for s in (train_src, test_src))
     live = tokens_on_the_fly(recipe, trained, extractors, sample, root, console, n_images)
     stored = {name: (fn, kinds, parts) if name not in live else
               (makers[name](live[name][0]), live[name][0], parts)
