@@ -185,8 +185,10 @@ def code_roots(*objects: Any) -> list[str]:
 
 def raised_at(exc: BaseException, roots: list[str]) -> str:
     """"file:line" of the innermost frame of the traceback inside `roots` (the plugin's
-    code), or of the innermost frame at all when none is."""
-    frames = traceback.extract_tb(exc.__traceback__)
+    code), or of the innermost frame at all when none is; importlib's own frozen frames are
+    never the place (an import that fails inside them names the importing line)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith("<frozen ")]
     if not frames:
         return "?"
 
@@ -289,16 +291,9 @@ def import_failure(exc: BaseException, module_name: str) -> str:
     line of the module's own code (a SyntaxError's own line), not importlib's frames."""
     if isinstance(exc, SyntaxError) and exc.filename:
         return f"{_describe(exc)} (at {exc.filename}:{exc.lineno})"
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not f.filename.startswith("<frozen ")]
     roots = code_roots(module_name) if module_name.split(".")[0] in sys.modules else []
-    inside = [f for f in frames
-              if any(os.path.realpath(f.filename) == r
-                     or os.path.realpath(f.filename).startswith(r + os.sep) for r in roots)]
-    chosen = inside or frames
-    if not chosen:
-        return _describe(exc)
-    return f"{_describe(exc)} (at {chosen[-1].filename}:{chosen[-1].lineno})"
+    where = raised_at(exc, roots)
+    return _describe(exc) + (f" (at {where})" if where != "?" else "")
 
 
 def fix_for(exc: BaseException) -> str:
