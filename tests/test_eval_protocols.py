@@ -61,14 +61,15 @@ def test_the_cache_reads_back_what_was_written(tmp_path):
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(5, 60), shard=st.integers(1, 70), k=st.integers(1, 12),
-       seed=st.integers(0, 1000))
-def test_streamed_knn_equals_the_in_memory_vote(tmp_path_factory, n, shard, k, seed):
-    """Shard by shard with a running top-k, or all at once: the same predictions."""
+       seed=st.integers(0, 1000), rows=st.integers(1, 40))
+def test_streamed_knn_equals_the_in_memory_vote(tmp_path_factory, n, shard, k, seed, rows):
+    """Shard by shard with a running top-k, test rows a chunk at a time, or all at once: the
+    same predictions."""
     x, y = blobs(n + 20, 8, spread=1.0, seed=seed)
     root = tmp_path_factory.mktemp("knn")
     train = cached(root / "a", x[:n], y[:n], shard)
     test = cached(root / "b", x[n:], y[n:], max(1, shard // 2))
-    streamed = knn_accuracy(train, test, 3, k, 0.07, center=True)
+    streamed = knn_accuracy(train, test, 3, k, 0.07, center=True, rows=rows)
     assert streamed == pytest.approx(knn_in_memory(x[:n], y[:n], x[n:], y[n:], 3, k), abs=1e-6)
 
 

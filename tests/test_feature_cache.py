@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from jepa_core.evaluation import cache
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
 from jepa_core.runtime.trainer import train
@@ -97,3 +98,42 @@ def test_two_processes_extract_the_same_features_as_one(run_dir, tmp_path):
         (r["protocol"], r["features"]) for r in expected]
     for r, e in zip(got, expected, strict=True):
         assert r.get("accuracy") == pytest.approx(e.get("accuracy"), abs=1 / 359 + 1e-9)
+
+
+class _SomeUnreadable:
+    """Images 0..n-1 of value i; the indices in `bad` cannot be read."""
+
+    num_classes = 2
+
+    def __init__(self, n, bad):
+        self.n, self.bad = n, set(bad)
+
+    def __len__(self):
+        return self.n
+
+    def get(self, index, generator):
+        from jepa_core.errors import BadSample
+
+        if index in self.bad:
+            raise BadSample(f"image {index} is broken")
+        return torch.full((3, 4, 4), float(index)), index % 2
+
+
+def test_shards_with_unreadable_images_hold_the_readable_ones_only(tmp_path):
+    """Batches are written into a buffer of the shard's size; a shard left short by
+    unreadable images is stored at its own size, its rows in order."""
+    from jepa_core.evaluation.features import extract_split, pixel_extract
+
+    source = _SomeUnreadable(23, bad={3, 4, 17})
+    folder = tmp_path / "px"
+    extract_split({"pixels": (pixel_extract(("pooled",), (2, 2)), ("pooled",), folder)},
+                  source, list(range(23)), shard_size=10, batch_size=4, num_workers=0)
+    got = [torch.load(cache.shard_path(folder, "pooled", s), weights_only=True)
+           for s in range(3)]
+    assert [part["skipped"] for part in got] == [2, 1, 0]
+    readable = [i for i in range(23) if i not in {3, 4, 17}]
+    x = torch.cat([part["x"] for part in got])
+    assert x[:, 0].tolist() == [float(i) for i in readable]
+    assert torch.cat([part["y"] for part in got]).tolist() == [i % 2 for i in readable]
+    for part in got:  # no unused buffer rows on disk
+        assert part["x"].untyped_storage().nbytes() == part["x"].numel() * 4

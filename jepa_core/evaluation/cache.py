@@ -70,6 +70,31 @@ def prune_others(folder: Path) -> None:
             shutil.rmtree(other, ignore_errors=True)
 
 
+def release_freed_memory() -> None:
+    """Give the heap's freed pages back to the OS (glibc's malloc_trim; nothing elsewhere).
+    Freed shards, batches of images and activations leave free holes in the heap that
+    glibc keeps, and a long evaluation would otherwise show a resident size that creeps up
+    with the number of shards it has gone through."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _malloc_trim() -> Any:
+    global _TRIM
+    if _TRIM is False:
+        import ctypes
+        import ctypes.util
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or None).malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _TRIM = None
+    return _TRIM
+
+
+_TRIM: Any = False
+
+
 class ShardedFeatures:
     """What every `jepa_core.interfaces.FeatureSet` of shards derives from `shard(s)`,
     `shard_sizes` and `item_shape`: the stream, a subset of rows, everything at once."""
@@ -93,11 +118,15 @@ class ShardedFeatures:
         return self.shard(s)[0][inside]
 
     def shards(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(x float32, y) per shard, in order, one shard in memory at a time."""
+        """(x float32, y) per shard, in order, one shard in memory at a time: the generator
+        lets go of a shard before it reads the next (only the caller's loop variables may
+        still hold it then)."""
         for s in range(len(self.shard_sizes)):
             x, y = self.shard(s)
             if len(y):
                 yield x, y
+            del x, y
+            release_freed_memory()
 
     def take(self, rows: torch.Tensor) -> torch.Tensor:
         """Features of the rows at sorted positions `rows` (a subset, read shard by shard)."""
@@ -176,9 +205,10 @@ class CachedFeatures(ShardedFeatures):
         return self._sizes
 
     def shard(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x float32, y) of shard s."""
+        """(x float32, y) of shard s; neither refers to the file (a tensor of a memory-mapped
+        file keeps the whole mapping, and the pages read of it, resident while it lives)."""
         part = self._open(s)
-        return part["x"].float(), part["y"]
+        return part["x"].float(), part["y"].clone()
 
     def rows_of_shard(self, s: int, inside: torch.Tensor) -> torch.Tensor:
         """x of rows of shard s, indexed before the float copy (the rest stays on disk)."""

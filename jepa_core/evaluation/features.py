@@ -120,23 +120,51 @@ def extract_split(extractors: dict[str, tuple[Extract, tuple[str, ...], Path]], 
             if ticker is not None:
                 ticker.advance(len(part))
             continue
-        got: dict[tuple[str, str], list[torch.Tensor]] = {}
-        labels, skipped = [], 0
+        buffers = ShardBuffers(len(part))
+        skipped = 0
         for images, y, bad in image_batches(source, part, batch_size, num_workers, ticker):
             skipped += bad
             if images is None:
                 continue
-            labels.append(y)
+            buffers.add("labels", y)
             for name, (extract, _, _) in todo.items():
                 for kind, feats in extract(images).items():
-                    got.setdefault((name, kind), []).append(feats)
-        y_all = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+                    buffers.add((name, kind), feats)
+        y_all = buffers.get("labels", dtype=torch.long)
         for name, (_, kinds, folder) in todo.items():
             folder.mkdir(parents=True, exist_ok=True)
             for kind in kinds:
-                parts = got.get((name, kind))
-                x = torch.cat(parts) if parts else torch.zeros(0)
-                cache.write_shard(folder, kind, s, x, y_all, skipped)
+                cache.write_shard(folder, kind, s, buffers.get((name, kind)), y_all, skipped)
+        del buffers, y_all
+        cache.release_freed_memory()
+
+
+class ShardBuffers:
+    """The features of one shard, written batch by batch into one tensor per key allocated at
+    the shard's full size (not a list of batches joined at the end): a shard costs its own
+    size once, and the same large blocks are reused from shard to shard."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.data: dict[Any, torch.Tensor] = {}
+        self.filled: dict[Any, int] = {}
+
+    def add(self, key: Any, rows: torch.Tensor) -> None:
+        """Append `rows` [b, ...] under `key`."""
+        if key not in self.data:
+            self.data[key] = torch.empty(self.capacity, *rows.shape[1:], dtype=rows.dtype)
+            self.filled[key] = 0
+        at = self.filled[key]
+        self.data[key][at:at + len(rows)] = rows
+        self.filled[key] = at + len(rows)
+
+    def get(self, key: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The rows added under `key` ([0] of `dtype` if none were). A copy when unreadable
+        images left the buffer short: torch.save would write a view's whole storage."""
+        if key not in self.data:
+            return torch.zeros(0, dtype=dtype)
+        data, filled = self.data[key], self.filled[key]
+        return data if filled == len(data) else data[:filled].clone()
 
 
 class TokensOnTheFly(cache.ShardedFeatures):

@@ -185,6 +185,7 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
                                         if k in protocol.feature_kinds}, context):
                 results.append({"features": fname, **result, "protocol": result.get(
                     "protocol", pname)})
+            cache.release_freed_memory()  # what the protocol freed, before the next
     first = next(iter(stored))
     tr = cache.CachedFeatures(train_folders[first][2], stored[first][1][0], train_shards)
     te = cache.CachedFeatures(test_folders[first][2], stored[first][1][0], test_shards)

@@ -35,6 +35,7 @@ def minibatches(features: Any, skip: torch.Tensor, batch_size: int, seed: int, n
         for i in range(0, len(order), batch_size):
             rows = order[i:i + batch_size]
             yield x[rows], y[rows]
+        del x, y  # before the next shard is read: one shard in memory at a time
 
 
 def rows_of(features: Any, select: torch.Tensor | None
@@ -49,6 +50,7 @@ def rows_of(features: Any, select: torch.Tensor | None
             if part.any():
                 yield x[part], y[part]
         start += len(x)
+        del x, y
 
 
 def count_correct(predict: Callable[[torch.Tensor], list[torch.Tensor]], stream: Any,
@@ -62,6 +64,7 @@ def count_correct(predict: Callable[[torch.Tensor], list[torch.Tensor]], stream:
                 for h, logits in enumerate(predict(xb)):
                     correct[h] += int((logits.argmax(1) == yb).sum())
                 total += len(yb)
+            del x, y
     return correct.double() / max(total, 1)
 
 

@@ -22,27 +22,40 @@ def train_mean(train: Any) -> torch.Tensor:
 
 
 def knn_accuracy(train: Any, test: Any, num_classes: int, k: int, temperature: float,
-                 center: bool = True, device: Any = "cpu") -> float:
-    """Accuracy of the similarity-weighted vote of the k nearest training features (cosine)."""
+                 center: bool = True, device: Any = "cpu", rows: int = 1024) -> float:
+    """Accuracy of the similarity-weighted vote of the k nearest training features (cosine).
+    Test features go `rows` at a time against each training shard: the similarity matrix
+    is at most rows x (one shard), whatever the size of the test split or of its shards."""
     mean = train_mean(train).to(device) if center else None
     correct = total = 0
     for xt, yt in test.shards():
-        b = F.normalize(xt.to(device) - mean if center else xt.to(device), dim=1)
-        best_sim = torch.full((len(b), 0), -2.0, device=device)
-        best_lab = torch.zeros((len(b), 0), dtype=torch.long, device=device)
-        for xa, ya in train.shards():
-            a = F.normalize(xa.to(device) - mean if center else xa.to(device), dim=1)
-            sim = b @ a.T
-            top, idx = sim.topk(min(k, sim.shape[1]), dim=1)
-            best_sim = torch.cat([best_sim, top], dim=1)
-            best_lab = torch.cat([best_lab, ya.to(device)[idx]], dim=1)
-            keep = best_sim.topk(min(k, best_sim.shape[1]), dim=1)
-            best_sim, best_lab = keep.values, best_lab.gather(1, keep.indices)
-        votes = torch.zeros(len(b), num_classes, device=device, dtype=torch.float64)
-        votes.scatter_add_(1, best_lab, torch.exp(best_sim.double() / temperature))
-        correct += int((votes.argmax(1).cpu() == yt).sum())
+        for start in range(0, len(yt), rows):
+            chunk = xt[start:start + rows].to(device)
+            b = F.normalize(chunk - mean if center else chunk, dim=1)
+            votes = vote(b, train, num_classes, k, temperature, mean, device)
+            correct += int((votes.argmax(1).cpu() == yt[start:start + rows]).sum())
         total += len(yt)
     return correct / max(total, 1)
+
+
+def vote(b: torch.Tensor, train: Any, num_classes: int, k: int, temperature: float,
+         mean: torch.Tensor | None, device: Any) -> torch.Tensor:
+    """[len(b), num_classes] votes of the k nearest training features of the normalised
+    rows b: a running top-k over the training shards."""
+    best_sim = torch.full((len(b), 0), -2.0, device=device)
+    best_lab = torch.zeros((len(b), 0), dtype=torch.long, device=device)
+    for xa, ya in train.shards():
+        a = F.normalize(xa.to(device) - mean if mean is not None else xa.to(device), dim=1)
+        sim = b @ a.T
+        top, idx = sim.topk(min(k, sim.shape[1]), dim=1)
+        del sim, a
+        best_sim = torch.cat([best_sim, top], dim=1)
+        best_lab = torch.cat([best_lab, ya.to(device)[idx]], dim=1)
+        keep = best_sim.topk(min(k, best_sim.shape[1]), dim=1)
+        best_sim, best_lab = keep.values, best_lab.gather(1, keep.indices)
+    votes = torch.zeros(len(b), num_classes, device=device, dtype=torch.float64)
+    votes.scatter_add_(1, best_lab, torch.exp(best_sim.double() / temperature))
+    return votes
 
 
 class KNN:

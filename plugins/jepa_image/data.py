@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from jepa_core.errors import BadSample, ConfigError, RunError
 from jepa_core.seeding import derive_seed
 from jepa_image import configs
+from jepa_image.filetable import FileTable
 from jepa_image.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -96,8 +96,9 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def scan_folder(root: Path, key: str = "data.root") -> tuple[list[str], list[tuple[Path, int]]]:
-    """(class names, sorted; [(file, label)] sorted by class, then path) of root/<class>/...
+def scan_folder(root: Path, key: str = "data.root") -> tuple[list[str], FileTable]:
+    """(class names, sorted; the files with their labels, sorted by class, then path) of
+    root/<class>/..., as a compact `FileTable` (listed one class at a time).
 
     A folder whose class folders hold no images but which holds images itself (root/<image>,
     the usual self-supervised layout) is unlabelled: no classes, every label UNLABELLED.
@@ -109,16 +110,17 @@ def scan_folder(root: Path, key: str = "data.root") -> tuple[list[str], list[tup
         raise RunError(f"cannot read the directory {root} ({exc.strerror}), which {key} names. "
                        f"Make it readable (e.g. chmod -R a+rX {root}) or set {key} to "
                        f"another folder.") from exc
-    files = []
-    for label, cls in enumerate(classes):
-        found = [Path(top) / name
-                 for top, _, names in os.walk(root / cls, onerror=_unreadable_dir)
-                 for name in names if _is_image(Path(name))]
-        files += [(path, label) for path in sorted(found)]
-    if not files:
+
+    def listed(cls: str) -> list[Path]:
+        return sorted(Path(top) / name
+                      for top, _, names in os.walk(root / cls, onerror=_unreadable_dir)
+                      for name in names if _is_image(Path(name)))
+
+    files = FileTable.build(root, ((label, listed(cls)) for label, cls in enumerate(classes)))
+    if not len(files):
         loose = sorted(p for p in entries if _is_image(p) and p.is_file())
         if loose:
-            return [], [(path, UNLABELLED) for path in loose]
+            return [], FileTable.build(root, [(UNLABELLED, loose)])
     return classes, files
 
 
@@ -130,19 +132,16 @@ def holdout_count(n: int, fraction: float) -> int:
     return min(n - 1, max(1, int(fraction * n + 0.5)))
 
 
-def held_out(files: list[tuple[Path, int]], root: Path, fraction: float, seed: int) -> list[bool]:
-    """Which files are held out for evaluation: in each class, the holdout_count(n, fraction)
-    files with the smallest hash of (seed, path under root). A pure function of the file list
-    and the seed (not of where root is); adding a file changes the split by a file or two."""
-    prefix = len(str(root)) + 1
-    by_class: dict[int, list[int]] = defaultdict(list)
-    for i, (_, label) in enumerate(files):
-        by_class[label].append(i)
-    out = [False] * len(files)
-    for members in by_class.values():
-        members.sort(key=lambda i: derive_seed(seed, "holdout", str(files[i][0])[prefix:]))
-        for i in members[:holdout_count(len(members), fraction)]:
-            out[i] = True
+def held_out(files: FileTable, fraction: float, seed: int) -> torch.Tensor:
+    """[n] bool, which files are held out for evaluation: in each class, the
+    holdout_count(n, fraction) files with the smallest hash of (seed, path under the root).
+    A pure function of the file list and the seed (not of where the root is); adding a file
+    changes the split by a file or two."""
+    out = torch.zeros(len(files), dtype=torch.bool)
+    for label in torch.unique(files.labels).tolist():
+        members = (files.labels == label).nonzero().squeeze(1).tolist()
+        members.sort(key=lambda i: derive_seed(seed, "holdout", files.relative(i)))
+        out[members[:holdout_count(len(members), fraction)]] = True
     return out
 
 
@@ -154,7 +153,7 @@ class ImageFolder:
     size they are decoded at) or one Pillow cannot read is a `BadSample` (or a RunError with
     on_error "raise")."""
 
-    def __init__(self, files: list[tuple[Path, int]], classes: list[str],
+    def __init__(self, files: FileTable, classes: list[str],
                  image_size: tuple[int, int], crop_scale: tuple[float, float], on_error: str,
                  max_pixels: int | None = None, split: str = ""):
         self.files, self.classes, self.split = files, classes, split
@@ -215,20 +214,20 @@ def _folder(name: str, root: str) -> Path:
     return path
 
 
-def _scan(name: str, path: Path, max_images: int | None) -> tuple[list[str], list]:
+def _scan(name: str, path: Path, max_images: int | None) -> tuple[list[str], FileTable]:
     classes, files = scan_folder(path, f"data.{name}")
-    if not files:
+    if not len(files):
         raise RunError(f"data.{name} {path} holds no images: expected class folders "
                        f"({path}/<class>/<image>.jpg, labelled) or images directly in it "
                        f"({path}/<image>.jpg, unlabelled); check data.{name}.")
-    return classes, files[:max_images] if max_images else files
+    return classes, files.head(max_images) if max_images else files
 
 
 def build_image_folder(config: configs.ImageFolderConfig, image_size: tuple[int, int],
                        train: bool = True) -> ImageFolder:
     """Training images (train=True) or evaluation images: data.val_root if set, else the
     held-out slice of data.root, which the training images then leave out."""
-    def make(classes: list[str], files: list, split: str) -> ImageFolder:
+    def make(classes: list[str], files: FileTable, split: str) -> ImageFolder:
         kind = "" if classes else ", unlabelled (no class folders)"
         return ImageFolder(files, classes, image_size, config.crop_scale, config.on_error,
                            config.max_image_pixels, f"{split}: {len(files)} images{kind}")
@@ -245,13 +244,13 @@ def build_image_folder(config: configs.ImageFolderConfig, image_size: tuple[int,
                            "data.val_fraction set only now would test the probes on images "
                            "the encoder was trained on).")
         return make(classes, files, f"root {root}")
-    held = held_out(files, root, config.val_fraction, config.split_seed)
+    held = held_out(files, config.val_fraction, config.split_seed)
     share = f"{100 * config.val_fraction:.3g}%"
     if train:
-        return make(classes, [f for f, h in zip(files, held, strict=True) if not h],
+        return make(classes, files.select(~held),
                     f"root {root} minus the held-out {share} (split_seed {config.split_seed})")
-    test = [f for f, h in zip(files, held, strict=True) if h]
-    if not test:
+    test = files.select(held)
+    if not len(test):
         raise RunError(f"data.root {root} has no class with 2 or more images, so none can be "
                        f"held out for evaluation; set data.val_root.")
     return make(classes, test, f"held-out {share} of root {root} (split_seed "
