@@ -102,12 +102,17 @@ def test_a_format_1_checkpoint_resumes_evaluates_and_exports(tiny_dict, tmp_path
     assert run.step == 6
 
     out = io.StringIO()
-    assert eval_command(str(FIXTURE), registry, ["eval.max_images=16", "eval.protocols=[knn]"],
+    old = tmp_path / "old" / "ijepa_v1_step4.pt"  # eval.json and the cache go beside it
+    old.parent.mkdir()
+    shutil.copy(FIXTURE, old)
+    assert eval_command(str(old), registry, ["eval.max_images=16", "eval.protocols=[knn]"],
                         baseline=False, console=Console(file=out, width=300)) == 0
     import re
 
     assert "trained target encoder" in out.getvalue()
     assert re.search(r"step\s+4", out.getvalue())
+    assert (old.parent / "eval.json").exists()
+    assert not (FIXTURE.parent / "eval.json").exists()  # the repository stays clean
 
     info = export_timm(FIXTURE, tmp_path / "old.safetensors", registry=registry)
     assert info["which"] == "target_encoder"
