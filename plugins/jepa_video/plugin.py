@@ -2,3 +2,8 @@
 
 from jepa_core.hookspecs import hookimpl
 from jepa_video import configs
+
+
+@hookimpl
+def register_encoders(register):
+    register("vit_video", configs.VideoViTConfig, "jepa_video.encoder:build_video_encoder")
