@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import hashlib
 
+import attrs
 import pytest
+import timm
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from jepa_core.errors import ConfigError
+from jepa_core.interfaces import Encoder
+from jepa_video.configs import VideoViTConfig
+from jepa_video.encoder import build_video_encoder
 from jepa_vit.configs import PredictorConfig, ViTConfig
 from jepa_vit.encoder import build_encoder
+from jepa_vit.pos_embed import axis_widths_3d, sincos_1d, sincos_2d, sincos_3d, sincos_table
 from jepa_vit.predictor import build_predictor
 
 # The image predictor's parameters and outputs, recorded before the predictor took grids of
@@ -51,3 +60,185 @@ def test_image_predictor_numbers_unchanged():
     assert out.sum().item() == pytest.approx(PINNED_SUM, rel=1e-5, abs=1e-6)
     assert out.abs().sum().item() == pytest.approx(PINNED_ABS_SUM, rel=1e-5)
     torch.testing.assert_close(out[0, 1, 0, :4], torch.tensor(PINNED_ROW))
+
+
+# -- the video encoder ---------------------------------------------------------------------
+TINY_VIDEO = VideoViTConfig(model="vit_tiny_patch16_224", img_size=32, patch_size=8,
+                            num_frames=4, tubelet_size=2, embed_dim=48, depth=2, num_heads=2)
+GRID = (2, 4, 4)  # (4 frames / 2, 32 px / 8, 32 px / 8)
+N = 32
+
+
+def _seeded(build, *args, seed=0):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build(*args).eval()
+
+
+@pytest.fixture(scope="module")
+def video():
+    return _seeded(build_video_encoder, TINY_VIDEO)
+
+
+def _clips(n=2, seed=0):
+    return torch.randn(n, 3, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def test_video_encoder_is_registered_by_the_video_plugin(registry):
+    spec = registry.get("encoder", "vit_video")
+    assert spec.plugin == "video" and spec.config_class is VideoViTConfig
+    encoder = spec.build(TINY_VIDEO)
+    assert isinstance(encoder, Encoder)
+    assert encoder.patch_grid == GRID and encoder.image_size == (32, 32)
+
+
+@torch.no_grad()
+def test_video_encoder_shapes_and_attributes(video):
+    assert video.patch_grid == GRID and video.num_patches == N
+    assert (video.embed_dim, video.num_heads, video.num_frames, video.tubelet_size) == (
+        48, 2, 4, 2)
+    assert video.uniform_power and video.supports_packing
+    assert video(_clips()).shape == (2, N, 48)
+    keep = torch.tensor([[0, 5, 31], [7, 2, 16]])
+    assert video(_clips(), keep).shape == (2, 3, 48)
+    assert video.pos_embed.shape == (1, N, 48) and not video.pos_embed.requires_grad
+    torch.testing.assert_close(video.pos_embed[0], sincos_table(48, GRID, uniform_power=True))
+    layers = video.layer_tokens(_clips(), 2)
+    assert [t.shape for t in layers] == [(2, N, 48)] * 2
+    torch.testing.assert_close(layers[-1], video(_clips()))
+
+
+def test_video_encoder_rejects_clips_of_another_size(video):
+    with pytest.raises(ValueError, match=r"\[B, 3, 4, 32, 32\]"):
+        video(torch.zeros(1, 3, 6, 32, 32))
+    with pytest.raises(ValueError, match="num_frames"):
+        video(torch.zeros(1, 3, 32, 32))
+
+
+@torch.no_grad()
+def test_tubelets_are_in_raster_order_over_t_h_w(video):
+    """Token (t * 4 + h) * 4 + w is the Conv3d of frames 2t..2t+1, rows 8h.., columns 8w..,
+    plus the position of (t, h, w)."""
+    clips = _clips(1)
+    tokens = video.embed(clips)[0]  # [N, D]
+    weight, bias = video.patch_embed.proj.weight, video.patch_embed.proj.bias
+    for t, h, w in [(0, 0, 0), (0, 1, 3), (1, 2, 0), (1, 3, 3)]:
+        cube = clips[0, :, 2 * t:2 * t + 2, 8 * h:8 * h + 8, 8 * w:8 * w + 8]
+        index = (t * 4 + h) * 4 + w
+        expected = (weight * cube).flatten(1).sum(1) + bias + video.pos_embed[0, index]
+        torch.testing.assert_close(tokens[index], expected, rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_keep_gathers_tokens_after_positions_are_added(video):
+    """encoder(clips, keep) == the blocks on the full embedding (positions included) gathered
+    at keep: positions travel with the tokens, whatever the order of keep."""
+    clips = _clips()
+    keep = torch.tensor([[31, 0, 9, 4, 17], [3, 30, 12, 8, 1]])
+    embedded = video.embed(clips)
+    gathered = torch.stack([embedded[b, keep[b]] for b in range(2)])
+    expected = video.norm(video.run_blocks(video.norm_pre(gathered), None))
+    torch.testing.assert_close(video(clips, keep), expected)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.permutations(list(range(6))), st.integers(0, 2**16))
+@torch.no_grad()
+def test_keep_order_permutes_outputs(video, order, seed):
+    keep = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:6][None]
+    clips = _clips(1, seed)
+    order = torch.tensor(order)
+    torch.testing.assert_close(video(clips, keep[:, order]), video(clips, keep)[:, order],
+                               rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_padded_keep_positions_are_ignored_and_packing_matches(video):
+    clips = _clips()
+    short = torch.tensor([[2, 9, 20, 31], [5, 6, 7, 0]])
+    # Row 0 padded with two repeats of a real index, row 1 with one: keep_valid marks them.
+    keep = torch.tensor([[2, 9, 20, 31, 2, 2], [5, 6, 7, 0, 1, 5]])
+    valid = torch.tensor([[True] * 4 + [False] * 2, [True] * 5 + [False]])
+    padded = video(clips, keep, valid)
+    torch.testing.assert_close(padded[0, :4], video(clips[:1], short[:1])[0], rtol=1e-4,
+                               atol=1e-5)
+    torch.testing.assert_close(padded[1, :5], video(clips[1:], keep[1:, :5])[0], rtol=1e-4,
+                               atol=1e-5)
+    packed = video(clips, keep, valid, pack=True)
+    torch.testing.assert_close(packed[valid], padded[valid], rtol=1e-4, atol=1e-5)
+    assert (packed[~valid] == 0).all()
+
+
+def test_video_encoder_init_and_state_dict_names(video):
+    state = video.state_dict()
+    assert state["patch_embed.proj.weight"].shape == (48, 3, 2, 8, 8)
+    assert {"pos_embed", "patch_embed.proj.bias", "norm.weight", "blocks.1.mlp.fc2.weight",
+            "blocks.0.attn.qkv.weight"} <= set(state)
+    for key in ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight"):
+        assert state[key].std().item() == pytest.approx(0.02, rel=0.15)
+    for key in ("patch_embed.proj.bias", "blocks.0.attn.qkv.bias", "norm.bias"):
+        assert (state[key] == 0).all()
+    assert (state["norm.weight"] == 1).all()
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(num_frames=5), "tubelet_size"),
+    (dict(img_size=36), "patch_size"),
+    (dict(embed_dim=36, uniform_power=False), "divisible by 8"),
+    (dict(model="vit_tiny_patch16_22"), "vit_tiny_patch16_224"),
+])
+def test_video_encoder_config_mistakes_are_config_errors(change, match):
+    with pytest.raises(ConfigError, match=match):
+        build_video_encoder(attrs.evolve(TINY_VIDEO, **change))
+
+
+def test_vit_large_video_parameter_count_is_about_304m():
+    """ViT-L/16 on 16 frames x 224 px: timm's ViT-L less its 2D patch embedding and its
+    learned positions, plus the tubelet Conv3d (the 3D table is a frozen parameter)."""
+    with torch.device("meta"):
+        encoder = build_video_encoder(VideoViTConfig())
+        vit = timm.create_model("vit_large_patch16_224", num_classes=0, class_token=False,
+                                global_pool="avg")
+    assert encoder.patch_grid == (8, 14, 14)
+    trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
+    conv3d = 1024 * 3 * 2 * 16 * 16 + 1024
+    conv2d = sum(p.numel() for p in vit.patch_embed.parameters())
+    expected = sum(p.numel() for p in vit.parameters()) - conv2d - vit.pos_embed.numel() + conv3d
+    assert trainable == expected
+    assert 303e6 < trainable < 305e6
+    assert encoder.pos_embed.numel() == 8 * 14 * 14 * 1024
+
+
+# -- 3-D sin-cos ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dim, uniform, widths", [
+    (1024, True, (342, 342, 340)),  # 2 * ceil(1024 / 6) = 342 each, cut to 1024
+    (384, True, (128, 128, 128)),
+    (48, False, (24, 12, 12)),
+    (1024, False, (512, 256, 256)),
+])
+def test_sincos_3d_splits_channels_time_height_width(dim, uniform, widths):
+    grid = (3, 4, 5)
+    table = sincos_3d(dim, *grid, uniform_power=uniform)
+    assert table.shape == (60, dim) and table.dtype == torch.float32
+    assert torch.equal(table, sincos_3d(dim, *grid, uniform_power=uniform))  # deterministic
+    full = axis_widths_3d(dim, uniform)
+    assert full[:2] == widths[:2] and sum(full) >= dim
+    t, h, w = torch.meshgrid(*(torch.arange(n) for n in grid), indexing="ij")
+    start = 0
+    for cut, width, coord in zip(widths, full, (t, h, w), strict=True):
+        # each block of columns is the 1-D table of its axis alone: [time | height | width]
+        axis = sincos_1d(width, coord.reshape(-1)).to(torch.float32)[:, :cut]
+        torch.testing.assert_close(table[:, start:start + cut], axis)
+        start += cut
+    assert start == dim
+    assert len(torch.unique(table, dim=0)) == 60  # every token its own position
+
+
+def test_sincos_table_dispatches_on_rank():
+    assert torch.equal(sincos_table(32, (4, 4)), sincos_2d(32, 4, 4))
+    assert torch.equal(sincos_table(48, GRID, uniform_power=False),
+                       sincos_3d(48, *GRID, uniform_power=False))
+    with pytest.raises(ValueError, match="2-D and 3-D"):
+        sincos_table(32, (2, 2, 2, 2))
+    with pytest.raises(ValueError, match="divisible by 8"):
+        sincos_3d(36, 2, 2, 2, uniform_power=False)
