@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 
 import attrs
@@ -11,8 +12,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jepa_core.commands.interop import import_official, strip_key
 from jepa_core.errors import ConfigError
 from jepa_core.interfaces import Encoder
+from jepa_core.recipe import recipe_from_dict
+from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime.build import build_models
 from jepa_video.configs import VideoViTConfig
 from jepa_video.encoder import build_video_encoder
 from jepa_vit.configs import PredictorConfig, ViTConfig
@@ -242,3 +247,179 @@ def test_sincos_table_dispatches_on_rank():
         sincos_table(32, (2, 2, 2, 2))
     with pytest.raises(ValueError, match="divisible by 8"):
         sincos_3d(36, 2, 2, 2, uniform_power=False)
+
+
+# -- the predictor on 3-D grids, with one mask token per mask set ---------------------------
+VIDEO_PREDICTOR = PredictorConfig(embed_dim=24, depth=1, num_heads=2, num_mask_tokens=2)
+
+
+@pytest.fixture(scope="module")
+def video_predictor(video):
+    return _seeded(build_predictor, VIDEO_PREDICTOR, video, seed=1)
+
+
+def _masks():
+    ctx = torch.tensor([[0, 3, 8, 17, 30], [1, 4, 9, 22, 31]])
+    tgt = torch.tensor([[[5, 6, 21], [10, 11, 26]], [[2, 12, 18], [13, 14, 29]]])
+    return ctx, tgt
+
+
+def test_predictor_takes_the_video_grid_and_its_positions(video, video_predictor):
+    assert video_predictor.patch_grid == GRID and video_predictor.num_patches == N
+    assert video_predictor.uniform_power
+    torch.testing.assert_close(video_predictor.predictor_pos_embed[0],
+                               sincos_table(24, GRID, uniform_power=True))
+    plain = build_video_encoder(attrs.evolve(TINY_VIDEO, uniform_power=False))
+    predictor = build_predictor(attrs.evolve(VIDEO_PREDICTOR, num_mask_tokens=1), plain)
+    torch.testing.assert_close(predictor.predictor_pos_embed[0],
+                               sincos_3d(24, *GRID, uniform_power=False))
+    with pytest.raises(ConfigError, match="divisible by 8"):
+        build_predictor(attrs.evolve(VIDEO_PREDICTOR, embed_dim=36, num_heads=2), plain)
+
+
+def test_predictor_mask_tokens_are_v_jepa_s(video_predictor):
+    assert video_predictor.num_mask_tokens == 2
+    state = video_predictor.state_dict()
+    assert {"mask_tokens.0", "mask_tokens.1"} <= set(state) and "mask_token" not in state
+    assert all((state[f"mask_tokens.{i}"] == 0).all() for i in range(2))  # zero-initialised
+    assert state["mask_tokens.1"].shape == (1, 1, 24)
+    _, image_predictor = _image_models()
+    assert image_predictor.num_mask_tokens == 1 and "mask_token" in image_predictor.state_dict()
+
+
+@torch.no_grad()
+def test_mask_index_selects_the_mask_token(video, video_predictor):
+    predictor = copy.deepcopy(video_predictor)
+    g = torch.Generator().manual_seed(4)
+    for token in predictor.mask_tokens:
+        token.copy_(torch.randn(token.shape, generator=g))
+    ctx, tgt = _masks()
+    tokens = video(_clips(), ctx)
+    first, second = (predictor(tokens, ctx, tgt, mask_index=i) for i in (0, 1))
+    assert first.shape == (2, 2, 3, 48)
+    assert not torch.allclose(first, second)
+    swapped = copy.deepcopy(predictor)
+    swapped.mask_tokens[0].copy_(predictor.mask_tokens[1])
+    torch.testing.assert_close(swapped(tokens, ctx, tgt, mask_index=0), second)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    valid[1, -1] = False
+    padded = predictor(tokens, ctx, tgt, valid, mask_index=1)
+    packed = predictor(tokens, ctx, tgt, valid, pack=True, mask_index=1)
+    torch.testing.assert_close(packed, padded, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="num_mask_tokens"):
+        predictor(tokens, ctx, tgt, mask_index=2)
+
+
+def test_only_the_chosen_mask_token_gets_gradients(video, video_predictor):
+    predictor = copy.deepcopy(video_predictor).train()
+    ctx, tgt = _masks()
+    with torch.no_grad():
+        tokens = video(_clips(), ctx)
+    predictor(tokens, ctx, tgt, mask_index=1).square().sum().backward()
+    assert predictor.mask_tokens[0].grad is None or not predictor.mask_tokens[0].grad.any()
+    assert predictor.mask_tokens[1].grad.abs().sum() > 0
+
+
+# -- official V-JEPA checkpoints ------------------------------------------------------------
+def _block(prefix: str, dim: int, hidden: int) -> dict[str, tuple[int, ...]]:
+    """The official Block's keys (norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2)."""
+    shapes = {"norm1.weight": (dim,), "norm1.bias": (dim,),
+              "attn.qkv.weight": (3 * dim, dim), "attn.qkv.bias": (3 * dim,),
+              "attn.proj.weight": (dim, dim), "attn.proj.bias": (dim,),
+              "norm2.weight": (dim,), "norm2.bias": (dim,),
+              "mlp.fc1.weight": (hidden, dim), "mlp.fc1.bias": (hidden,),
+              "mlp.fc2.weight": (dim, hidden), "mlp.fc2.bias": (dim,)}
+    return {prefix + k: v for k, v in shapes.items()}
+
+
+def _official_vjepa_shapes() -> tuple[dict, dict]:
+    """Key -> shape of the official V-JEPA encoder and predictor (src/models/
+    vision_transformer.py, predictor.py, utils/patch_embed.py) at the tiny test sizes: written
+    from the official names, not from our modules."""
+    d, dp = 48, 24
+    encoder = {"patch_embed.proj.weight": (d, 3, 2, 8, 8), "patch_embed.proj.bias": (d,),
+               "pos_embed": (1, N, d), "norm.weight": (d,), "norm.bias": (d,)}
+    for i in range(2):
+        encoder |= _block(f"blocks.{i}.", d, 4 * d)
+    predictor = {"predictor_embed.weight": (dp, d), "predictor_embed.bias": (dp,),
+                 "mask_tokens.0": (1, 1, dp), "mask_tokens.1": (1, 1, dp),
+                 "predictor_pos_embed": (1, N, dp), "predictor_norm.weight": (dp,),
+                 "predictor_norm.bias": (dp,), "predictor_proj.weight": (d, dp),
+                 "predictor_proj.bias": (d,)} | _block("predictor_blocks.0.", dp, 4 * dp)
+    return encoder, predictor
+
+
+def _official_vjepa_file(tmp_path, edit=None):
+    """A checkpoint as V-JEPA's training code saves it: DDP + MultiMaskWrapper prefixes."""
+    g = torch.Generator().manual_seed(11)
+    encoder, predictor = _official_vjepa_shapes()
+
+    def fill(shapes):
+        return {"module.backbone." + k: 0.02 * torch.randn(s, generator=g)
+                for k, s in shapes.items()}
+
+    official = {"encoder": fill(encoder), "predictor": fill(predictor),
+                "target_encoder": fill(encoder), "opt": {"state": {}, "param_groups": []},
+                "scaler": None, "epoch": 300, "loss": 0.1, "batch_size": 24, "world_size": 128,
+                "lr": 6.25e-4}
+    if edit:
+        edit(official)
+    path = tmp_path / "vitl16.pth.tar"
+    torch.save(official, path)
+    return path, official
+
+
+@pytest.fixture
+def video_recipe(tiny_dict, registry):
+    tiny_dict["encoder"] = {"name": "vit_video", **{k: getattr(TINY_VIDEO, k) for k in (
+        "model", "img_size", "patch_size", "num_frames", "tubelet_size", "embed_dim", "depth",
+        "num_heads")}}
+    tiny_dict["predictor"] = {"name": "vit_predictor", "embed_dim": 24, "depth": 1,
+                              "num_heads": 2, "num_mask_tokens": 2}
+    return recipe_from_dict(tiny_dict, registry, "tiny video")
+
+
+def test_a_v_jepa_checkpoint_imports_completely(tmp_path, video_recipe, registry):
+    path, official = _official_vjepa_file(tmp_path)
+    out = tmp_path / "imported.pt"
+    report = import_official(path, video_recipe, registry, out)
+    assert report.complete and report.epoch == 300
+    state = ckpt.load(out)
+    assert state["imported_from"]["format"] == "official-vjepa"
+    for model in ("encoder", "predictor", "target_encoder"):
+        ours = state["modules"][model]
+        assert len(ours) == len(official[model])
+        for key, value in official[model].items():
+            assert torch.equal(ours[key.removeprefix("module.backbone.")], value), key
+    encoder, predictor = build_models(video_recipe, registry)
+    encoder.load_state_dict(state["modules"]["target_encoder"])
+    predictor.load_state_dict(state["modules"]["predictor"])
+    ctx, tgt = _masks()
+    assert predictor(encoder(_clips(), ctx), ctx, tgt, mask_index=1).shape == (2, 2, 3, 48)
+
+
+def _break(official):
+    del official["predictor"]["module.backbone.mask_tokens.1"]
+    official["encoder"]["module.backbone.patch_embed.proj.weight"] = torch.zeros(48, 3, 1, 8, 8)
+
+
+def test_a_v_jepa_checkpoint_that_does_not_fit_is_reported(tmp_path, video_recipe, registry):
+    path, _ = _official_vjepa_file(tmp_path, edit=_break)
+    out = tmp_path / "imported.pt"
+    with pytest.raises(ConfigError) as err:
+        import_official(path, video_recipe, registry, out)
+    msg = str(err.value)
+    assert "predictor: 1 missing (mask_tokens.1)" in msg
+    assert ("encoder: 1 with other shapes (patch_embed.proj.weight [48, 3, 1, 8, 8] in the "
+            "file vs [48, 3, 2, 8, 8])") in msg
+    assert "num_mask_tokens" in msg and not out.exists()
+    report = import_official(path, video_recipe, registry, out, allow_partial=True)
+    assert not report.complete
+    assert ckpt.load(out)["imported_from"]["not_imported"]["predictor"] == ["mask_tokens.1"]
+
+
+def test_prefixes_are_stripped_in_either_layout():
+    assert strip_key("module.backbone.blocks.0.norm1.weight") == "blocks.0.norm1.weight"
+    assert strip_key("backbone.mask_tokens.0") == "mask_tokens.0"
+    assert strip_key("module.predictor_embed.bias") == "predictor_embed.bias"  # I-JEPA's
+    assert strip_key("norm.weight") == "norm.weight"
