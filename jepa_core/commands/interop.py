@@ -227,8 +227,9 @@ def import_official(path_in: str | os.PathLike, recipe: Recipe | str | os.PathLi
                     allow_partial: bool = False) -> ImportReport:
     """Convert an official I-JEPA or V-JEPA checkpoint into a jepa checkpoint at `out_path`
     (step 0, no optimizer state, `imported_from` recording the source and its epoch), using
-    the models of `recipe` (a Recipe or a recipe path). Raises ConfigError on any missing, unexpected or
-    differently shaped key unless `allow_partial`; those keys then keep the recipe's init."""
+    the models of `recipe` (a Recipe or a recipe path). Raises ConfigError on any missing,
+    unexpected or differently shaped key unless `allow_partial`; those keys then keep the
+    recipe's init."""
     path_in, out_path = Path(path_in), Path(out_path)
     if out_path.resolve() == path_in.resolve():
         raise ConfigError(f"--out {out_path} is the file being imported; choose another path.")
