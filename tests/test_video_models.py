@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from jepa_core.commands.interop import import_official, strip_key
 from jepa_core.errors import ConfigError
 from jepa_core.interfaces import Encoder
-from jepa_core.recipe import recipe_from_dict
+from jepa_core.recipe import recipe_from_dict, recipe_to_dict
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime.build import build_models
+from jepa_core.runtime.launch import recipe_differences
 from jepa_video.configs import VideoViTConfig
 from jepa_video.encoder import build_video_encoder
 from jepa_vit.configs import PredictorConfig, ViTConfig
@@ -423,3 +424,19 @@ def test_prefixes_are_stripped_in_either_layout():
     assert strip_key("backbone.mask_tokens.0") == "mask_tokens.0"
     assert strip_key("module.predictor_embed.bias") == "predictor_embed.bias"  # I-JEPA's
     assert strip_key("norm.weight") == "norm.weight"
+
+
+# -- checkpoints from before num_mask_tokens existed ----------------------------------------
+def test_a_field_added_at_its_default_is_no_recipe_difference(tiny_dict, registry):
+    recipe = recipe_from_dict(tiny_dict, registry, "tiny")
+    saved = recipe_to_dict(recipe)
+    del saved["predictor"]["num_mask_tokens"]  # a checkpoint written before the field
+    current = recipe_to_dict(recipe)
+    assert recipe_differences(saved, current, recipe) == []
+    assert recipe_differences(saved, current) == ["predictor.num_mask_tokens: '(unset)' → 1"]
+    tiny_dict["predictor"]["num_mask_tokens"] = 2
+    two = recipe_from_dict(tiny_dict, registry, "tiny")
+    assert recipe_differences(saved, recipe_to_dict(two), two) == [
+        "predictor.num_mask_tokens: '(unset)' → 2"]
+    saved["predictor"]["gone"] = 1  # a key the saved recipe has and today's lacks stays one
+    assert recipe_differences(saved, current, recipe) == ["predictor.gone: 1 → '(unset)'"]
