@@ -18,10 +18,10 @@ from pathlib import Path
 import attrs
 import pytest
 import torch
+from conftest import recipe_param
 
 from jepa_core.commands import costs
 from jepa_core.commands.plan import make_plan
-from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,22 +76,7 @@ def test_the_paper_recipes_are_there():
     assert set(PAPER_GPUS) <= {p.stem for p in RECIPES}
 
 
-# Recipes whose components other branches of issue 11 register (the video masker, method,
-# loss and data): expected to fail until every one is registered, then checked like the rest.
-PENDING = {"vjepa_vitl16": (("method", "vjepa"), ("masker", "multiblock3d"), ("loss", "l1"),
-                            ("data_source", "video_folder"))}
-
-
-def _recipe_param(path: Path):
-    components = make_plugin_manager().components
-    missing = [f"{kind} {name}" for kind, name in PENDING.get(path.stem, ())
-               if name not in components.get(kind, {})]
-    marks = [pytest.mark.xfail(strict=True, reason=f"not registered yet: {', '.join(missing)}")
-             ] if missing else []
-    return pytest.param(path, marks=marks, id=path.stem)
-
-
-@pytest.mark.parametrize("path", [_recipe_param(p) for p in RECIPES])
+@pytest.mark.parametrize("path", [recipe_param(p, p.stem) for p in RECIPES])
 def test_every_recipe_checks_and_plans(path, tmp_path):
     gpus = PAPER_GPUS.get(path.stem, 1)
     result = jepa("check", str(path.relative_to(REPO)), "--gpus", str(gpus), "--no-data",
