@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jepa_core.commands.interop import import_official, strip_key
+from jepa_core.commands.plan import patch_dim
 from jepa_core.errors import ConfigError
 from jepa_core.interfaces import Encoder
 from jepa_core.recipe import recipe_from_dict, recipe_to_dict
@@ -440,3 +441,9 @@ def test_a_field_added_at_its_default_is_no_recipe_difference(tiny_dict, registr
         "predictor.num_mask_tokens: '(unset)' → 2"]
     saved["predictor"]["gone"] = 1  # a key the saved recipe has and today's lacks stays one
     assert recipe_differences(saved, current, recipe) == ["predictor.gone: 1 → '(unset)'"]
+
+
+def test_the_plan_counts_a_tubelet_s_pixels(video):
+    assert patch_dim(video) == 3 * 2 * 8 * 8
+    image, _ = _image_models()
+    assert patch_dim(image) == 3 * 8 * 8
