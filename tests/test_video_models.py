@@ -447,3 +447,19 @@ def test_the_plan_counts_a_tubelet_s_pixels(video):
     assert patch_dim(video) == 3 * 2 * 8 * 8
     image, _ = _image_models()
     assert patch_dim(image) == 3 * 8 * 8
+
+
+def test_math_attention_and_grad_checkpointing_give_the_same_numbers(video):
+    clips, keep = _clips(), torch.tensor([[0, 5, 31, 12], [7, 2, 16, 3]])
+    slow = _seeded(build_video_encoder, attrs.evolve(TINY_VIDEO, attention="math"))
+    with torch.no_grad():
+        torch.testing.assert_close(slow(clips, keep), video(clips, keep), rtol=1e-4, atol=1e-5)
+    plain, recomputed = copy.deepcopy(video).train(), copy.deepcopy(video).train()
+    recomputed.set_grad_checkpointing(True)
+    for model in (plain, recomputed):
+        model(clips, keep).square().sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), recomputed.parameters(), strict=True):
+        if a.requires_grad:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert plain.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert plain.pos_embed.grad is None  # the 3D table stays fixed
