@@ -146,7 +146,7 @@ def test_bad_files_are_explained(tmp_path, tiny_recipe, registry, source):
         import_official(tmp_path / "missing.pth", tiny_recipe, registry, out)
     bare = tmp_path / "bare.pth"
     torch.save(source["encoder"].state_dict(), bare)
-    with pytest.raises(RunError, match="is not an official I-JEPA checkpoint"):
+    with pytest.raises(RunError, match="is not an official I-JEPA or V-JEPA checkpoint"):
         import_official(bare, tiny_recipe, registry, out)
     pickled = tmp_path / "numpy_epoch.pth"
     torch.save({**to_official_layout({m: {} for m in ("encoder", "predictor", "target_encoder")}),

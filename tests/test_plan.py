@@ -18,6 +18,7 @@ from pathlib import Path
 import attrs
 import pytest
 import torch
+from conftest import recipe_param
 
 from jepa_core.commands import costs
 from jepa_core.commands.plan import make_plan
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 # The GPU counts the paper recipes were written for (the official runs).
 PAPER_GPUS = {"ijepa_vith14": 16, "ijepa_vith16": 32, "ijepa_vith16_448": 128,
-              "ijepa_vitg16_in22k": 128}
+              "ijepa_vitg16_in22k": 128, "vjepa_vitl16": 128}
 VIT_H = costs.TransformerShape(depth=32, width=1280, mlp_ratio=4.0)
 PREDICTOR = costs.TransformerShape(depth=12, width=384, mlp_ratio=4.0)
 # Context and target-block lengths of the official sampler: 16x16 grid at the official per-GPU
@@ -75,7 +76,7 @@ def test_the_paper_recipes_are_there():
     assert set(PAPER_GPUS) <= {p.stem for p in RECIPES}
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+@pytest.mark.parametrize("path", [recipe_param(p, p.stem) for p in RECIPES])
 def test_every_recipe_checks_and_plans(path, tmp_path):
     gpus = PAPER_GPUS.get(path.stem, 1)
     result = jepa("check", str(path.relative_to(REPO)), "--gpus", str(gpus), "--no-data",

@@ -29,7 +29,7 @@ from jepa_core.hookspecs import REGISTRATION_HOOKS, hookimpl
 from jepa_core.plugins import make_plugin_manager
 
 REPO = Path(__file__).resolve().parents[1]
-FIRST_PARTY = {"image", "vit", "objectives", "eval"}
+FIRST_PARTY = {"image", "vit", "objectives", "eval", "video"}
 FIRST_PARTY_MODULES = ["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin",
                        "jepa_eval.plugin"]
 OFF_SWITCH = "JEPA_DISABLE_PLUGIN_AUTOLOAD"

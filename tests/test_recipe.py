@@ -9,6 +9,7 @@ from pathlib import Path
 import attrs
 import pytest
 import yaml
+from conftest import recipe_param
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -76,7 +77,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 # -- every recipe we ship --------------------------------------------------------------------
-@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+@pytest.mark.parametrize("path", [recipe_param(p, p.name) for p in RECIPES])
 def test_every_shipped_recipe_loads(path, registry):
     recipe = load_recipe(path, registry)
     assert recipe.name

@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default=None, metavar="FILE.png",
                     help="PNG to write (default RUN_DIR/plot.png)")
     i = sub.add_parser("import-checkpoint",
-                       help="convert an official I-JEPA checkpoint to a jepa checkpoint")
+                       help="convert an official I-JEPA or V-JEPA checkpoint to a jepa checkpoint")
     i.add_argument("official", help="the official .pth.tar (encoder, predictor, target_encoder)")
     i.add_argument("recipe", help="recipe whose encoder and predictor match the checkpoint")
     i.add_argument("--out", required=True, metavar="PATH", help="jepa checkpoint to write")
@@ -282,7 +282,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
-    """`jepa import-checkpoint`: an official I-JEPA checkpoint as a jepa one."""
+    """`jepa import-checkpoint`: an official I-JEPA or V-JEPA checkpoint as a jepa one."""
     registry = _registry(args)
     registry.raise_if_broken()
     from jepa_core.commands.interop import import_official, print_report

@@ -1,4 +1,4 @@
-"""Interop: official I-JEPA checkpoints in, plain timm weights out.
+"""Interop: official I-JEPA and V-JEPA checkpoints in, plain timm weights out.
 
     jepa import-checkpoint IN1K-vit.h.14-300e.pth.tar recipes/in1k_vith14.yaml --out vith14.pt
     jepa eval vith14.pt data.name=...                 # probes the imported target encoder
@@ -10,6 +10,12 @@ every key starts with `module.`) and `opt`, `scaler`, `epoch`, `loss`, `batch_si
 official predictor's (a recipe whose predictor plugin keeps that layout, as `vit_predictor`
 does, can import them), so the import is a prefix strip plus a strict check of every key and
 shape against the models the recipe builds. A partial match is refused unless asked for.
+
+An official V-JEPA checkpoint has the same top-level keys; its models were wrapped once more
+(`MultiMaskWrapper`), so its keys start with `module.backbone.`. Less both prefixes, its
+encoder keys are those of `vit_video` (`patch_embed.proj` a Conv3d, `pos_embed`, `blocks.N.*`,
+`norm`) and its predictor keys those of `vit_predictor` with `num_mask_tokens` set
+(`mask_tokens.0`, `mask_tokens.1`, ...).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
 MODELS = ("encoder", "predictor", "target_encoder")
 EXTRAS = ("opt", "scaler", "epoch", "loss", "batch_size", "world_size", "lr")
 PREFIX = "module."  # DistributedDataParallel's, on every key of the official state dicts
+WRAPPER = "backbone."  # V-JEPA's MultiMaskWrapper / PredictorMultiMaskWrapper, after PREFIX
 SHOW = 5  # key names quoted per problem in messages
 
 
@@ -121,7 +128,8 @@ def _unreadable(path: Path, exc: Exception) -> RunError:
 
 
 def read_official(path: Path) -> dict:
-    """The file's dict, after checking that it looks like an official I-JEPA checkpoint."""
+    """The file's dict, after checking that it looks like an official I-JEPA or V-JEPA
+    checkpoint."""
     data = load_torch_file(path)
     if isinstance(data, dict) and data.get("format") == ckpt.FORMAT:
         raise RunError(f"{path} is already a jepa checkpoint; use it directly (`jepa eval`, "
@@ -129,15 +137,37 @@ def read_official(path: Path) -> dict:
     if not isinstance(data, dict) or not any(isinstance(data.get(m), dict) for m in MODELS):
         keys = sorted(map(str, data))[:8] if isinstance(data, dict) else type(data).__name__
         raise RunError(
-            f"{path} is not an official I-JEPA checkpoint: it has no 'encoder', 'predictor' or "
+            f"{path} is not an official I-JEPA or V-JEPA checkpoint: it has no 'encoder', "
+            f"'predictor' or "
             f"'target_encoder' state dict (found: {keys}). A bare encoder state dict (e.g. timm "
             f"weights) can be loaded with timm directly.")
     return data
 
 
+def strip_key(key: str) -> str:
+    """A key less its DDP `module.` prefix and then V-JEPA's wrapper `backbone.` prefix (each
+    where present)."""
+    for prefix in (PREFIX, WRAPPER):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
 def strip_prefix(state: dict) -> dict:
-    """The state dict with the DDP `module.` prefix removed from the keys that have it."""
-    return {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in state.items()}
+    """The state dict with the DDP `module.` and V-JEPA's `backbone.` prefixes removed from
+    the keys that have them."""
+    return {strip_key(k): v for k, v in state.items()}
+
+
+def official_format(data: dict) -> str:
+    """The source's format: "official-vjepa" when any model's keys carry V-JEPA's `backbone.`
+    wrapper prefix, else "official-ijepa"."""
+    for model in MODELS:
+        state = data.get(model)
+        if isinstance(state, dict) and any(
+                str(k).removeprefix(PREFIX).startswith(WRAPPER) for k in state):
+            return "official-vjepa"
+    return "official-ijepa"
 
 
 def match_keys(model: str, theirs: dict, ours: dict) -> KeyMatch:
@@ -170,7 +200,8 @@ def _refusal(report: ImportReport, recipe_name: str) -> ConfigError:
     return ConfigError(
         f"{report.source} does not match the models of recipe {recipe_name!r}:\n  "
         + "\n  ".join(lines) + "\nMake the recipe's encoder and predictor match the checkpoint "
-        "(model, img_size, patch_size, predictor embed_dim/depth), or pass --allow-partial to "
+        "(model, img_size, patch_size, num_frames/tubelet_size for video, predictor "
+        "embed_dim/depth/num_mask_tokens), or pass --allow-partial to "
         "import the keys that match and keep the recipe's initialisation for the rest.")
 
 
@@ -194,10 +225,11 @@ def _plain(value: Any) -> int | float | str | None:
 def import_official(path_in: str | os.PathLike, recipe: Recipe | str | os.PathLike,
                     registry: Registry, out_path: str | os.PathLike, *,
                     allow_partial: bool = False) -> ImportReport:
-    """Convert an official I-JEPA checkpoint into a jepa checkpoint at `out_path` (step 0, no
-    optimizer state, `imported_from` recording the source and its epoch), using the models of
-    `recipe` (a Recipe or a recipe path). Raises ConfigError on any missing, unexpected or
-    differently shaped key unless `allow_partial`; those keys then keep the recipe's init."""
+    """Convert an official I-JEPA or V-JEPA checkpoint into a jepa checkpoint at `out_path`
+    (step 0, no optimizer state, `imported_from` recording the source and its epoch), using
+    the models of `recipe` (a Recipe or a recipe path). Raises ConfigError on any missing,
+    unexpected or differently shaped key unless `allow_partial`; those keys then keep the
+    recipe's init."""
     path_in, out_path = Path(path_in), Path(out_path)
     if out_path.resolve() == path_in.resolve():
         raise ConfigError(f"--out {out_path} is the file being imported; choose another path.")
@@ -222,7 +254,7 @@ def import_official(path_in: str | os.PathLike, recipe: Recipe | str | os.PathLi
 def _imported_state(models: dict, recipe: Recipe, registry: Registry, data: dict,
                     report: ImportReport) -> dict:
     origin: dict[str, Any] = {k: _plain(data.get(k)) for k in EXTRAS if k not in ("opt", "scaler")}
-    origin.update(path=report.source, format="official-ijepa", complete=report.complete,
+    origin.update(path=report.source, format=official_format(data), complete=report.complete,
                   not_imported={m.model: m.missing + [k for k, _, _ in m.mismatched]
                                 for m in report.models if not m.complete})
     return {
@@ -230,7 +262,7 @@ def _imported_state(models: dict, recipe: Recipe, registry: Registry, data: dict
         # Steps per epoch of the original run are not in the file: the step count restarts.
         "step": 0, "epoch": report.epoch or 0,
         "modules": {name: model.state_dict() for name, model in models.items()},
-        "method": "ijepa", "eval_module": "target_encoder",
+        "method": recipe.method_name or "ijepa", "eval_module": "target_encoder",
         "optimizer": None,  # the official AdamW state is not carried over
         "recipe": recipe_to_dict(recipe),
         "plugins": {name: info.version or "" for name, info in registry.plugins.items()},

@@ -12,6 +12,7 @@ the run, and its duration at a stated fraction of the GPUs' bf16 peak.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -95,10 +96,11 @@ def transformer_shape(module: torch.nn.Module) -> costs.TransformerShape | None:
 
 
 def patch_dim(encoder: Any) -> int:  # an Encoder module: .modules() and .patch_grid
-    """Pixel values per patch, C * p * p, from the first convolution (3 channels otherwise)."""
+    """Pixel values per patch, C * p * p (C * tubelet * p * p for a video encoder's Conv3d),
+    from the first convolution (3 channels otherwise)."""
     for m in encoder.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            return m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
+            return m.in_channels * math.prod(m.kernel_size)
     return 3 * (encoder.image_size[0] // encoder.patch_grid[0]) ** 2
 
 

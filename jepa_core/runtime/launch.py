@@ -15,11 +15,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from jepa_core.errors import ConfigError, Preempted, RunError
 from jepa_core.recipe import Recipe, recipe_to_dict
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime import rundir
 from jepa_core.runtime.distributed import DistEnv, destroy, detect, init_process_group
+from jepa_core.structure import Component, unstructure
 
 if TYPE_CHECKING:  # pragma: no cover
     from jepa_core.plugins import Registry
@@ -48,11 +51,40 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def recipe_differences(saved: dict, current: dict) -> list[str]:
-    """'key: old -> new' for each dotted key where two recipe dicts differ, sorted."""
+_NO_DEFAULT = object()
+
+
+def field_default(recipe: Recipe, key: str) -> Any:
+    """The default (as plain data) of the config field at dotted `key` of `recipe`, e.g.
+    "predictor.num_mask_tokens"; a sentinel when the key is no field with a default."""
+    *path, last = key.split(".")
+    obj: Any = recipe
+    for part in path:
+        obj = getattr(obj, part, None)
+        if isinstance(obj, Component):
+            obj = obj.config
+    if obj is None or not attrs.has(type(obj)):
+        return _NO_DEFAULT
+    field = attrs.fields_dict(type(obj)).get(last)
+    if field is None or field.default is attrs.NOTHING:
+        return _NO_DEFAULT
+    default: Any = field.default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        if default.takes_self:
+            return _NO_DEFAULT
+        default = default.factory()
+    return unstructure(default)
+
+
+def recipe_differences(saved: dict, current: dict, recipe: Recipe | None = None) -> list[str]:
+    """'key: old -> new' for each dotted key where two recipe dicts differ, sorted. With the
+    current `recipe`, a key the saved dict lacks whose value is its field's default (a config
+    field added since, whose default keeps the old behaviour) is no difference."""
     a, b = _flatten(saved), _flatten(current)
-    return [f"{k}: {a.get(k, '(unset)')!r} → {b.get(k, '(unset)')!r}"
-            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if recipe is not None:
+        keys = [k for k in keys if k in a or b[k] != field_default(recipe, k)]
+    return [f"{k}: {a.get(k, '(unset)')!r} → {b.get(k, '(unset)')!r}" for k in keys]
 
 
 def find_resume(recipe: Recipe, resume: str | None, force: bool, *,
@@ -79,7 +111,7 @@ def find_resume(recipe: Recipe, resume: str | None, force: bool, *,
 
 
 def _check_recipe(state: dict, recipe: Recipe, path: Path, force: bool) -> None:
-    diffs = recipe_differences(state.get("recipe", {}), recipe_to_dict(recipe))
+    diffs = recipe_differences(state.get("recipe", {}), recipe_to_dict(recipe), recipe)
     unsafe = [d for d in diffs if not d.startswith(SAFE_TO_CHANGE)]
     if unsafe and not force:
         raise ConfigError(

@@ -36,3 +36,6 @@ class PredictorConfig:
     mlp_ratio: float = attrs.field(default=4.0, validator=greater(0))
     drop_path_rate: float = attrs.field(default=0.0, validator=between(0, 1))
     attention: Literal["auto", "math"] = "auto"
+    # Learnable mask tokens, one per mask set (V-JEPA: 2, zero-initialised; the method picks
+    # one with `mask_index`). 1: I-JEPA's single trunc-normal token, key `mask_token`.
+    num_mask_tokens: int = attrs.field(default=1, validator=at_least(1))

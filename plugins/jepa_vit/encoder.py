@@ -16,6 +16,7 @@ dropped after the positional embeddings are added, and padded tokens can be mask
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 import timm
@@ -27,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from jepa_core.errors import ConfigError
 from jepa_vit.configs import ViTConfig
 from jepa_vit.packing import Packing, run_packed_blocks, supports_packing, take
-from jepa_vit.pos_embed import sincos_2d
+from jepa_vit.pos_embed import sincos_table
 
 
 def apply_blocks(blocks: nn.ModuleList, x: torch.Tensor, attn_mask: torch.Tensor | None,
@@ -70,14 +71,14 @@ def timm_kwargs(config: ViTConfig) -> dict[str, Any]:
 
 
 def init_vit_weights(module: nn.Module) -> None:
-    """The I-JEPA init, in place: Linear (and the patch-embedding Conv2d, a linear map of
-    patches) weights trunc-normal std 0.02, their biases 0; LayerNorm weight 1, bias 0.
-    Skipped on the meta device (nothing to fill)."""
+    """The I-JEPA init, in place: Linear (and the patch-embedding Conv2d or the tubelet
+    Conv3d, linear maps of patches) weights trunc-normal std 0.02, their biases 0; LayerNorm
+    weight 1, bias 0. Skipped on the meta device (nothing to fill)."""
     if any(p.is_meta for p in module.parameters()):
         return
     with torch.no_grad():
         for sub in module.modules():
-            if isinstance(sub, (nn.Linear, nn.Conv2d)):
+            if isinstance(sub, (nn.Linear, nn.Conv2d, nn.Conv3d)):
                 trunc_normal(sub.weight)
                 if sub.bias is not None:
                     nn.init.zeros_(sub.bias)
@@ -118,10 +119,14 @@ class ViTEncoder(nn.Module):
     num_patches N = gh * gw, grad_checkpointing (recompute each block in backward).
     Parameters: `pos_embed` [1, N, D] (frozen sin-cos, requires_grad=False, or learned),
     `patch_embed.*`, `blocks.N.*`, `norm.*` -- timm's names.
+
+    The grid is the patch embedding's `grid_size`, of any rank the sin-cos tables know: a
+    tubelet embedding's (t, h, w) makes the video encoder (`jepa_video.encoder`), whose 3D
+    table follows `uniform_power`.
     """
 
     def __init__(self, vit: VisionTransformer, *, pos_embed: str = "sincos",
-                 attention: str = "auto"):
+                 attention: str = "auto", uniform_power: bool = False):
         super().__init__()
         self.patch_embed = vit.patch_embed
         self.norm_pre = vit.norm_pre
@@ -131,7 +136,8 @@ class ViTEncoder(nn.Module):
         self.num_heads = int(vit.blocks[0].attn.num_heads)
         self.image_size = tuple(int(s) for s in vit.patch_embed.img_size)
         self.patch_grid = tuple(int(g) for g in vit.patch_embed.grid_size)
-        self.num_patches = self.patch_grid[0] * self.patch_grid[1]
+        self.num_patches = math.prod(self.patch_grid)
+        self.uniform_power = uniform_power
         self.grad_checkpointing = False
         self.pos_embed = self._make_pos_embed(vit, pos_embed)
         set_attention(self, attention)
@@ -141,7 +147,8 @@ class ViTEncoder(nn.Module):
         status match timm and the official checkpoints) or timm's learned table."""
         ref = vit.patch_embed.proj.weight
         if kind == "sincos":
-            table = sincos_2d(self.embed_dim, *self.patch_grid, device=ref.device)
+            table = sincos_table(self.embed_dim, self.patch_grid,
+                                 uniform_power=self.uniform_power, device=ref.device)
             return nn.Parameter(table[None].to(ref.dtype), requires_grad=False)
         if vit.pos_embed is None:
             raise ConfigError("this timm model has no positional embedding; use pos_embed: sincos")

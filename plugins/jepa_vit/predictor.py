@@ -10,10 +10,16 @@ positions. Context tokens are repeated once per target block (B * M sequences). 
 positions (context_valid) and padded target queries (targets_valid, for target blocks of
 unequal size) are masked out as attention keys.
 
-Parameter names are those of the official I-JEPA checkpoints' `predictor` state dict (less
-their `module.` prefix), so importing one is a key-prefix strip:
+Positions come from the encoder's `patch_grid`: 2D sin-cos for an image grid (gh, gw), the
+video encoder's 3D sin-cos for a (t, h, w) grid (`jepa_vit.pos_embed.sincos_table`, with the
+encoder's `uniform_power`). With num_mask_tokens > 1 (V-JEPA: one token per mask set) the
+queries of a call use token `mask_index`.
+
+Parameter names are those of the official I-JEPA and V-JEPA checkpoints' `predictor` state
+dicts (less their `module.` / `backbone.` prefixes), so importing one is a key-prefix strip:
 
     mask_token [1, 1, Dp]                  predictor_pos_embed [1, N, Dp] (frozen sin-cos)
+    (num_mask_tokens > 1: mask_tokens.0 .. mask_tokens.{K-1}, each [1, 1, Dp], as V-JEPA's)
     predictor_embed.{weight,bias}          D -> Dp
     predictor_blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*
     predictor_norm.{weight,bias}           predictor_proj.{weight,bias}   Dp -> D
@@ -40,20 +46,37 @@ from jepa_vit.encoder import (
     trunc_normal,
 )
 from jepa_vit.packing import Packing, run_packed_blocks, supports_packing
-from jepa_vit.pos_embed import sincos_2d
+from jepa_vit.pos_embed import axis_widths_3d, sincos_table
 
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def resolve_num_heads(config: PredictorConfig, encoder_heads: int) -> int:
+def check_position_width(width: int, grid: tuple[int, ...], uniform_power: bool) -> None:
+    """ConfigError unless a predictor of this width can carry sin-cos positions of `grid`:
+    divisible by 4 for a 2D grid, as `axis_widths_3d` asks for a 3D one."""
+    if len(grid) == 2:
+        if width % 4:
+            raise ConfigError(
+                f"predictor embed_dim {width} must be divisible by 4 (2D sin-cos positions)")
+    elif len(grid) == 3:
+        try:
+            axis_widths_3d(width, uniform_power)
+        except ValueError as err:
+            raise ConfigError(f"predictor embed_dim {width}: {err}") from err
+    else:
+        raise ConfigError(f"the predictor takes 2-D or 3-D patch grids; the encoder has "
+                          f"patch_grid {tuple(grid)}")
+
+
+def resolve_num_heads(config: PredictorConfig, encoder_heads: int,
+                      grid: tuple[int, ...] = (1, 1), uniform_power: bool = False) -> int:
     """config.num_heads, or the encoder's; ConfigError (with the nearest fixes) unless it
-    divides the predictor width, and unless the width suits 2D sin-cos (divisible by 4)."""
+    divides the predictor width, and unless the width suits sin-cos positions on `grid` (2D:
+    divisible by 4; see `check_position_width`)."""
     width = config.embed_dim
-    if width % 4:
-        raise ConfigError(
-            f"predictor embed_dim {width} must be divisible by 4 (2D sin-cos positions)")
+    check_position_width(width, grid, uniform_power)
     heads = config.num_heads or encoder_heads
     if width % heads:
         options = [d for d in _divisors(width) if 1 < d <= 64]
@@ -69,20 +92,30 @@ def resolve_num_heads(config: PredictorConfig, encoder_heads: int) -> int:
 
 class VisionTransformerPredictor(nn.Module):
     """See the module docstring. Attributes: embed_dim Dp, encoder_dim D, num_heads,
-    patch_grid (gh, gw), num_patches N, grad_checkpointing."""
+    patch_grid (gh, gw) or (t, h, w), num_patches N, num_mask_tokens, uniform_power (of the 3D
+    table), grad_checkpointing."""
 
-    def __init__(self, *, encoder_dim: int, patch_grid: tuple[int, int], embed_dim: int = 384,
+    def __init__(self, *, encoder_dim: int, patch_grid: tuple[int, ...], embed_dim: int = 384,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-                 drop_path_rate: float = 0.0, attention: str = "auto"):
+                 drop_path_rate: float = 0.0, attention: str = "auto",
+                 num_mask_tokens: int = 1, uniform_power: bool = False):
         super().__init__()
         self.embed_dim, self.encoder_dim, self.num_heads = embed_dim, encoder_dim, num_heads
-        self.patch_grid = (int(patch_grid[0]), int(patch_grid[1]))
-        self.num_patches = self.patch_grid[0] * self.patch_grid[1]
+        self.patch_grid = tuple(int(g) for g in patch_grid)
+        self.num_patches = math.prod(self.patch_grid)
+        self.num_mask_tokens = int(num_mask_tokens)
+        self.uniform_power = bool(uniform_power)
         self.grad_checkpointing = False
 
         self.predictor_embed = nn.Linear(encoder_dim, embed_dim, bias=True)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        table = sincos_2d(embed_dim, *self.patch_grid, device=self.mask_token.device)
+        if self.num_mask_tokens == 1:
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        else:
+            self.mask_tokens = nn.ParameterList(
+                [nn.Parameter(torch.zeros(1, 1, embed_dim)) for _ in range(num_mask_tokens)])
+        device = self.predictor_embed.weight.device
+        table = sincos_table(embed_dim, self.patch_grid, uniform_power=self.uniform_power,
+                             device=device)
         self.predictor_pos_embed = nn.Parameter(table[None], requires_grad=False)
         # Stochastic depth rises linearly from 0 at the first block to drop_path_rate.
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
@@ -98,10 +131,27 @@ class VisionTransformerPredictor(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """I-JEPA init (see `init_vit_weights`) plus the mask token, trunc-normal std 0.02."""
+        """I-JEPA init (see `init_vit_weights`) plus the single mask token, trunc-normal std
+        0.02; several mask tokens start at zero (V-JEPA's zero_init_mask_tokens)."""
         init_vit_weights(self)
-        if not self.mask_token.is_meta:
+        if self.num_mask_tokens == 1 and not self.mask_token.is_meta:
             trunc_normal(self.mask_token)
+        elif self.num_mask_tokens > 1:
+            with torch.no_grad():
+                for token in self.mask_tokens:
+                    token.zero_()
+
+    def mask_token_of(self, mask_index: int) -> torch.Tensor:
+        """[1, 1, Dp]: the learnable mask token of mask set `mask_index` (in
+        [0, num_mask_tokens)); ValueError otherwise."""
+        if not 0 <= mask_index < self.num_mask_tokens:
+            raise ValueError(
+                f"mask_index {mask_index} is out of range: this predictor has "
+                f"{self.num_mask_tokens} mask token(s); set predictor num_mask_tokens to the "
+                f"number of mask sets")
+        if self.num_mask_tokens == 1:
+            return self.mask_token
+        return self.mask_tokens[mask_index]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -116,9 +166,10 @@ class VisionTransformerPredictor(nn.Module):
         (promoted to the parameters' dtype: a float32 residual stream under autocast)."""
         return self.predictor_embed(tokens) + self.positions(index)
 
-    def mask_queries(self, target_idx: torch.Tensor) -> torch.Tensor:
-        """target_idx [S, Nt] -> [S, Nt, Dp]: the shared mask token plus each target position."""
-        return self.mask_token + self.positions(target_idx)
+    def mask_queries(self, target_idx: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
+        """target_idx [S, Nt] -> [S, Nt, Dp]: mask token `mask_index` plus each target
+        position."""
+        return self.mask_token_of(mask_index) + self.positions(target_idx)
 
     @staticmethod
     def attention_mask(context_valid: torch.Tensor | None, repeats: int, num_queries: int,
@@ -153,21 +204,23 @@ class VisionTransformerPredictor(nn.Module):
     def forward(self, context_tokens: torch.Tensor, context_idx: torch.Tensor,
                 target_idx: torch.Tensor, context_valid: torch.Tensor | None = None,
                 targets_valid: torch.Tensor | None = None, *,
-                pack: bool = False) -> torch.Tensor:
+                pack: bool = False, mask_index: int = 0) -> torch.Tensor:
         """context_tokens [B, Nc, D] (the context encoder's output), context_idx [B, Nc] int64,
         target_idx [B, M, Nt] int64, context_valid [B, Nc] bool | None and targets_valid
         [B, M, Nt] bool | None (False = padding, ignored as attention keys).
         pack: run each (image, block) sequence's valid tokens only, packed without padding
         (`jepa_vit.packing`): the same values, less compute.
+        mask_index: which mask token the queries use (V-JEPA: the mask set's index).
         Returns [B, M, Nt, D]: one prediction per target index, in the encoder's width; at
         padded target positions the values are meaningless (losses skip them)."""
         if pack and (context_valid is not None or targets_valid is not None):
             return self.forward_packed(context_tokens, context_idx, target_idx, context_valid,
-                                       targets_valid)
+                                       targets_valid, mask_index=mask_index)
         batch, num_blocks, num_targets = target_idx.shape
         context = self.embed_context(context_tokens, context_idx)
         context = context.repeat_interleave(num_blocks, dim=0)  # [B*M, Nc, Dp], (b, m) order
-        queries = self.mask_queries(target_idx.reshape(batch * num_blocks, num_targets))
+        queries = self.mask_queries(target_idx.reshape(batch * num_blocks, num_targets),
+                                    mask_index)
         x = torch.cat([context, queries], dim=1)  # [B*M, Nc+Nt, Dp]
         mask = self.attention_mask(context_valid, num_blocks, num_targets, targets_valid,
                                    context_idx.shape[1])
@@ -177,7 +230,8 @@ class VisionTransformerPredictor(nn.Module):
 
     def forward_packed(self, context_tokens: torch.Tensor, context_idx: torch.Tensor,
                        target_idx: torch.Tensor, context_valid: torch.Tensor | None,
-                       targets_valid: torch.Tensor | None) -> torch.Tensor:
+                       targets_valid: torch.Tensor | None, *,
+                       mask_index: int = 0) -> torch.Tensor:
         """`forward` with pack=True: [B, M, Nt, D], zeros at padded target positions.
 
         The packed stream holds, for each (image b, block m) in (b, m) order, the valid
@@ -196,7 +250,8 @@ class VisionTransformerPredictor(nn.Module):
         context = (self.predictor_embed(ctx.gather(context_tokens))
                    + table.index_select(0, ctx.gather(context_idx)))  # [Tc, Dp]
         flat_targets = target_idx.reshape(batch * num_blocks, num_targets)
-        queries = self.mask_token[0] + table.index_select(0, flat_targets[qry_valid])  # [Tq]
+        token = self.mask_token_of(mask_index)[0]  # [1, Dp]
+        queries = token + table.index_select(0, flat_targets[qry_valid])  # [Tq, Dp]
         # Each padded sequence position -> its token in cat([context, queries]).
         ctx_id = torch.zeros_like(ctx_valid, dtype=torch.int64)
         ctx_id.view(-1)[ctx.flat] = torch.arange(len(context), device=ctx_id.device)
@@ -215,10 +270,14 @@ class VisionTransformerPredictor(nn.Module):
 
 
 def build_predictor(config: PredictorConfig, encoder: Any) -> VisionTransformerPredictor:
-    """The registered factory: the predictor for `encoder` (its width D, heads, patch grid)."""
-    heads = resolve_num_heads(config, int(encoder.num_heads))
+    """The registered factory: the predictor for `encoder` (its width D, heads, patch grid
+    of rank 2 or 3, and for 3D grids its `uniform_power`, default False as V-JEPA's)."""
+    grid = tuple(int(g) for g in encoder.patch_grid)
+    uniform_power = bool(getattr(encoder, "uniform_power", False))
+    heads = resolve_num_heads(config, int(encoder.num_heads), grid, uniform_power)
     return VisionTransformerPredictor(
-        encoder_dim=int(encoder.embed_dim), patch_grid=tuple(encoder.patch_grid),
+        encoder_dim=int(encoder.embed_dim), patch_grid=grid,
         embed_dim=config.embed_dim, depth=config.depth, num_heads=heads,
         mlp_ratio=config.mlp_ratio, drop_path_rate=config.drop_path_rate,
-        attention=config.attention)
+        attention=config.attention, num_mask_tokens=config.num_mask_tokens,
+        uniform_power=uniform_power)

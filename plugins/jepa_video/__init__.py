@@ -1,0 +1,1 @@
+"""First-party video plugin: V-JEPA's masker, encoder, predictor, data sources and method."""

@@ -1,0 +1,9 @@
+"""Entry module of the video plugin: registers its components. Imports no torch or timm."""
+
+from jepa_core.hookspecs import hookimpl
+from jepa_video import configs
+
+
+@hookimpl
+def register_encoders(register):
+    register("vit_video", configs.VideoViTConfig, "jepa_video.encoder:build_video_encoder")
