@@ -2,3 +2,8 @@
 
 from jepa_core.hookspecs import hookimpl
 from jepa_video import configs
+
+
+@hookimpl
+def register_maskers(register):
+    register("multiblock3d", configs.MultiBlock3DConfig, "jepa_video.masker:build_masker")
