@@ -52,6 +52,7 @@ class MultiBlock3DConfig:
     """
 
     hypothesis_configs: ClassVar[str] = "jepa_video.strategies:multiblock3d_configs"
+    grid_rank: ClassVar[int] = 3  # (t, h, w): tests over the registry draw such grids
 
     sets: tuple[MaskSetConfig, ...] = attrs.field(factory=_vitl_sets,
                                                    validator=_distinct_names)
