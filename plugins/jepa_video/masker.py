@@ -110,12 +110,36 @@ def block_membership(corners: torch.Tensor, block: tuple[int, ...], grid: Grid) 
     return inside.flatten(2)
 
 
+def block_union(corners: torch.Tensor, block: tuple[int, ...], grid: Grid) -> torch.Tensor:
+    """[B, N] bool: the union of each clip's blocks, as `block_membership(...).any(1)`, but
+    without the [B, K, N] tensor: the per-axis extents ([B, K, size] each) are multiplied out
+    over the leading axes and contracted with the last one over the blocks in one batched
+    matmul (block counts per patch, exact in float32)."""
+    along = []
+    for d, (size, extent) in enumerate(zip(grid, block, strict=True)):
+        start = corners[:, :, d, None]
+        x = torch.arange(size)
+        along.append(((x >= start) & (x < start + extent)).float())  # [B, K, size]
+    if len(along) == 1:
+        return along[0].bool().any(1)
+    lead = along[0]
+    for axis in along[1:-1]:
+        lead = (lead[..., :, None] * axis[..., None, :]).flatten(2)
+    return torch.bmm(lead.transpose(1, 2), along[-1]).flatten(1) > 0
+
+
 def raster_rows(mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """([B, length] int64 the first `length` True positions of each row of `mask` [B, N], in
-    raster order, the row's first index repeated where it has fewer; [B, length] bool valid)."""
-    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :length]
-    valid = torch.arange(length) < mask.sum(1, keepdim=True)
-    return torch.where(valid, order, order[:, :1]), valid
+    raster order, the row's first index repeated where it has fewer; [B, length] bool valid).
+    Every row must hold a True."""
+    b, n = mask.shape
+    rank = mask.cumsum(1)  # [B, N]: True positions up to here, so 1.. at each True one
+    counts = rank[:, -1:]
+    slot = torch.where(mask & (rank <= length), rank - 1, length)  # column `length`: scratch
+    first = mask.to(torch.uint8).argmax(1, keepdim=True)  # the row's first True position
+    out = first.repeat(1, length + 1)
+    out.scatter_(1, slot, torch.arange(n).expand(b, n))
+    return out[:, :length], torch.arange(length) < counts
 
 
 class MultiBlock3DMasker:
@@ -140,19 +164,19 @@ class MultiBlock3DMasker:
         block = block_size(spec, self.grid, torch.rand(3, generator=generator))
         k = spec.num_blocks
         corners = self._corners(block, batch_size, k, generator)
-        inside = block_membership(corners, block, self.grid)
-        covered = inside.any(1).all(1)
+        union = block_union(corners, block, self.grid)
+        covered = union.all(1)
         for _ in range(MAX_REDRAWS):
             if not bool(covered.any()):
-                break
+                return SetDraw(block, corners, torch.full((batch_size,), k), union)
             rows = covered.nonzero().squeeze(1)
             corners[rows] = self._corners(block, len(rows), k, generator)
-            inside[rows] = block_membership(corners[rows], block, self.grid)
-            covered = inside.any(1).all(1)
+            union[rows] = block_union(corners[rows], block, self.grid)
+            covered = union.all(1)
         if not bool(covered.any()):
-            return SetDraw(block, corners, torch.full((batch_size,), k), inside.any(1))
+            return SetDraw(block, corners, torch.full((batch_size,), k), union)
         # fallback: the most leading blocks that leave some context (block 0 alone always does)
-        unions = inside.cumsum(1).bool()  # [B, K, N]: union of blocks 0..k
+        unions = block_membership(corners, block, self.grid).cumsum(1).bool()  # blocks 0..k
         kept = (~unions.all(2)).sum(1)
         target = unions[torch.arange(batch_size), kept - 1]
         return SetDraw(block, corners, kept, target)
