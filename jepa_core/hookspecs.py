@@ -64,6 +64,9 @@ def register_predictors(register: Register) -> None:
 def register_maskers(register: Register) -> None:
     """Register maskers. factory(config, grid=(gh, gw)) -> `Masker`.
 
+    The grid is the encoder's `patch_grid`, of any rank: (gh, gw) for images, (t, gh, gw)
+    for video (a masker that needs one rank raises ConfigError for another).
+
     The factory must raise `jepa_core.errors.ConfigError` for a configuration that can never
     produce valid masks on that grid (it must not loop forever at sampling time).
     """

@@ -2,10 +2,13 @@
 
 Notation used in the shapes below:
     B  images in a batch              C  image channels        H, W  image height, width (px)
-    N  patches on the grid (gh * gw)  Nc context indices       M     target blocks per image
+    N  patches on the grid (gh * gw,  Nc context indices       M     target blocks per image
+       or t * gh * gw for video)
     Nt indices per target block       D  encoder width
 
-Patch indices are int64 positions in the flattened (row-major) patch grid, in [0, N).
+Patch indices are int64 positions in the flattened (row-major, raster order) patch grid, in
+[0, N). A grid has any rank: (gh, gw) for images, (t, gh, gw) for video, where the index of
+patch (t, h, w) is (t * gh + h) * gw + w.
 
 Every interface is a `typing.Protocol`: implement the methods and attributes, no base class
 is needed (models are usually `torch.nn.Module`s). torch is imported for type checking only,
@@ -70,14 +73,15 @@ class MaskBatch:
 class Masker(Protocol):
     """Samples context and target blocks on a patch grid.
 
-    grid: (gh, gw) patches, fixed at construction.
+    grid: the patch grid, a tuple of any rank ((gh, gw), (t, gh, gw), ...), fixed at
+        construction (the encoder's `patch_grid`).
     __call__(batch_size, generator) -> MaskBatch (or a non-empty {name: MaskBatch} for several
         mask sets, each checked and collated on its own). Every random draw comes from `generator`
         (a CPU `torch.Generator` seeded by the core from (seed, global step)); a masker never
         touches the global RNG, so the same generator state gives the same masks.
     """
 
-    grid: tuple[int, int]
+    grid: tuple[int, ...]
 
     def __call__(self, batch_size: int,
                  generator: torch.Generator) -> MaskBatch | dict[str, MaskBatch]: ...
@@ -121,7 +125,8 @@ class Encoder(Protocol):
     """A ViT-like encoder (a `torch.nn.Module`).
 
     embed_dim: D. num_heads: attention heads (the predictor copies it by default).
-    image_size: (H, W) px. patch_grid: (gh, gw).
+    image_size: (H, W) px. patch_grid: (gh, gw), or (t, gh, gw) for a video encoder (any
+    rank, raster order; N is its product).
     forward(images [B, C, H, W], keep [B, K] int64 | None, keep_valid [B, K] bool | None)
         -> [B, K, D] tokens of the kept patches (all N patches when keep is None), in the order
         of `keep`. Positional embeddings are added before tokens are dropped.
@@ -135,7 +140,7 @@ class Encoder(Protocol):
     embed_dim: int
     num_heads: int
     image_size: tuple[int, int]
-    patch_grid: tuple[int, int]
+    patch_grid: tuple[int, ...]
 
     def __call__(self, images: torch.Tensor, keep: torch.Tensor | None = None,
                  keep_valid: torch.Tensor | None = None) -> torch.Tensor: ...

@@ -8,6 +8,7 @@ and block) and how to fix it. Sample numbers are rows of the batch that was chec
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +41,7 @@ def _where(index: tuple[int, ...]) -> str:
 
 
 def _tensor_problem(name: str, t: Any, dims: int, batch_size: int, n: int,
-                    grid: tuple[int, int]) -> MaskProblem | None:
+                    grid: tuple[int, ...]) -> MaskProblem | None:
     if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != dims:
         shape = "[B, Nc]" if dims == 2 else "[B, M, Nt]"
         return MaskProblem(f"{name} is a {dims}-D int64 tensor",
@@ -55,10 +56,29 @@ def _tensor_problem(name: str, t: Any, dims: int, batch_size: int, n: int,
     if bool(out.any()):
         at = _first(out)
         return MaskProblem(f"{name} indices in [0, {n})",
-                           f"{_where(at)} holds {int(t[at])} on a {grid[0]}x{grid[1]} grid",
-                           f"use row-major patch indices row * {grid[1]} + col in [0, {n}), "
+                           f"{_where(at)} holds {int(t[at])} on a {grid_text(grid)} grid",
+                           f"use row-major patch indices {_raster(grid)} in [0, {n}), "
                            f"also at padded positions (repeat a real index there)")
     return None
+
+
+def grid_text(grid: tuple[int, ...]) -> str:
+    """A patch grid as text: "14x14", "8x14x14"."""
+    return "x".join(str(int(g)) for g in grid)
+
+
+def _raster(grid: tuple[int, ...]) -> str:
+    """The raster-order index of a patch in words: "row * 14 + col" on a 2-D grid,
+    "(t * 14 + row) * 14 + col" on (t, h, w) and likewise for any rank."""
+    if len(grid) == 2:
+        return f"row * {grid[1]} + col"
+    names = [f"i{d}" for d in range(len(grid) - 2)] + ["row", "col"]
+    if len(grid) == 3:
+        names[0] = "t"
+    text = names[0]
+    for name, size in zip(names[1:], grid[1:], strict=True):
+        text = f"({text}) * {size} + {name}" if "+" in text else f"{text} * {size} + {name}"
+    return text
 
 
 def _valid_problem(name: str, valid: Any, like: torch.Tensor) -> MaskProblem | None:
@@ -96,10 +116,10 @@ def duplicate_problem(check: str, idx: torch.Tensor,
                        "that repeats an index must be marked False in the validity mask")
 
 
-def structure_problem(masks: Any, grid: tuple[int, int], batch_size: int) -> MaskProblem | None:
+def structure_problem(masks: Any, grid: tuple[int, ...], batch_size: int) -> MaskProblem | None:
     """Types, shapes, int64 dtypes, ranges, validity masks and uniqueness (per context row and
     per target block, among valid positions) of one MaskBatch."""
-    n = grid[0] * grid[1]
+    n = math.prod(grid)
     if not isinstance(masks, MaskBatch):
         return MaskProblem("returns MaskBatch", f"got {type(masks).__name__}",
                            "return jepa_core.interfaces.MaskBatch(context, targets, ...)")
@@ -151,11 +171,11 @@ def leaking_samples(masks: MaskBatch, n: int) -> torch.Tensor:
     return hit.any(1)
 
 
-def overlap_problem(masks: MaskBatch, grid: tuple[int, int],
+def overlap_problem(masks: MaskBatch, grid: tuple[int, ...],
                     tolerated: int = 0) -> MaskProblem | None:
     """Context and targets disjoint, but for at most `tolerated` samples (the fallbacks a
     `MaskerWithStats` reported for this draw)."""
-    n = grid[0] * grid[1]
+    n = math.prod(grid)
     leaks = leaking_samples(masks, n)
     if int(leaks.sum()) <= tolerated:
         return None

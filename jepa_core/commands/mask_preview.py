@@ -8,10 +8,15 @@ its own colour, grey for patches in neither, a blue dot on a target patch that t
 also holds) and two heat maps with their colour bar: the share of samples in which each patch
 is in the context and in a target, over `batches` batches. Masks are drawn exactly as in
 training: batch i uses `mask_generator(seed, step + i)`.
+
+A masker of several mask sets ({name: MaskBatch}) or on a grid that is not 2-D (a video's
+(t, gh, gw)) gets `render_mask_sets`: one labelled section per set, each sample a strip of one
+tile per time step, and the coverage maps as strips likewise.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +28,7 @@ from jepa_core.interfaces import MaskBatch, MaskerWithStats, MaskStats
 from jepa_core.maskcheck import target_membership, target_sizes
 from jepa_core.runtime.build import encoder_geometry
 from jepa_core.runtime.data import draw_masks
-from jepa_core.runtime.tokens import TOKEN_BATCHES, draw_token_counts
+from jepa_core.runtime.tokens import TOKEN_BATCHES, draw_set_token_counts, draw_token_counts
 
 if TYPE_CHECKING:  # pragma: no cover
     from jepa_core.plugins import Registry
@@ -45,11 +50,15 @@ def _summary(values: torch.Tensor) -> dict[str, float]:
     return {"min": float(values.min()), "mean": float(values.mean()), "max": float(values.max())}
 
 
-def _draw(masker: Any, batch_size: int, seed: int,
-          step: int) -> tuple[MaskBatch, MaskStats | None]:
-    """The masks of batch `step`, and their statistics when the masker reports them."""
+def _draw(masker: Any, batch_size: int, seed: int, step: int,
+          mask_set: str | None = None) -> tuple[MaskBatch, MaskStats | None]:
+    """The masks of batch `step` (of set `mask_set`, or the first, for a masker of several
+    mask sets), and their statistics when the masker reports them."""
     if not isinstance(masker, MaskerWithStats):
-        return draw_masks(masker, batch_size, seed, step), None
+        drawn = draw_masks(masker, batch_size, seed, step)
+        if isinstance(drawn, dict):
+            drawn = drawn[mask_set] if mask_set is not None else next(iter(drawn.values()))
+        return drawn, None
     drawn = draw_masks(masker, batch_size, seed, step, with_stats=True)
     problem = _stats_problem(drawn, batch_size)
     if problem:
@@ -85,10 +94,13 @@ def _valid(masks: MaskBatch) -> torch.Tensor:
     return masks.context_valid
 
 
-def _aspects(masks: MaskBatch, gw: int) -> torch.Tensor | None:
-    """[B * M] h / w of each target block (its valid indices), or None when some block is not
-    a rectangle."""
+def _aspects(masks: MaskBatch, gw: int, gh: int | None = None) -> torch.Tensor | None:
+    """[B * M] h / w of each target block (its valid indices; on a grid of rank 3 or more, of
+    its extent in a frame, the last two axes, given the frame height `gh`), or None when some
+    block is not a rectangle (a box)."""
     rows, cols = masks.targets // gw, masks.targets % gw
+    if gh is not None:
+        rows = rows % gh
     valid = masks.targets_valid
     if valid is None:
         h = rows.amax(-1) - rows.amin(-1) + 1
@@ -104,19 +116,23 @@ def _aspects(masks: MaskBatch, gw: int) -> torch.Tensor | None:
 
 def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0,
                     batches: int = TOKEN_BATCHES,
-                    step: int = 0) -> dict[str, Any]:
-    """Statistics of `batches` batches (steps step .. step + batches - 1). Sizes in patches;
-    coverage: [gh][gw] fraction of samples in which each patch is in the context / a target;
-    overlap_fraction: share of valid context patches that lie in a target of the same image;
-    context_before / fallbacks: only for a `MaskerWithStats` (else None)."""
-    gh, gw = masker.grid
-    n = gh * gw
+                    step: int = 0, mask_set: str | None = None) -> dict[str, Any]:
+    """Statistics of `batches` batches (steps step .. step + batches - 1) of one mask set
+    (`mask_set`, or the first, for a masker of several). Sizes in patches; coverage: nested
+    lists of the grid's shape ([gh][gw], [t][gh][gw]), the fraction of samples in which each
+    patch is in the context / a target; overlap_fraction: share of valid context patches that
+    lie in a target of the same image; context_before / fallbacks: only for a
+    `MaskerWithStats` (else None)."""
+    grid = tuple(int(g) for g in masker.grid)
+    gw = grid[-1]
+    frame_h = grid[-2] if len(grid) > 2 else None
+    n = math.prod(grid)
     after, before, sizes, aspects, overlap = [], [], [], [], []
     in_context = torch.zeros(n, dtype=torch.float64)
     in_target = torch.zeros(n, dtype=torch.float64)
     fallbacks, has_stats, rectangles = 0, True, True
     for i in range(batches):
-        masks, info = _draw(masker, batch_size, seed, step + i)
+        masks, info = _draw(masker, batch_size, seed, step + i, mask_set)
         valid = _valid(masks)
         after.append(valid.sum(1))
         has_stats = has_stats and info is not None
@@ -124,7 +140,7 @@ def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0,
             before.append(info.context_sizes)
             fallbacks += int(info.fallbacks)
         sizes.append(target_sizes(masks).flatten())  # valid indices of each block
-        block_aspects = _aspects(masks, gw)
+        block_aspects = _aspects(masks, gw, frame_h)
         rectangles = rectangles and block_aspects is not None
         if rectangles and block_aspects is not None:
             aspects.append(block_aspects)
@@ -134,7 +150,7 @@ def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0,
         in_target += member.sum(0)
     total = batch_size * batches
     return {
-        "masker": repr(masker), "grid": [gh, gw], "batch_size": batch_size, "batches": batches,
+        "masker": repr(masker), "grid": list(grid), "batch_size": batch_size, "batches": batches,
         "num_targets": int(masks.targets.shape[1]),
         "target_size": _summary(torch.cat(sizes)),
         "target_aspect": _summary(torch.cat(aspects)) if rectangles else None,
@@ -142,8 +158,8 @@ def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0,
         "context_size": _summary(torch.cat(after)),
         "overlap_fraction": float(torch.stack(overlap).mean()),
         "fallbacks": fallbacks if has_stats else None,
-        "context_coverage": (in_context / total).view(gh, gw).tolist(),
-        "target_coverage": (in_target / total).view(gh, gw).tolist(),
+        "context_coverage": (in_context / total).view(grid).tolist(),
+        "target_coverage": (in_target / total).view(grid).tolist(),
     }
 
 
@@ -268,9 +284,106 @@ def render_masks(masker: Any, out_path: str | Path, *, samples: int = 4, seed: i
     return stats
 
 
+def frames(grid: tuple[int, ...]) -> tuple[int, int, int]:
+    """(tiles, gh, gw): a grid seen as tiles of one frame each, one per time step of (t, gh,
+    gw) (per leading index on higher ranks); a 2-D grid is one tile, a 1-D one a row."""
+    if len(grid) == 1:
+        return 1, 1, int(grid[0])
+    return math.prod(grid[:-2]), int(grid[-2]), int(grid[-1])
+
+
+def _strip(draw: ImageDraw.ImageDraw, colours: list, grid: tuple[int, ...], origin,
+           cell: int, gap: int, dots: set[int] | None = None) -> None:
+    """Cells of `colours` (one per patch, raster order) as a strip of frame tiles."""
+    tiles, gh, gw = frames(grid)
+    for p, colour in enumerate(colours):
+        tile, rest = divmod(p, gh * gw)
+        x = origin[0] + tile * (gw * cell + gap) + (rest % gw) * cell
+        y = origin[1] + (rest // gw) * cell
+        draw.rectangle([x, y, x + max(1, cell - 2), y + max(1, cell - 2)], fill=colour)
+        if dots is not None and p in dots and colour != CONTEXT and cell >= 6:
+            d = max(1, cell // 4)
+            draw.rectangle([x + d, y + d, x + cell - 2 - d, y + cell - 2 - d], fill=CONTEXT)
+
+
+def _sample_colours(masks: MaskBatch, b: int, n: int) -> tuple[list, set[int]]:
+    colours = [BACKGROUND] * n
+    in_context = set(masks.context[b][_valid(masks)[b]].tolist())
+    for p in in_context:
+        colours[p] = CONTEXT
+    for m in range(masks.targets.shape[1]):
+        block = masks.targets[b, m]
+        if masks.targets_valid is not None:
+            block = block[masks.targets_valid[b, m]]
+        for p in block.tolist():
+            colours[p] = TARGETS[m % len(TARGETS)]
+    return colours, in_context
+
+
+def render_mask_sets(masker: Any, out_path: str | Path, *, samples: int = 2, seed: int = 0,
+                     step: int = 0, batch_size: int = 128,
+                     batches: int = TOKEN_BATCHES) -> dict[str, dict[str, Any]]:
+    """Write a PNG with one labelled section per mask set (a single MaskBatch is one set):
+    `samples` samples of step `step`, each a strip of one tile per time step, then the
+    coverage strips over `batches` batches; returns {set name: `mask_statistics`}."""
+    grid = tuple(int(g) for g in masker.grid)
+    drawn = draw_masks(masker, max(batch_size, samples), seed, step)
+    sets = drawn if isinstance(drawn, dict) else {"masks": drawn}
+    tiles, gh, gw = frames(grid)
+    cell = max(2, min(16, 112 // max(gh, gw)))
+    pad, title, gap = 12, 16, 4
+    label_w = 84
+    tile_w = gw * cell + gap
+    rows = samples + 2  # the samples, then the two coverage strips
+    section_h = title + rows * (gh * cell + title)
+    width = max(pad + label_w + tiles * tile_w + pad, 520)
+    image = Image.new("RGB", (width, 2 * title + len(sets) * (section_h + pad)), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((pad, 2), f"{type(masker).__name__} on {'x'.join(map(str, grid))}, seed {seed}, "
+                        f"step {step}: blue = context, orange = target, grey = neither; "
+                        f"one tile per time step", fill="black")
+    out: dict[str, dict[str, Any]] = {}
+    top = 2 * title
+    for name, masks in sets.items():
+        stats = mask_statistics(masker, batch_size, seed, batches, step,
+                                name if isinstance(drawn, dict) else None)
+        stats["mask_set"] = name if isinstance(drawn, dict) else None
+        out[name] = stats
+        draw.text((pad, top), f"mask set {name!r}: context {stats['context_size']['mean']:.0f}"
+                              f", target {stats['target_size']['mean']:.0f} of "
+                              f"{math.prod(grid)} patches (mean)", fill="black")
+        y = top + title
+        x0 = pad + label_w
+        for t in range(tiles):
+            draw.text((x0 + t * tile_w, y), f"t={t}" if len(grid) > 2 else "", fill="black")
+        y += title
+        for b in range(samples):
+            colours, in_context = _sample_colours(masks, b, math.prod(grid))
+            draw.text((pad, y), f"sample {b}", fill="black")
+            _strip(draw, colours, grid, (x0, y), cell, gap, in_context)
+            y += gh * cell + title
+        for label, key in (("in context", "context_coverage"), ("in a target", "target_coverage")):
+            values = torch.tensor(stats[key]).flatten().tolist()
+            draw.text((pad, y), label, fill="black")
+            _strip(draw, [_heat_colour(v) for v in values], grid, (x0, y), cell, gap)
+            y += gh * cell + title
+        top += section_h + pad
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    image.save(out_path, format="PNG")
+    return out
+
+
 def never_in_target_note(stats: dict[str, Any], style: str | None = None) -> str | None:
     """Why patches were never in a target, from where they are; None when every patch was.
     `style`: the masker's config style, if it has one ("reference" has a known reason)."""
+    if len(stats["grid"]) != 2:
+        flat = torch.tensor(stats["target_coverage"]).flatten()
+        never_n = int((flat == 0).sum())
+        if not never_n:
+            return None
+        return (f"patches never in a target: {never_n} of {flat.numel()} in the "
+                f"{stats['batch_size'] * stats['batches']} samples drawn (dark cells of the "
+                f"'in a target' strips).")
     coverage = stats["target_coverage"]
     gh, gw = len(coverage), len(coverage[0])
     never = {(r, c) for r in range(gh) for c in range(gw) if coverage[r][c] == 0}
@@ -304,7 +417,8 @@ def print_statistics(stats: dict[str, Any], console: Any) -> None:
     """A rich table of `mask_statistics` (min / mean / max where three numbers)."""
     from rich.table import Table
 
-    table = Table(title=f"masks on a {stats['grid'][0]}x{stats['grid'][1]} grid, "
+    label = f"mask set {stats['mask_set']!r}: " if stats.get("mask_set") else ""
+    table = Table(title=f"{label}masks on a {'x'.join(map(str, stats['grid']))} grid, "
                         f"{stats['batches']} batches of {stats['batch_size']}")
     table.add_column("statistic")
     table.add_column("min / mean / max", justify="right")
@@ -314,7 +428,7 @@ def print_statistics(stats: dict[str, Any], console: Any) -> None:
     table.add_row("context before equalisation", _fmt(stats["context_before"]))
     table.add_row("context (valid patches)", _fmt(stats["context_size"]))
     table.add_row("context share inside targets", f"{stats['overlap_fraction']:.3f}")
-    never = sum(v == 0 for row in stats["target_coverage"] for v in row)
+    never = int((torch.tensor(stats["target_coverage"]) == 0).sum())
     table.add_row("patches never in a target (see below)" if never else
                   "patches never in a target", str(never))
     if stats["fallbacks"] is not None:
@@ -333,6 +447,8 @@ def masks_command(recipe: Any, registry: Registry, out: str | Path, samples: int
     masker = spec.build(recipe.masker.config, grid=grid)
     seed = recipe.seed if seed is None else seed
     batch_size = recipe.train.global_batch_size if batch_size is None else batch_size
+    if len(grid) != 2 or isinstance(draw_masks(masker, batch_size, seed, 0), dict):
+        return _sets_command(recipe, masker, out, samples, seed, batch_size, console)
     stats = render_masks(masker, out, samples=samples, seed=seed, batch_size=batch_size)
     counts = draw_token_counts(masker, seed, batch_size, stats["batches"])
     stats["context_tokens"] = counts.context
@@ -348,3 +464,29 @@ def masks_command(recipe: Any, registry: Registry, out: str | Path, samples: int
                       markup=False)
         console.print(f"wrote {out} (masker {recipe.masker.name!r} on a {grid[0]}x{grid[1]} grid)")
     return stats
+
+
+def _sets_command(recipe: Any, masker: Any, out: str | Path, samples: int, seed: int,
+                  batch_size: int, console: Any) -> dict[str, Any]:
+    """`jepa masks` for several mask sets or a grid that is not 2-D: `render_mask_sets`, then
+    a table and the token counts of each set. Returns {"sets": {name: statistics}}."""
+    sets = render_mask_sets(masker, out, samples=min(samples, 4), seed=seed,
+                            batch_size=batch_size)
+    counts = draw_set_token_counts(masker, seed, batch_size)
+    for name, stats in sets.items():
+        stats["context_tokens"] = next(iter(counts.values())).context if len(counts) == 1 \
+            else counts[name].context
+    if console is not None:
+        for name, stats in sets.items():
+            print_statistics(stats, console)
+            note = never_in_target_note(stats)
+            if note:
+                console.print(note, markup=False)
+            console.print(f"mask set {name!r}: context tokens per sample "
+                          f"{stats['context_tokens']:.1f} (as `jepa check` counts them)",
+                          markup=False)
+        grid = "x".join(map(str, masker.grid))
+        console.print(f"wrote {out} (masker {recipe.masker.name!r} on a {grid} grid, "
+                      f"{len(sets)} mask set{'s' if len(sets) > 1 else ''}: "
+                      f"{', '.join(sets)})", markup=False)
+    return {"sets": sets}

@@ -35,6 +35,7 @@ from jepa_core.runtime.tokens import (
     ContextLayouts,
     TokenCounts,
     context_layouts,
+    draw_set_token_counts,
     draw_token_counts,
 )
 
@@ -60,7 +61,7 @@ class Plan:
     world_source: str  # where the world size came from
     layout: BatchLayout
     params: list[tuple[str, int, int]]  # (component, trainable, frozen)
-    grid: tuple[int, int]
+    grid: tuple[int, ...]  # the encoder's patch grid, any rank: (gh, gw), (t, gh, gw)
     tokens: tuple[float, float, int] | None  # (Nc, Nt, M); None: the recipe has no masker
     data_size: int  # training images, counted or assumed (see data_note)
     data_note: str
@@ -74,6 +75,8 @@ class Plan:
     device: str = "gpu"  # what the plan is for: "gpu" (the cost model) or "cpu" (measured)
     measured: measure.Measured | None = None  # the CPU plan's timed steps
     context_layouts: ContextLayouts | None = None  # context tokens per step: truncate/pad/pack
+    # {set name: token counts} for a masker of several mask sets ({name: MaskBatch}); None: one
+    set_tokens: dict[str, TokenCounts] | None = None
 
 
 # -- gathering ---------------------------------------------------------------------------
@@ -96,12 +99,12 @@ def transformer_shape(module: torch.nn.Module) -> costs.TransformerShape | None:
 
 
 def patch_dim(encoder: Any) -> int:  # an Encoder module: .modules() and .patch_grid
-    """Pixel values per patch, C * p * p (C * tubelet * p * p for a video encoder's Conv3d),
-    from the first convolution (3 channels otherwise)."""
+    """Pixel values per patch, C * p * p (C * t * p * p for a video tubelet), from the first
+    2-D or 3-D convolution (3 channels of p x p otherwise, p from the frame's grid)."""
     for m in encoder.modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
             return m.in_channels * math.prod(m.kernel_size)
-    return 3 * (encoder.image_size[0] // encoder.patch_grid[0]) ** 2
+    return 3 * (encoder.image_size[0] // encoder.patch_grid[-2]) ** 2
 
 
 def method_on_meta(recipe: Recipe, registry: Registry, total: int, spe: int) -> tuple[Any, str]:
@@ -198,7 +201,7 @@ def cost_model(recipe: Recipe, encoder: Any, predictor: torch.nn.Module,
     if enc_shape is None or pred_shape is None:
         return None, None
     grid = encoder.patch_grid
-    n, (nc, nt, m) = grid[0] * grid[1], tokens
+    n, (nc, nt, m) = math.prod(grid), tokens
     flops = costs.ijepa_step_flops(enc_shape, pred_shape, num_patches=n,
                                    patch_dim=patch_dim(encoder), context_tokens=nc,
                                    target_tokens=nt, num_targets=m)
@@ -232,13 +235,21 @@ def make_plan(recipe: Recipe, registry: Registry, gpus: int | None = None, *,
     method, where = method_on_meta(recipe, registry, total, spe)
     if where == "cpu":
         notes.append("the models could not be built on the meta device; counted on the CPU")
-    tokens = counts = layouts = None  # a masker that cannot build refuses the check
+    tokens = counts = layouts = set_tokens = None  # a masker that cannot build refuses
     if recipe.masker is not None:
         masker = build("masker", recipe, registry, "masker", grid=grid)
         counts = measure_tokens(masker, recipe)
         tokens = (counts.context, counts.target, counts.num_targets)
         layouts = context_layouts(masker, recipe.seed, recipe.train.global_batch_size,
                                   layout.micro_batch)
+        set_tokens = draw_set_token_counts(masker, recipe.seed, recipe.train.global_batch_size)
+        if len(set_tokens) > 1:
+            first = next(iter(set_tokens))
+            notes.append(f"the masker draws {len(set_tokens)} mask sets "
+                         f"({', '.join(set_tokens)}); the FLOPs, memory and context layouts "
+                         f"are for the first set, {first!r}, alone")
+        else:
+            set_tokens = None
     flops = memory = None
     if tokens is not None and ijepa_shaped(method):
         flops, memory = cost_model(recipe, method.modules["encoder"],
@@ -255,7 +266,7 @@ def make_plan(recipe: Recipe, registry: Registry, gpus: int | None = None, *,
         measured = _measure_on_cpu(recipe, registry, method, flops, layout, read_data, notes)
     return Plan(world, world_source, layout, parameter_rows(method), grid, tokens, n_data,
                 data_note, spe, total, int(round(recipe.optim.warmup_epochs * spe)), flops,
-                memory, notes, counts, device, measured, layouts)
+                memory, notes, counts, device, measured, layouts, set_tokens)
 
 
 def _measure_on_cpu(recipe: Recipe, registry: Registry, method: Any, flops: Any,
@@ -328,12 +339,19 @@ def parameter_table(plan: Plan) -> Any:
 
 def token_table(plan: Plan, recipe: Recipe) -> Any:
     """The table of patches, context and target tokens per image (with their share of N)."""
-    n = plan.grid[0] * plan.grid[1]
+    n = math.prod(plan.grid)
     note = ("Nc: " + plan.token_counts.definition() + "; Nt likewise, per target block"
             if plan.token_counts is not None else "the recipe has no masker")
     table = _table("Tokens per image", "what", "tokens", "of N", note=note)
-    table.add_row(f"patches N ({plan.grid[0]}x{plan.grid[1]} grid)", str(n), "100%")
-    if plan.tokens is not None:
+    table.add_row(f"patches N ({'x'.join(map(str, plan.grid))} grid)", str(n), "100%")
+    if plan.set_tokens is not None:  # several mask sets: the rows of each
+        for name, c in plan.set_tokens.items():
+            table.add_row(f"set {name}: context Nc", f"{c.context:.1f}", f"{c.context / n:.0%}")
+            table.add_row(f"set {name}: target blocks M x Nt", f"{c.num_targets} x "
+                          f"{c.target:.1f}", f"{c.num_targets} x {c.target / n:.0%}")
+            table.add_row(f"set {name}: predictor sequence Nc + Nt",
+                          f"{c.context + c.target:.1f}", "")
+    elif plan.tokens is not None:
         nc, nt, m = plan.tokens
         table.add_row("context Nc", f"{nc:.1f}", f"{nc / n:.0%}")
         table.add_row("target blocks M x Nt", f"{m} x {nt:.1f}", f"{m} x {nt / n:.0%}")

@@ -9,6 +9,7 @@ extracts its share of the shards; rank 0 waits for the others' shards and runs t
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -220,7 +221,7 @@ def tokens_on_the_fly(recipe: Recipe, encoder: Any, extractors: dict, sample: An
     wanting = [name for name, (_, kinds, _) in extractors.items() if "tokens" in kinds]
     if mode == "cache" or not wanting or sample is None:
         return {}
-    n_tokens = int(encoder.patch_grid[0] * encoder.patch_grid[1])
+    n_tokens = int(math.prod(encoder.patch_grid))
     patch = _patch_size(encoder)
     shapes = {name: (n_tokens, int(encoder.embed_dim) if name != PIXELS
                      else int(sample.shape[0]) * patch[0] * patch[1]) for name in wanting}
@@ -243,7 +244,7 @@ def tokens_on_the_fly(recipe: Recipe, encoder: Any, extractors: dict, sample: An
 
 
 def _patch_size(encoder: Any) -> tuple[int, int]:
-    (h, w), (gh, gw) = encoder.image_size, encoder.patch_grid
+    (h, w), (gh, gw) = encoder.image_size, encoder.patch_grid[-2:]  # (t,) h, w: the frame's
     return h // gh, w // gw
 
 

@@ -139,13 +139,15 @@ def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
     return target
 
 
-def encoder_geometry(recipe: Recipe, registry: Registry) -> tuple[tuple[int, int], tuple[int, int]]:
-    """((H, W) image size, (gh, gw) patch grid) of the recipe's encoder, read off an encoder
-    built on the meta device (no memory, no init cost), so any encoder plugin answers."""
+def encoder_geometry(recipe: Recipe,
+                     registry: Registry) -> tuple[tuple[int, int], tuple[int, ...]]:
+    """((H, W) image size, patch grid) of the recipe's encoder, read off an encoder built on
+    the meta device (no memory, no init cost), so any encoder plugin answers. The grid has any
+    rank: (gh, gw) for images, (t, gh, gw) for video."""
     with torch.device("meta"):
         probe = build("encoder", recipe, registry, "encoder")
-    (h, w), (gh, gw) = probe.image_size, probe.patch_grid
-    return (int(h), int(w)), (int(gh), int(gw))
+    (h, w), grid = probe.image_size, probe.patch_grid
+    return (int(h), int(w)), tuple(int(g) for g in grid)
 
 
 def build_data(recipe: Recipe, registry: Registry) -> tuple[DataSource, Masker | None]:

@@ -112,8 +112,7 @@ class MaskGuard:
         """The mask sets of `out` after checking each one's structure and (unless the masker
         allows overlap) that targets stay out of the context; refuses the first problem."""
         sets = self.mask_sets(step, out)
-        gh, gw = self.masker.grid
-        grid = (int(gh), int(gw))
+        grid = tuple(int(g) for g in self.masker.grid)  # any rank: (gh, gw), (t, h, w), ...
         overlap_ok = bool(getattr(self.masker, "allow_overlap", False))
         for name, masks in sets.items():
             problem = structure_problem(masks, grid, self.layout.global_batch)

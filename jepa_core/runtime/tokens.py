@@ -40,8 +40,21 @@ def draw_token_counts(masker: Masker, seed: int, batch_size: int,
                       batches: int = TOKEN_BATCHES) -> TokenCounts:
     """Token counts of the masks training would draw for steps 0..batches-1 (the global batch
     of each, generator (seed, "masks", step)); for a masker of several mask sets, the first."""
+    return next(iter(draw_set_token_counts(masker, seed, batch_size, batches).values()))
+
+
+def draw_set_token_counts(masker: Masker, seed: int, batch_size: int,
+                          batches: int = TOKEN_BATCHES) -> dict[str, TokenCounts]:
+    """{set name: TokenCounts} of the masks training would draw for steps 0..batches-1, one
+    entry per mask set (a masker returning one MaskBatch gives one entry, named as the trainer
+    names it)."""
     collate = MaskingCollate(masker, seed, batch_size)
-    draws = [next(iter(collate.step_masks(step).values())) for step in range(batches)]
+    steps = [collate.step_masks(step) for step in range(batches)]
+    return {name: _counts([s[name] for s in steps], seed, batch_size) for name in steps[0]}
+
+
+def _counts(draws: list, seed: int, batch_size: int) -> TokenCounts:
+    batches = len(draws)
     context = sum(float(d.context_valid.sum(1).float().mean()) if d.context_valid is not None
                   else float(d.context.shape[1]) for d in draws) / batches
     target = sum(float(d.targets_valid.sum(-1).float().mean()) if d.targets_valid is not None

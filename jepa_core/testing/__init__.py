@@ -6,7 +6,9 @@ Public API:
     check_masker(masker, batch_size=8, seed=0, **declared)
                     run every check a `Masker` must pass; AssertionError naming the check
     MaskerTimeout   raised when one masker call runs past `time_limit_s` (stopped in place)
-    strategies      hypothesis strategies: grids, square_grids, batch_sizes, seeds, and
+    strategies      hypothesis strategies: grids, square_grids, video_grids, nd_grids,
+                    grids_for(spec),
+                    batch_sizes, seeds, and
                     masker_configs(spec, grid) / configs_from_fields(config_class) for configs
     contract        the contract's single checks (check_structure, check_deterministic, ...)
     pytest_plugin   `pytest -p jepa_core.testing.pytest_plugin`: the fixtures jepa_registry,

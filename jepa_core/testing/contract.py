@@ -21,9 +21,14 @@ block), and:
 The structural checks live in `jepa_core.maskcheck`; the trainer runs the same ones on the
 first steps of every run.
 
+Grids of any rank are accepted ((gh, gw), (t, gh, gw), ...; raster order). A masker that
+returns several mask sets ({name: MaskBatch}) gets the whole contract for each set.
+
 Checked when declared: `min_keep` (valid context patches per row), `allow_overlap=False`
 (context and targets disjoint), `scale_range` / `aspect_range` (each target block is a
-rectangle whose size can come from a scale and an aspect ratio in the ranges, up to rounding),
+rectangle whose size can come from a scale and an aspect ratio in the ranges, up to rounding;
+2-D grids only: on another rank these two are skipped with a `ContractSkipped` warning saying
+why, while `rectangular_targets` (a filled box on any rank) is still checked),
 `claims_reachable` (every patch lands in some context and in some target over many draws).
 
 Each failure raises AssertionError with a message naming the masker, the check, the sample;
@@ -32,6 +37,8 @@ a call past the time limit raises `MaskerTimeout` (a BaseException, see there).
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
 import torch
@@ -56,6 +63,11 @@ DEFAULT_TIME_LIMIT_S = 5.0
 SEEDS_FOR_VARIETY = 32
 
 
+class ContractSkipped(UserWarning):
+    """A declared check that does not apply to this masker's grid (e.g. `scale_range` on a
+    3-D grid) and was skipped; the message says which and why."""
+
+
 class MaskerTimeout(BaseException):
     """A masker call ran past `time_limit_s` and was stopped.
 
@@ -66,7 +78,7 @@ class MaskerTimeout(BaseException):
     """
 
 
-__all__ = ["check_masker", "MaskerTimeout", "check_structure", "check_disjoint",
+__all__ = ["check_masker", "MaskerTimeout", "ContractSkipped", "check_structure", "check_disjoint",
            "check_block_ranges", "check_deterministic", "check_uses_generator",
            "check_reachable", "call_in_time", "draw_in_time", "valid_counts",
            "target_membership"]
@@ -119,26 +131,49 @@ def check_disjoint(masker: Any, masks: MaskBatch) -> None:
     _raise(masker, overlap_problem(masks, tuple(masker.grid)))
 
 
-def block_shapes(masker: Any, masks: MaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h, w) [B, M] of each target block's bounding box (over its valid indices);
-    AssertionError unless every block is exactly its bounding box (a filled rectangle)."""
-    gw = masker.grid[1]
-    targets, valid = masks.targets, masks.targets_valid
-    rows, cols = targets // gw, targets % gw
-    if valid is None:
-        h = rows.amax(-1) - rows.amin(-1) + 1
-        w = cols.amax(-1) - cols.amin(-1) + 1
-    else:
-        big = torch.iinfo(torch.int64).max
-        h = (torch.where(valid, rows, -1).amax(-1) - torch.where(valid, rows, big).amin(-1) + 1)
-        w = (torch.where(valid, cols, -1).amax(-1) - torch.where(valid, cols, big).amin(-1) + 1)
+def coordinates(index: torch.Tensor, grid: tuple[int, ...]) -> list[torch.Tensor]:
+    """The per-axis coordinates of raster-order patch indices on a grid of any rank:
+    [row, col] on (gh, gw), [t, row, col] on (t, gh, gw); each of `index`'s shape."""
+    out, rest = [], index
+    for size in reversed(grid):
+        out.append(rest % size)
+        rest = rest // size
+    return out[::-1]
+
+
+def box_extents(masker: Any, masks: MaskBatch) -> list[torch.Tensor]:
+    """The extent along each grid axis ([B, M] each) of each target block's bounding box (over
+    its valid indices); AssertionError unless every block is exactly its bounding box (a
+    filled box: a rectangle on a 2-D grid, a cuboid on a 3-D one)."""
+    grid = tuple(masker.grid)
+    valid = masks.targets_valid
+    big = torch.iinfo(torch.int64).max
+    extents = []
+    for axis in coordinates(masks.targets, grid):
+        if valid is None:
+            extents.append(axis.amax(-1) - axis.amin(-1) + 1)
+        else:
+            extents.append(torch.where(valid, axis, -1).amax(-1)
+                           - torch.where(valid, axis, big).amin(-1) + 1)
     sizes = target_sizes(masks)
-    holed = h * w != sizes
+    volume = extents[0]
+    for e in extents[1:]:
+        volume = volume * e
+    holed = volume != sizes
     if bool(holed.any()):
         b, m = (int(i) for i in holed.nonzero()[0])
-        raise _fail(masker, "target blocks are rectangles", f"sample {b} block {m} has "
-                    f"{int(sizes[b, m])} patches in a {int(h[b, m])}x{int(w[b, m])} box")
-    return h, w
+        box = "x".join(str(int(e[b, m])) for e in extents)
+        shape = "rectangles" if len(grid) == 2 else "boxes"
+        raise _fail(masker, f"target blocks are {shape}", f"sample {b} block {m} has "
+                    f"{int(sizes[b, m])} patches in a {box} box")
+    return extents
+
+
+def block_shapes(masker: Any, masks: MaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, w) [B, M] of each target block's bounding box on a 2-D grid (the last two axes on
+    another rank); AssertionError unless every block is exactly its bounding box."""
+    extents = box_extents(masker, masks)
+    return extents[-2], extents[-1]
 
 
 def check_block_ranges(masker: Any, masks: MaskBatch, scale_range: Any,
@@ -146,7 +181,15 @@ def check_block_ranges(masker: Any, masks: MaskBatch, scale_range: Any,
     """Each block's (h, w) must come from some scale and aspect in the ranges, given
     h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect)): half a patch of rounding
     per side, one patch of area (for samplers that floor the area), no upper bound on a side
-    that reaches grid - 1 (it may have been capped)."""
+    that reaches grid - 1 (it may have been capped). 2-D grids only: on another rank the
+    check is skipped with a `ContractSkipped` warning (the ranges describe an h x w block)."""
+    if len(masker.grid) != 2:
+        warnings.warn(ContractSkipped(
+            f"{masker!r}: scale_range / aspect_range are checks of h x w blocks on a 2-D grid; "
+            f"skipped on the {len(masker.grid)}-D grid {tuple(masker.grid)} (check the "
+            f"masker's own block sizes in its tests; rectangular_targets still checks boxes)"),
+            stacklevel=2)
+        return
     gh, gw = masker.grid
     h, w = (x.double() for x in block_shapes(masker, masks))
     capped_h, capped_w = h >= gh - 1, w >= gw - 1
@@ -259,8 +302,8 @@ def check_uses_generator(masker: Any, batch_size: int, seed: int, drawn: dict[in
 def check_reachable(masker: Any, batch_size: int, seed: int, samples: int,
                     time_limit_s: float = DEFAULT_TIME_LIMIT_S) -> None:
     """Every patch is in some valid context position and in some target over `samples`."""
-    gh, gw = masker.grid
-    n = gh * gw
+    grid = tuple(masker.grid)
+    n = math.prod(grid)
     in_context = torch.zeros(n, dtype=torch.bool)
     in_target = torch.zeros(n, dtype=torch.bool)
     for i in range(max(1, samples // batch_size)):
@@ -274,9 +317,31 @@ def check_reachable(masker: Any, batch_size: int, seed: int, samples: int,
     for name, seen in (("context", in_context), ("target", in_target)):
         missing = (~seen).nonzero().squeeze(1)[:10].tolist()
         if missing:
-            cells = ", ".join(f"({p // gw}, {p % gw})" for p in missing)
+            at = coordinates(torch.tensor(missing), grid)
+            cells = ", ".join(str(tuple(int(a[i]) for a in at)) for i in range(len(missing)))
+            axes = "(row, col)" if len(grid) == 2 else "(t, row, col)" if len(grid) == 3 else \
+                "(coordinates)"
             raise _fail(masker, "every patch reachable", f"never in a {name} after {samples} "
-                        f"samples: (row, col) {cells}{' ...' if (~seen).sum() > 10 else ''}")
+                        f"samples: {axes} {cells}{' ...' if (~seen).sum() > 10 else ''}")
+
+
+class OneSet:
+    """One mask set of a masker that returns {name: MaskBatch}, seen as a masker of its own
+    (the contract checks each set through it)."""
+
+    def __init__(self, masker: Any, name: str):
+        self.masker, self.name, self.grid = masker, name, masker.grid
+        self.allow_overlap = bool(getattr(masker, "allow_overlap", False))
+
+    def __repr__(self) -> str:
+        return f"{self.masker!r}[{self.name!r}]"
+
+    def __call__(self, batch_size: int, generator: torch.Generator) -> MaskBatch:
+        out = self.masker(batch_size, generator)
+        if not isinstance(out, dict) or self.name not in out:
+            raise _fail(self.masker, "same mask sets at every call",
+                        f"set {self.name!r} is missing from a later call's output")
+        return out[self.name]
 
 
 def check_masker(masker: Any, batch_size: int = 8, seed: int = 0, *,
@@ -284,8 +349,9 @@ def check_masker(masker: Any, batch_size: int = 8, seed: int = 0, *,
                  aspect_range: Any = None, min_keep: int | None = None,
                  allow_overlap: bool | None = None, rectangular_targets: bool | None = None,
                  deterministic: bool = False, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
-                 reach_samples: int = 4096) -> MaskBatch:
-    """Run the masker contract (see `jepa_core.testing.contract`); returns the first batch.
+                 reach_samples: int = 4096) -> Any:
+    """Run the masker contract (see `jepa_core.testing.contract`); returns the first batch
+    (the first {name: MaskBatch} for a masker of several mask sets, each set checked alone).
 
     deterministic: the masker draws nothing at random (its masks must not depend on the
     seed). time_limit_s: the most any one call may take; past it the call is stopped and
@@ -293,9 +359,21 @@ def check_masker(masker: Any, batch_size: int = 8, seed: int = 0, *,
     rectangles (implied by a scale or aspect range). reach_samples: samples drawn for
     `claims_reachable`.
     """
-    if not (isinstance(masker.grid, tuple) and len(masker.grid) == 2 and min(masker.grid) >= 1):
-        raise _fail(masker, "grid", f"grid must be a (gh, gw) tuple, got {masker.grid!r}")
+    grid = masker.grid
+    if not (isinstance(grid, tuple) and len(grid) >= 1
+            and all(isinstance(g, int) and g >= 1 for g in grid)):
+        raise _fail(masker, "grid", f"grid must be a tuple of positive ints ((gh, gw), "
+                                    f"(t, gh, gw), ...), got {grid!r}")
     masks = draw_in_time(masker, batch_size, seed, time_limit_s)
+    if isinstance(masks, dict) and masks and all(isinstance(k, str) for k in masks):
+        for name in masks:  # several mask sets: the whole contract for each
+            check_masker(OneSet(masker, name), batch_size, seed,
+                         claims_reachable=claims_reachable, scale_range=scale_range,
+                         aspect_range=aspect_range, min_keep=min_keep,
+                         allow_overlap=allow_overlap, rectangular_targets=rectangular_targets,
+                         deterministic=deterministic, time_limit_s=time_limit_s,
+                         reach_samples=reach_samples)
+        return masks
     check_structure(masker, masks, batch_size)
     if min_keep is not None and int(valid_counts(masks).min()) < min_keep:
         raise _fail(masker, f"min_keep={min_keep}",

@@ -3,7 +3,7 @@
     from hypothesis import given
     from jepa_core.testing import check_masker, strategies as js
 
-    @given(js.grids(), js.batch_sizes(), js.seeds())
+    @given(js.grids(), js.batch_sizes(), js.seeds())   # js.video_grids(): (t, gh, gw)
     def test_my_masker(grid, batch_size, seed):
         check_masker(MyMasker(grid), batch_size, seed)
 
@@ -46,6 +46,33 @@ def grids(min_side: int = 2, max_side: int = 32) -> st.SearchStrategy[tuple[int,
     return st.tuples(side, side)
 
 
+def video_grids(max_t: int = 8, min_side: int = 2,
+                max_side: int = 16) -> st.SearchStrategy[tuple[int, int, int]]:
+    """(t, gh, gw) patch grids of a video encoder: 1..max_t time steps of a (gh, gw) frame."""
+    side = st.integers(min_side, max_side)
+    return st.tuples(st.integers(1, max_t), side, side)
+
+
+def nd_grids(min_rank: int = 1, max_rank: int = 4, min_side: int = 1,
+             max_side: int = 6) -> st.SearchStrategy[tuple[int, ...]]:
+    """Patch grids of any rank (raster order), for checks that must not assume 2-D."""
+    return st.integers(min_rank, max_rank).flatmap(
+        lambda rank: st.tuples(*[st.integers(min_side, max_side)] * rank))
+
+
+def grids_for(spec: Any, min_side: int = 2,
+              max_side: int = 32) -> st.SearchStrategy[tuple[int, ...]]:
+    """Grids of the rank the registered masker `spec` works on: its config class's
+    `grid_rank` (a ClassVar; 2 when absent: `grids`, 3: `video_grids` of up to 4 time steps,
+    other ranks: `nd_grids`), so tests over the registry give every masker grids it accepts."""
+    rank = getattr(spec.config_class, "grid_rank", 2)
+    if rank == 2:
+        return grids(min_side, max_side)
+    if rank == 3:
+        return video_grids(4, min_side, max_side)
+    return nd_grids(rank, rank, min_side, max_side)
+
+
 def square_grids(min_side: int = 2, max_side: int = 32) -> st.SearchStrategy[tuple[int, int]]:
     """(s, s) square patch grids."""
     return st.integers(min_side, max_side).map(lambda s: (s, s))
@@ -68,7 +95,7 @@ def _registry() -> Registry:
     return make_plugin_manager()
 
 
-def builds_on(spec: Any, config: Any, grid: tuple[int, int]) -> bool:
+def builds_on(spec: Any, config: Any, grid: tuple[int, ...]) -> bool:
     """True when the component's factory accepts `config` on `grid` (no ConfigError)."""
     try:
         spec.build(config, grid=grid)
@@ -77,7 +104,7 @@ def builds_on(spec: Any, config: Any, grid: tuple[int, int]) -> bool:
     return True
 
 
-def config_strategy(spec: Any) -> Callable[[tuple[int, int]], st.SearchStrategy] | None:
+def config_strategy(spec: Any) -> Callable[[tuple[int, ...]], st.SearchStrategy] | None:
     """The function named by the config class's `hypothesis_configs`, or None if it has none;
     PluginError naming the component when the name cannot be imported."""
     name = getattr(spec.config_class, "hypothesis_configs", None)
@@ -100,7 +127,7 @@ def _strategy_error(spec: Any, problem: str) -> PluginError:
         "remove it to draw the default config.")
 
 
-def masker_configs(spec: Any, grid: tuple[int, int]) -> st.SearchStrategy:
+def masker_configs(spec: Any, grid: tuple[int, ...]) -> st.SearchStrategy:
     """Configs of the registered component `spec` that its factory accepts on `grid`: drawn
     from the strategy its config class offers (`hypothesis_configs`), else from the config
     class's fields (`configs_from_fields`); either way they shrink towards simple values."""

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import attrs
 
-from jepa_core.validate import at_least, between
+from jepa_core.validate import Invalid, at_least, between, plain_name, range_pair
 
 
 # -- the video encoder (vit_video) -------------------------------------------------------
@@ -33,3 +33,54 @@ class VideoViTConfig:
     # V-JEPA's ViT-L recipe: every axis gets 2 * ceil(D / 6) position channels (false: time
     # D / 2, height and width D / 4 each). The predictor takes the encoder's setting.
     uniform_power: bool = True
+
+
+
+# -- masker multiblock3d (V-JEPA) -------------------------------------------------------
+@attrs.frozen
+class MaskSetConfig:
+    """One mask set of `multiblock3d`: `num_blocks` (t, h, w) blocks per clip, their size
+    drawn once per batch from the three ranges (fractions of the time steps and of the h x w
+    patches of a frame; aspect h / w)."""
+
+    name: str = attrs.field(validator=plain_name())
+    num_blocks: int = attrs.field(default=8, validator=at_least(1))
+    spatial_scale: tuple[float, float] = attrs.field(
+        default=(0.15, 0.15), validator=range_pair(0, 1, strict_lo=True))
+    temporal_scale: tuple[float, float] = attrs.field(
+        default=(1.0, 1.0), validator=range_pair(0, 1, strict_lo=True))
+    aspect_ratio: tuple[float, float] = attrs.field(
+        default=(0.75, 1.5), validator=range_pair(0, strict_lo=True))
+
+
+def _vitl_sets() -> tuple[MaskSetConfig, ...]:
+    # The official ViT-L/16 recipe (configs/pretrain/vitl16.yaml): many small blocks ("short
+    # range") and two large ones ("long range"), every one spanning the whole clip in time.
+    return (MaskSetConfig("short", num_blocks=8, spatial_scale=(0.15, 0.15)),
+            MaskSetConfig("long", num_blocks=2, spatial_scale=(0.7, 0.7)))
+
+
+def _distinct_names(inst: object, attr: object, sets: tuple[MaskSetConfig, ...]) -> None:
+    names = [s.name for s in sets]
+    if not names:
+        raise Invalid("must list at least one mask set")
+    if len(set(names)) != len(names):
+        raise Invalid(f"mask set names must differ (got {names})")
+
+
+@attrs.frozen
+class MultiBlock3DConfig:
+    """V-JEPA multi-block masks on a (t, h, w) grid: per mask set, the target is the union of
+    `num_blocks` blocks and the context is the rest of the clip.
+
+    style: "reference" (the official sampler: every row cut to the batch minimum, in raster
+    order) or "whole" (no cutting: each clip keeps its whole context and target, padded to the
+    batch maximum with `context_valid` / `targets_valid`).
+    """
+
+    hypothesis_configs: ClassVar[str] = "jepa_video.strategies:multiblock3d_configs"
+    grid_rank: ClassVar[int] = 3  # (t, h, w): tests over the registry draw such grids
+
+    sets: tuple[MaskSetConfig, ...] = attrs.field(factory=_vitl_sets,
+                                                   validator=_distinct_names)
+    style: Literal["reference", "whole"] = "reference"

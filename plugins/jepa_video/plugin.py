@@ -7,3 +7,8 @@ from jepa_video import configs
 @hookimpl
 def register_encoders(register):
     register("vit_video", configs.VideoViTConfig, "jepa_video.encoder:build_video_encoder")
+
+
+@hookimpl
+def register_maskers(register):
+    register("multiblock3d", configs.MultiBlock3DConfig, "jepa_video.masker:build_masker")
