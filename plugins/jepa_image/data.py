@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,10 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def scan_folder(root: Path, key: str = "data.root") -> tuple[list[str], list[tuple[Path, int]]]:
+def scan_folder(root: Path, key: str = "data.root", keep: Callable[[Path], bool] = _is_image
+                ) -> tuple[list[str], list[tuple[Path, int]]]:
     """(class names, sorted; [(file, label)] sorted by class, then path) of root/<class>/...
+    (the files `keep` accepts: images by their extension unless told otherwise).
 
     A folder whose class folders hold no images but which holds images itself (root/<image>,
     the usual self-supervised layout) is unlabelled: no classes, every label UNLABELLED.
@@ -113,10 +116,10 @@ def scan_folder(root: Path, key: str = "data.root") -> tuple[list[str], list[tup
     for label, cls in enumerate(classes):
         found = [Path(top) / name
                  for top, _, names in os.walk(root / cls, onerror=_unreadable_dir)
-                 for name in names if _is_image(Path(name))]
+                 for name in names if keep(Path(name))]
         files += [(path, label) for path in sorted(found)]
     if not files:
-        loose = sorted(p for p in entries if _is_image(p) and p.is_file())
+        loose = sorted(p for p in entries if keep(p) and p.is_file())
         if loose:
             return [], [(path, UNLABELLED) for path in loose]
     return classes, files
