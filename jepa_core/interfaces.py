@@ -195,14 +195,15 @@ class Loss(Protocol):
 
 @runtime_checkable
 class DataSource(Protocol):
-    """A source of images and labels.
+    """A source of images (or clips) and labels.
 
     num_classes: number of labels (0 when unlabelled).
-    get(index, generator) -> (image [C, H, W] float32, normalised, at the size the factory was
-        given; label int, -1 when unlabelled). With a generator, apply the training transform
-        and draw all of its randomness from that generator (the core seeds it from (seed,
-        epoch, sample index), so data do not depend on worker count); with None, apply the
-        deterministic evaluation transform.
+    get(index, generator) -> (sample float32, normalised: an image [C, H, W] at the size the
+        factory was given, or a clip [C, T, H, W] of T frames of that size; label int, -1
+        when unlabelled). Every sample of a source has the same shape (the core stacks
+        them). With a generator, apply the training transform and draw all of its randomness
+        from that generator (the core seeds it from (seed, epoch, sample index), so data do
+        not depend on worker count); with None, apply the deterministic evaluation transform.
     """
 
     num_classes: int
@@ -211,8 +212,8 @@ class DataSource(Protocol):
 
     def get(self, index: int,
             generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
-        """(image [C, H, W], label) of sample `index`: the training transform drawn from
-        `generator`, or the evaluation transform when it is None."""
+        """(image [C, H, W] or clip [C, T, H, W], label) of sample `index`: the training
+        transform drawn from `generator`, or the evaluation transform when it is None."""
 
 
 FEATURE_KINDS = ("pooled", "last4", "tokens")

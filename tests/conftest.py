@@ -31,7 +31,8 @@ TINY = {
 
 # What each first-party method does without (see each method config's `needs()`).
 UNUSED_SECTIONS = {"ijepa": (), "cjepa": (), "ijepa_sigreg": ("target_updater",),
-                   "lejepa": ("predictor", "masker", "target_updater", "loss")}
+                   "lejepa": ("predictor", "masker", "target_updater", "loss"),
+                  "vjepa": ()}
 METHODS = tuple(UNUSED_SECTIONS)
 
 

@@ -1,6 +1,7 @@
 """Maskers that break (or keep) the masker contract in one way each, for the mask guard and
 contract-kit tests. A plugin module: `jepa -p maskers_for_tests` registers masker "testmask"
-(the `kind` field picks the behaviour) and "padded" (target blocks of unequal size)."""
+(the `kind` field picks the behaviour), "padded" (target blocks of unequal size) and "twosets"
+(two named mask sets, as V-JEPA's)."""
 
 from __future__ import annotations
 
@@ -103,3 +104,30 @@ def build_padded(config: PaddedConfig, grid: tuple[int, int]) -> PaddedMasker:
 def register_maskers(register):
     register("testmask", TestMaskConfig, build_test_masker)
     register("padded", PaddedConfig, build_padded)
+    register("twosets", TwoSetsConfig, build_two_sets)
+
+
+@attrs.frozen
+class TwoSetsConfig:
+    """Two named mask sets per sample, as V-JEPA's masker gives them."""
+
+
+class TwoSetsMasker:
+    """{"short": context 10, targets 1 block of 4; "long": context 5, targets 1 block of 8},
+    each a random disjoint split of the grid's patches (needs N >= 15)."""
+
+    def __init__(self, config: TwoSetsConfig, grid: tuple[int, ...]):
+        self.config, self.grid = config, tuple(int(g) for g in grid)
+
+    def __call__(self, batch_size: int, generator: torch.Generator) -> dict:
+        n = int(np.prod(self.grid))
+        out = {}
+        for name, context, target in (("short", 10, 4), ("long", 5, 8)):
+            order = torch.rand(batch_size, n, generator=generator).argsort(dim=1)
+            out[name] = MaskBatch(order[:, :context].sort(dim=1).values,
+                                  order[:, context:context + target].sort(dim=1).values[:, None])
+        return out
+
+
+def build_two_sets(config: TwoSetsConfig, grid: tuple[int, ...]) -> TwoSetsMasker:
+    return TwoSetsMasker(config, grid)

@@ -289,3 +289,13 @@ def test_progress_lines_give_the_rate_and_the_time_left(monkeypatch):
     text = out.getvalue()
     assert "extracting: 300/1000 images (12 s, 25 images/s, ETA 28 s)" in text
     assert "extracting: done in 20 s (15 images/s)" in text
+
+
+def test_the_single_frame_baseline_gets_its_own_note():
+    from jepa_core.commands.evaluate import comparison_notes
+
+    results = _results((0.9, 0.8), (0.5, 0.4), (0.6, 0.5))
+    assert not any("first frame" in n for n in comparison_notes(results))
+    results["single frame (target encoder)"] = {"linear_probe": 0.3, "knn": 0.25}
+    notes = [n for n in comparison_notes(results) if "first frame" in n]
+    assert len(notes) == 1 and "+60.0 points linear, +55.0 kNN" in notes[0]

@@ -21,7 +21,8 @@ from jepa_core.runtime.launch import find_resume
 from jepa_core.runtime.trainer import train
 
 TERMS = {"ijepa": (), "cjepa": ("prediction", "variance", "covariance"),
-         "ijepa_sigreg": ("prediction", "sigreg"), "lejepa": ("sigreg", "invariance")}
+         "ijepa_sigreg": ("prediction", "sigreg"), "lejepa": ("sigreg", "invariance"),
+         "vjepa": ("prediction_masks",)}
 
 
 def _run(d, resume=None):

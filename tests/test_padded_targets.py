@@ -89,7 +89,7 @@ def test_context_padding_inside_a_row_is_not_cut_off():
 
 
 # -- losses ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["smooth_l1", "l2"])
+@pytest.mark.parametrize("name", ["smooth_l1", "l2", "l1"])
 def test_losses_average_over_valid_tokens_and_match_exactly_when_all_are_valid(name):
     registry = make_plugin_manager()
     spec = registry.get("loss", name)

@@ -28,6 +28,7 @@ from jepa_core.evaluation.features import encoder_extract, image_batches, pixel_
 from jepa_core.evaluation.runner import (
     PIXELS,
     RANDOM,
+    SINGLE_FRAME,
     NoLabels,
     NoProtocols,
     eval_indices,
@@ -133,6 +134,13 @@ def comparison_notes(results: dict, data_name: str = "") -> list[str]:
         else:
             notes.append(f"raw pixels: {gaps}: the encoder's features beat the pixels on "
                          f"both probes.")
+    single = next((k for k in rows if k.startswith(SINGLE_FRAME)), None)
+    if single is not None:  # clips only: how much of the figure needs the motion
+        s = rows[single]
+        gaps = (f"{_points(t['linear_probe'], s['linear_probe'])} points linear, "
+                f"{_points(t['knn'], s['knn'])} kNN")
+        notes.append(f"{trained} vs {single} (the same weights fed each clip's first frame "
+                     f"repeated): {gaps}; what the clips' motion adds to the probes.")
     return notes
 
 

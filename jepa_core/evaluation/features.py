@@ -3,6 +3,7 @@ extraction pass that fills the cache (`jepa_core.evaluation.cache`) shard by sha
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -88,19 +89,54 @@ def encoder_extract(model: torch.nn.Module, kinds: tuple[str, ...], device: torc
     return run
 
 
-def pixel_extract(kinds: tuple[str, ...], patch: tuple[int, int]) -> Extract:
-    """Raw pixels: "pooled" = the image pooled to at most 16x16 and flattened; "tokens" = its
-    patches (the encoder's patch size) flattened, one token per patch."""
+def pixel_extract(kinds: tuple[str, ...], patch: tuple[int, ...]) -> Extract:
+    """Raw pixels of images [b, C, H, W] or clips [b, C, T, H, W]: "pooled" = each frame
+    pooled to at most 16x16 (and a clip to at most 8 time steps), flattened; "tokens" = its
+    patches flattened, one token per patch: `patch` (ph, pw) for images, (pt, ph, pw) for
+    clips (pt: frames per tubelet)."""
     def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
         if "pooled" in kinds:
             side = min(16, images.shape[-1])
-            out["pooled"] = F.adaptive_avg_pool2d(images, side).flatten(1).float()
+            if images.dim() == 4:
+                out["pooled"] = F.adaptive_avg_pool2d(images, side).flatten(1).float()
+            else:
+                size = (min(8, images.shape[2]), min(16, images.shape[-2]), side)
+                out["pooled"] = F.adaptive_avg_pool3d(images, size).flatten(1).float()
         if "tokens" in kinds:
-            ph, pw = patch
-            t = F.unfold(images, kernel_size=(ph, pw), stride=(ph, pw))  # [b, C*ph*pw, N]
-            out["tokens"] = t.transpose(1, 2).half()
+            out["tokens"] = patch_tokens(images, patch).half()
         return out
+
+    return run
+
+
+def patch_tokens(images: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
+    """[b, C, *S] (S: (H, W) or (T, H, W)) → [b, N, C * prod(patch)], the patches of size
+    `patch` (one per spatial axis of S, trailing axes if fewer) in raster order, each
+    flattened channel first."""
+    if images.dim() == 4 and len(patch) >= 2:
+        ph, pw = patch[-2:]
+        t = F.unfold(images, kernel_size=(ph, pw), stride=(ph, pw))  # [b, C*ph*pw, N]
+        return t.transpose(1, 2)
+    axes = images.shape[2:]
+    sizes = tuple(patch[-len(axes):])
+    b, c = images.shape[:2]
+    split = [b, c]
+    for extent, size in zip(axes, sizes, strict=True):
+        split += [extent // size, size]
+    whole = tuple(slice(0, (e // s) * s) for e, s in zip(axes, sizes, strict=True))
+    cut = images[(slice(None), slice(None)) + whole]
+    x = cut.reshape(split)
+    n = len(axes)
+    order = [0, *range(2, 2 + 2 * n, 2), 1, *range(3, 3 + 2 * n, 2)]
+    return x.permute(order).reshape(b, -1, c * math.prod(sizes))
+
+
+def first_frame_only(extract: Extract) -> Extract:
+    """The same features of clips [b, C, T, H, W] whose frames all equal their first frame:
+    what the encoder sees without motion (the single-frame baseline)."""
+    def run(clips: torch.Tensor) -> dict[str, torch.Tensor]:
+        return extract(clips[:, :, :1].expand_as(clips).contiguous())
 
     return run
 

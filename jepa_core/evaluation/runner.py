@@ -23,6 +23,7 @@ from jepa_core.evaluation.features import (
     encoder_extract,
     encoder_kinds,
     extract_split,
+    first_frame_only,
     pixel_extract,
     tokens_bytes,
     wait_for_shards,
@@ -35,6 +36,8 @@ from jepa_core.seeding import generator
 
 FORMAT = 2
 RANDOM, PIXELS = "random init", "raw pixels"
+# Clips only: the trained encoder fed each clip's first frame repeated (motion invisible)
+SINGLE_FRAME = "single frame"
 
 if TYPE_CHECKING:  # pragma: no cover
     from jepa_core.plugins import Registry
@@ -123,14 +126,21 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
                                                   "seed": recipe.seed}
         extractors[name] = (encoder_extract(model, kinds, device), kinds,
                             {"weights": weights, "encoder": layout["encoder"], "kinds": kinds})
+    sample = first_image(train_src)
     if baseline:
         kinds = tuple(k for k in PIXEL_KINDS if k in wanted)
-        patch = _patch_size(trained)
+        patch = _patch_size(trained, sample)
         makers[PIXELS] = lambda kinds: pixel_extract(kinds, patch)
         extractors[PIXELS] = (pixel_extract(kinds, patch), kinds,
                               {"pixels": patch, "kinds": kinds})
+    if baseline and sample is not None and sample.dim() == 4:  # clips [C, T, H, W]
+        name = f"{SINGLE_FRAME} ({module.replace('_', ' ')})"
+        makers[name] = lambda kinds: first_frame_only(encoder_extract(trained, kinds, device))
+        kinds = encoder_kinds(trained, wanted)
+        extractors[name] = (makers[name](kinds), kinds,
+                            {"weights": origin, "encoder": layout["encoder"], "kinds": kinds,
+                             "frames": "first frame repeated"})
 
-    sample = first_image(train_src)
     n_images = sum(min(len(s), cfg.max_images or len(s)) for s in (train_src, test_src))
     live = tokens_on_the_fly(recipe, trained, extractors, sample, root, console, n_images)
     stored = {name: (fn, kinds, parts) if name not in live else
@@ -221,10 +231,10 @@ def tokens_on_the_fly(recipe: Recipe, encoder: Any, extractors: dict, sample: An
     wanting = [name for name, (_, kinds, _) in extractors.items() if "tokens" in kinds]
     if mode == "cache" or not wanting or sample is None:
         return {}
-    n_tokens = int(math.prod(encoder.patch_grid))
-    patch = _patch_size(encoder)
+    n_tokens = math.prod(int(g) for g in encoder.patch_grid)
+    patch = _patch_size(encoder, sample)
     shapes = {name: (n_tokens, int(encoder.embed_dim) if name != PIXELS
-                     else int(sample.shape[0]) * patch[0] * patch[1]) for name in wanting}
+                     else int(sample.shape[0]) * math.prod(patch)) for name in wanting}
     if mode == "auto":
         need = sum(tokens_bytes(n_images, *shape) for shape in shapes.values())
         where = root if root.exists() else next((p for p in root.parents if p.exists()), root)
@@ -243,9 +253,14 @@ def tokens_on_the_fly(recipe: Recipe, encoder: Any, extractors: dict, sample: An
     return out
 
 
-def _patch_size(encoder: Any) -> tuple[int, int]:
-    (h, w), (gh, gw) = encoder.image_size, encoder.patch_grid[-2:]  # (t,) h, w: the frame's
-    return h // gh, w // gw
+def _patch_size(encoder: Any, sample: torch.Tensor | None = None) -> tuple[int, ...]:
+    """(ph, pw) pixels per patch; for a (t, h, w) grid and a clip sample [C, T, H, W],
+    (T // t, ph, pw): the frames of a tubelet too."""
+    (h, w), grid = tuple(encoder.image_size)[-2:], tuple(encoder.patch_grid)
+    spatial = (int(h) // int(grid[-2]), int(w) // int(grid[-1]))
+    if len(grid) == 3 and sample is not None and sample.dim() == 4:
+        return (int(sample.shape[1]) // int(grid[0]), *spatial)
+    return spatial
 
 
 def headline(results: dict) -> dict[str, dict[str, float]]:

@@ -143,7 +143,8 @@ DEFAULT_MASKS = "masks"  # the name of the mask set of a masker that returns one
 class Batch:
     """One micro-batch, as the method's `loss` receives it.
 
-    views: {name: [b, C, H, W] float32} the images of each view, in the method's view order.
+    views: {name: [b, C, H, W] float32} the images of each view, in the method's view order
+        ([b, C, T, H, W] for a source of clips).
     labels: [b] int64 (-1 when unlabelled; never used in training).
     masks: {name: MaskBatch} the mask sets of these rows (empty without a masker); a masker
         returning one MaskBatch gives the set "masks".

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,11 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def scan_folder(root: Path, key: str = "data.root") -> tuple[list[str], FileTable]:
+def scan_folder(root: Path, key: str = "data.root", keep: Callable[[Path], bool] = _is_image
+                ) -> tuple[list[str], FileTable]:
     """(class names, sorted; the files with their labels, sorted by class, then path) of
-    root/<class>/..., as a compact `FileTable` (listed one class at a time).
+    root/<class>/... that `keep` accepts (images by their extension unless told otherwise),
+    as a compact `FileTable` (listed one class at a time).
 
     A folder whose class folders hold no images but which holds images itself (root/<image>,
     the usual self-supervised layout) is unlabelled: no classes, every label UNLABELLED.
@@ -114,11 +117,11 @@ def scan_folder(root: Path, key: str = "data.root") -> tuple[list[str], FileTabl
     def listed(cls: str) -> list[Path]:
         return sorted(Path(top) / name
                       for top, _, names in os.walk(root / cls, onerror=_unreadable_dir)
-                      for name in names if _is_image(Path(name)))
+                      for name in names if keep(Path(name)))
 
     files = FileTable.build(root, ((label, listed(cls)) for label, cls in enumerate(classes)))
     if not len(files):
-        loose = sorted(p for p in entries if _is_image(p) and p.is_file())
+        loose = sorted(p for p in entries if keep(p) and p.is_file())
         if loose:
             return [], FileTable.build(root, [(UNLABELLED, loose)])
     return classes, files

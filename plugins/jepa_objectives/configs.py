@@ -32,6 +32,13 @@ class L2Config:
     reduction: Literal["mean"] = "mean"
 
 
+@attrs.frozen
+class L1Config:
+    """Mean absolute error between predictions and targets (V-JEPA)."""
+
+    reduction: Literal["mean"] = "mean"
+
+
 def _widths(_inst: object, _attr: object, value: tuple[int, ...]) -> None:
     if not value:
         raise Invalid("must list at least one width (the output width)")
@@ -99,3 +106,12 @@ class IJEPASIGRegConfig:
 
     def needs(self) -> tuple[str, ...]:
         return ("predictor", "masker", "loss")
+
+
+@attrs.frozen
+class VJEPAConfig:
+    """V-JEPA: for each mask set of a clip (or image), predict the EMA target encoder's
+    layer-normed tokens of its targets from its context; the loss is the mean over sets."""
+
+    def needs(self) -> tuple[str, ...]:
+        return ("predictor", "masker", "target_updater", "loss")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from jepa_objectives.configs import L2Config, SmoothL1Config
+from jepa_objectives.configs import L1Config, L2Config, SmoothL1Config
 
 
 def _check_shapes(predictions: torch.Tensor, targets: torch.Tensor) -> None:
@@ -66,3 +66,18 @@ def build_smooth_l1(config: SmoothL1Config) -> SmoothL1Loss:
 def build_l2(config: L2Config) -> L2Loss:
     """The registered factory of the "l2" loss."""
     return L2Loss()
+
+
+class L1Loss:
+    """mean(|prediction - target|): V-JEPA's loss (its loss_exp 1.0), over all elements."""
+
+    def __call__(self, predictions: torch.Tensor, targets: torch.Tensor,
+                 valid: torch.Tensor | None = None) -> torch.Tensor:
+        """predictions, targets [B, M, Nt, D], valid [B, M, Nt] bool | None -> [] float32."""
+        predictions, targets = valid_tokens(predictions, targets, valid)
+        return F.l1_loss(predictions, targets)
+
+
+def build_l1(config: L1Config) -> L1Loss:
+    """The registered factory of the "l1" loss."""
+    return L1Loss()

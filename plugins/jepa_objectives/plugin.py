@@ -11,6 +11,7 @@ def register_methods(register):
     register("lejepa", configs.LeJEPAConfig, "jepa_objectives.methods.lejepa:build_lejepa")
     register("ijepa_sigreg", configs.IJEPASIGRegConfig,
              "jepa_objectives.methods.ijepa_sigreg:build_ijepa_sigreg")
+    register("vjepa", configs.VJEPAConfig, "jepa_objectives.methods.vjepa:build_vjepa")
 
 
 @hookimpl
@@ -22,3 +23,4 @@ def register_target_updaters(register):
 def register_losses(register):
     register("smooth_l1", configs.SmoothL1Config, "jepa_objectives.losses:build_smooth_l1")
     register("l2", configs.L2Config, "jepa_objectives.losses:build_l2")
+    register("l1", configs.L1Config, "jepa_objectives.losses:build_l1")

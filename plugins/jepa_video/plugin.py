@@ -12,3 +12,11 @@ def register_encoders(register):
 @hookimpl
 def register_maskers(register):
     register("multiblock3d", configs.MultiBlock3DConfig, "jepa_video.masker:build_masker")
+
+
+# -- data sources (video-data) ----------------------------------------------------------------
+@hookimpl
+def register_data_sources(register):
+    register("moving_digits", configs.MovingDigitsConfig,
+             "jepa_video.data:build_moving_digits")
+    register("video_folder", configs.VideoFolderConfig, "jepa_video.data:build_video_folder")

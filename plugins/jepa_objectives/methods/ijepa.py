@@ -31,9 +31,11 @@ class MaskedPrediction:
         self.modules: dict[str, torch.nn.Module] = {"encoder": encoder, "predictor": predictor}
         self.prediction_loss = parts.build("loss")
 
-    def predict(self, modules: dict, images: torch.Tensor,
-                masks: MaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, modules: dict, images: torch.Tensor, masks: MaskBatch,
+                **predictor_options: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(predictions [B, M, Nt, D] fp32, context tokens [B, Nc, D]).
+
+        predictor_options: keywords passed on to the predictor (V-JEPA's `mask_index`).
 
         With `masks.packed` (and padding to skip) the encoder and the predictor get
         pack=True: the same values, computed on the valid tokens only."""
@@ -43,7 +45,9 @@ class MaskedPrediction:
             self.check_packing()
         encoder_pack = {"pack": True} if packed and masks.context_valid is not None else {}
         z = modules["encoder"](images, masks.context, masks.context_valid, **encoder_pack)
-        padded = {} if masks.targets_valid is None else {"targets_valid": masks.targets_valid}
+        padded: dict[str, Any] = dict(predictor_options)
+        if masks.targets_valid is not None:
+            padded["targets_valid"] = masks.targets_valid
         if packed:
             padded["pack"] = True
         pred = modules["predictor"](z, masks.context, masks.targets, masks.context_valid,
