@@ -652,7 +652,7 @@ def test_trace_env_writes_hook_calls(monkeypatch):
         registry = make_plugin_manager()
         seen: list[str] = []
         registry.pm.hook.register_maskers(register=lambda name, *a, **k: seen.append(name))
-    assert sorted(seen) == ["multiblock", "random"]
+    assert sorted(seen) == ["multiblock", "multiblock3d", "random"]
     assert "register_maskers [hook]" in out.getvalue()
 
 
