@@ -318,3 +318,46 @@ def test_jepa_check_counts_tokens_per_mask_set(spec):
     assert "8x14x14 grid" in text and "1568" in text
     assert "set short: context Nc" in text and "set long: context Nc" in text
     assert f"{counts['long'].context:.1f}" in text
+
+
+@FEW
+@given(st.data(), js.video_grids(max_t=4, min_side=3, max_side=10), st.integers(2, 12),
+       st.integers(1, 5), js.seeds())
+def test_grouped_reference_rows_are_their_groups_minimum(spec, data, grid, batch_size, group,
+                                                         seed):
+    """equalize_group G: each run of G rows is what the reference style gives a batch of
+    those rows alone (cut to their minimum), padded with the row's first index and marked
+    invalid up to the longest group."""
+    sets = data.draw(js.masker_configs(spec, grid)).sets
+    grouped = spec.build(MultiBlock3DConfig(sets, style="reference", equalize_group=group),
+                         grid=grid)
+    out, stats = grouped.sample_with_details(batch_size, gen(seed))
+    whole = spec.build(_whole(MultiBlock3DConfig(sets)), grid=grid)(batch_size, gen(seed))
+    for name, masks in out.items():
+        full = whole[name]
+        ctx_valid = (masks.context_valid if masks.context_valid is not None
+                     else torch.ones_like(masks.context, dtype=torch.bool))
+        for start in range(0, batch_size, group):
+            rows = slice(start, start + group)
+            keep = int(stats[name].context_sizes[rows].min())
+            assert ctx_valid[rows].sum(1).tolist() == [keep] * len(ctx_valid[rows])
+            assert torch.equal(masks.context[rows, :keep], full.context[rows, :keep])
+            pad = masks.context[rows, keep:]
+            assert torch.equal(pad, masks.context[rows, :1].expand_as(pad))
+            cut = int(stats[name].target_sizes[rows].min())
+            assert torch.equal(masks.targets[rows, :, :cut], full.targets[rows, :, :cut])
+
+
+def test_the_vitl_recipe_cuts_per_gpu_batch_as_the_official_sampler():
+    """Global batch 3072 in groups of 24 (recipes/vjepa_vitl16.yaml): the context each clip
+    keeps is that of batch-24 draws (about 366 / 107, REFERENCE.md), not the minimum of
+    3072 clips."""
+    masker = build_masker(MultiBlock3DConfig(equalize_group=24), VITL_GRID)
+    kept: dict[str, list[float]] = {"short": [], "long": []}
+    for seed in range(30):  # one block shape per batch: average over batches
+        for name, masks in masker(24 * 4, gen(seed)).items():
+            valid = masks.context_valid
+            rows = masks.context.shape[1] if valid is None else valid.sum(1).double().mean()
+            kept[name].append(float(rows))
+    short, long = (sum(kept[n]) / len(kept[n]) for n in ("short", "long"))
+    assert abs(short - 366) / 366 < 0.06 and abs(long - 107) / 107 < 0.12

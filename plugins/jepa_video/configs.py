@@ -76,6 +76,9 @@ class MultiBlock3DConfig:
     style: "reference" (the official sampler: every row cut to the batch minimum, in raster
     order) or "whole" (no cutting: each clip keeps its whole context and target, padded to the
     batch maximum with `context_valid` / `targets_valid`).
+    equalize_group: with "reference", rows are cut to the minimum of their group of this many
+    consecutive rows (the official sampler runs in each GPU's collator, so it cuts per GPU
+    batch, e.g. 24), groups then padded to the longest with validity masks; None: the batch.
     """
 
     hypothesis_configs: ClassVar[str] = "jepa_video.strategies:multiblock3d_configs"
@@ -84,6 +87,7 @@ class MultiBlock3DConfig:
     sets: tuple[MaskSetConfig, ...] = attrs.field(factory=_vitl_sets,
                                                    validator=_distinct_names)
     style: Literal["reference", "whole"] = "reference"
+    equalize_group: int | None = attrs.field(default=None, validator=at_least(1))
 
 
 # -- data sources (video-data) --------------------------------------------------------------

@@ -128,18 +128,29 @@ def block_union(corners: torch.Tensor, block: tuple[int, ...], grid: Grid) -> to
     return torch.bmm(lead.transpose(1, 2), along[-1]).flatten(1) > 0
 
 
-def raster_rows(mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """([B, length] int64 the first `length` True positions of each row of `mask` [B, N], in
-    raster order, the row's first index repeated where it has fewer; [B, length] bool valid).
-    Every row must hold a True."""
+def raster_rows(mask: torch.Tensor, length: int | torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, L] int64 the first `length` True positions of each row of `mask` [B, N], in
+    raster order, the row's first index repeated where it has fewer; [B, L] bool valid).
+    `length`: one for every row, or [B] one per row (L their maximum). Every row must hold
+    a True."""
     b, n = mask.shape
+    per_row = torch.as_tensor(length, dtype=torch.int64).expand(b)
+    width = int(per_row.max()) if b else 0
     rank = mask.cumsum(1)  # [B, N]: True positions up to here, so 1.. at each True one
-    counts = rank[:, -1:]
-    slot = torch.where(mask & (rank <= length), rank - 1, length)  # column `length`: scratch
+    take = torch.minimum(per_row, rank[:, -1])[:, None]
+    slot = torch.where(mask & (rank <= take), rank - 1, width)  # column `width`: scratch
     first = mask.to(torch.uint8).argmax(1, keepdim=True)  # the row's first True position
-    out = first.repeat(1, length + 1)
+    out = first.repeat(1, width + 1)
     out.scatter_(1, slot, torch.arange(n).expand(b, n))
-    return out[:, :length], torch.arange(length) < counts
+    return out[:, :width], torch.arange(width) < take
+
+
+def group_minimum(counts: torch.Tensor, group: int) -> torch.Tensor:
+    """[B] the minimum of `counts` [B] over each row's group of `group` consecutive rows."""
+    of = torch.arange(len(counts)) // group
+    mins = torch.full((int(of[-1]) + 1,), int(counts.max()), dtype=counts.dtype)
+    return mins.scatter_reduce(0, of, counts, "amin")[of]
 
 
 class MultiBlock3DMasker:
@@ -187,15 +198,21 @@ class MultiBlock3DMasker:
                             for size, extent in zip(self.grid, block, strict=True)], dim=-1)
 
     def masks_of(self, draw: SetDraw) -> MaskBatch:
-        """The MaskBatch of one set's blocks: cut to the batch minimum ("reference") or padded
+        """The MaskBatch of one set's blocks: cut to the batch minimum ("reference"; with
+        equalize_group, to each group's minimum, groups padded with validity masks) or padded
         to the maximum with validity masks ("whole")."""
         target, context = draw.target, ~draw.target
         reference = self.config.style == "reference"
-        pick = (lambda c: int(c.min())) if reference else (lambda c: int(c.max()))
-        ctx, ctx_valid = raster_rows(context, pick(context.sum(1)))
-        tgt, tgt_valid = raster_rows(target, pick(target.sum(1)))
-        if reference:
-            return MaskBatch(ctx, tgt[:, None])
+        group = self.config.equalize_group
+        if reference and group is not None and group < len(target):  # cut per group
+            ctx, ctx_valid = raster_rows(context, group_minimum(context.sum(1), group))
+            tgt, tgt_valid = raster_rows(target, group_minimum(target.sum(1), group))
+        else:
+            pick = (lambda c: int(c.min())) if reference else (lambda c: int(c.max()))
+            ctx, ctx_valid = raster_rows(context, pick(context.sum(1)))
+            tgt, tgt_valid = raster_rows(target, pick(target.sum(1)))
+            if reference:
+                return MaskBatch(ctx, tgt[:, None])
         return MaskBatch(ctx, tgt[:, None], None if bool(ctx_valid.all()) else ctx_valid,
                          None if bool(tgt_valid.all()) else tgt_valid[:, None])
 

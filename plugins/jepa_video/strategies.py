@@ -33,7 +33,8 @@ def _set(draw: Any, name: str) -> MaskSetConfig:
 def _configs(draw: Any) -> MultiBlock3DConfig:
     count = draw(st.integers(1, 3))
     sets = tuple(draw(_set(f"set{i}")) for i in range(count))
-    return MultiBlock3DConfig(sets, style=draw(st.sampled_from(["reference", "whole"])))
+    return MultiBlock3DConfig(sets, style=draw(st.sampled_from(["reference", "whole"])),
+                              equalize_group=draw(st.sampled_from([None, 1, 3])))
 
 
 def multiblock3d_configs(grid: tuple[int, ...]) -> st.SearchStrategy[MultiBlock3DConfig]:
