@@ -12,6 +12,11 @@ import pytest
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
 
+# The first-party plugins' entry modules, for registries that must not see other installed
+# plugins (autoload=False).
+FIRST_PARTY_PLUGINS = ["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin",
+                       "jepa_eval.plugin", "jepa_video.plugin"]
+
 TINY = {
     "name": "tiny",
     "seed": 0,
@@ -68,24 +73,6 @@ def install_example(tmp_path_factory, name: str) -> Path:
     if done.returncode != 0:
         pytest.skip(f"cannot build the example plugin here: {done.stderr[-500:]}")
     return target
-
-
-# Shipped recipes naming components that other branches of issue 11 register (the video
-# masker, method, loss and data source): expected to fail until every one is registered, then
-# tested like the rest.
-PENDING_RECIPES = {"vjepa_vitl16": (("method", "vjepa"), ("masker", "multiblock3d"),
-                                    ("loss", "l1"), ("data_source", "video_folder"))}
-
-
-def recipe_param(path: Path, label: str) -> object:
-    """pytest.param(path) for a test over the shipped recipes, a strict xfail while
-    PENDING_RECIPES says the recipe names components no installed plugin registers yet."""
-    components = make_plugin_manager().components
-    missing = [f"{kind} {name}" for kind, name in PENDING_RECIPES.get(path.stem, ())
-               if name not in components.get(kind, {})]
-    marks = ([pytest.mark.xfail(strict=True, reason="not registered yet: " + ", ".join(missing))]
-             if missing else [])
-    return pytest.param(path, marks=marks, id=label)
 
 
 def load_bench(name: str) -> ModuleType:

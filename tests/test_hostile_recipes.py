@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import FIRST_PARTY_PLUGINS
 
 from jepa_core import plugins, safe_yaml
 from jepa_core.errors import ConfigError, RecipeError
@@ -24,9 +25,7 @@ BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".jo
 
 @pytest.fixture(scope="module")
 def registry():
-    return make_plugin_manager(["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin",
-                                "jepa_eval.plugin"],
-                               autoload=False)
+    return make_plugin_manager(FIRST_PARTY_PLUGINS, autoload=False)
 
 
 def problems(path: Path, registry, overrides=()) -> list[tuple[str, str]]:

@@ -18,7 +18,6 @@ from pathlib import Path
 import attrs
 import pytest
 import torch
-from conftest import recipe_param
 
 from jepa_core.commands import costs
 from jepa_core.commands.plan import make_plan
@@ -76,7 +75,7 @@ def test_the_paper_recipes_are_there():
     assert set(PAPER_GPUS) <= {p.stem for p in RECIPES}
 
 
-@pytest.mark.parametrize("path", [recipe_param(p, p.stem) for p in RECIPES])
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.stem) for p in RECIPES])
 def test_every_recipe_checks_and_plans(path, tmp_path):
     gpus = PAPER_GPUS.get(path.stem, 1)
     result = jepa("check", str(path.relative_to(REPO)), "--gpus", str(gpus), "--no-data",

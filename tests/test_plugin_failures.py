@@ -19,7 +19,7 @@ from pathlib import Path
 import attrs
 import pytest
 import yaml
-from conftest import TINY
+from conftest import FIRST_PARTY_PLUGINS, TINY
 
 from jepa_core.errors import ConfigError, PluginError, PluginFailed, RunError
 from jepa_core.hookspecs import hookimpl
@@ -29,7 +29,7 @@ from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
-FIRST_PARTY = ["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin", "jepa_eval.plugin"]
+FIRST_PARTY = FIRST_PARTY_PLUGINS
 
 
 def flat(text: str) -> str:

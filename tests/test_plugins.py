@@ -21,6 +21,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from conftest import FIRST_PARTY_PLUGINS
 
 from jepa_core import KINDS, plugins
 from jepa_core.commands.listing import plugins_json
@@ -30,8 +31,7 @@ from jepa_core.plugins import make_plugin_manager
 
 REPO = Path(__file__).resolve().parents[1]
 FIRST_PARTY = {"image", "vit", "objectives", "eval", "video"}
-FIRST_PARTY_MODULES = ["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin",
-                       "jepa_eval.plugin"]
+FIRST_PARTY_MODULES = FIRST_PARTY_PLUGINS
 OFF_SWITCH = "JEPA_DISABLE_PLUGIN_AUTOLOAD"
 
 
@@ -200,7 +200,7 @@ def test_unknown_component_lists_registered_names_and_the_nearest():
     message = str(info.value)
     assert "no masker named 'multiblok' is registered" in message
     assert "Did you mean 'multiblock'?" in message
-    assert "Registered maskers: 'multiblock', 'random'." in message
+    assert "Registered maskers: 'multiblock', 'multiblock3d', 'random'." in message
     assert "jepa -p MODULE" in message
 
 
@@ -689,8 +689,7 @@ def test_cli_off_switch_and_dash_p_work_around_a_broken_entry_point(kaput):
     env = kaput.env(**{OFF_SWITCH: "1"})
     bare = json.loads(jepa("plugins", "--json", env=env).stdout)
     assert bare == {"components": [], "plugins": [], "broken": [], "refused": [], "blocked": []}
-    loaded = ["-p", "jepa_image.plugin", "-p", "jepa_vit.plugin", "-p", "jepa_objectives.plugin",
-              "-p", "jepa_eval.plugin"]
+    loaded = [arg for module in FIRST_PARTY_PLUGINS for arg in ("-p", module)]
     check = jepa(*loaded, "check", "recipes/quickstart.yaml", env=env)
     assert check.returncode == 0, check.stderr
     assert "masker: multiblock from plugin jepa_image.plugin (jepa-core" in check.stdout

@@ -10,7 +10,7 @@ import copy
 import attrs
 import pytest
 import torch
-from conftest import TINY
+from conftest import FIRST_PARTY_PLUGINS, TINY
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,7 +22,7 @@ from jepa_core.recipe import recipe_from_dict
 from jepa_core.runtime.build import build_components, build_data, build_encoder
 from jepa_core.runtime.trainer import train
 
-FIRST_PARTY = ["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin", "jepa_eval.plugin"]
+FIRST_PARTY = FIRST_PARTY_PLUGINS
 
 
 @attrs.frozen

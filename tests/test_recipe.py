@@ -9,7 +9,7 @@ from pathlib import Path
 import attrs
 import pytest
 import yaml
-from conftest import recipe_param
+from conftest import FIRST_PARTY_PLUGINS
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -43,9 +43,7 @@ OPTIM_KEYS = sorted(f.name for f in attrs.fields(OptimConfig))
 def registry():
     # The first-party plugins by name, so that other installed plugins cannot change the
     # "registered names" in the messages checked below.
-    return make_plugin_manager(["jepa_image.plugin", "jepa_vit.plugin", "jepa_objectives.plugin",
-                                "jepa_eval.plugin"],
-                               autoload=False)
+    return make_plugin_manager(FIRST_PARTY_PLUGINS, autoload=False)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +75,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 # -- every recipe we ship --------------------------------------------------------------------
-@pytest.mark.parametrize("path", [recipe_param(p, p.name) for p in RECIPES])
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in RECIPES])
 def test_every_shipped_recipe_loads(path, registry):
     recipe = load_recipe(path, registry)
     assert recipe.name
@@ -349,8 +347,7 @@ def test_third_party_section_is_validated_by_its_own_config_class():
         def register_maskers(self, register):
             register("toy", ToyConfig, "toy_module:build")
 
-    registry = make_plugin_manager(["jepa_image.plugin", "jepa_vit.plugin",
-                                    "jepa_objectives.plugin", "jepa_eval.plugin"], autoload=False,
+    registry = make_plugin_manager(FIRST_PARTY_PLUGINS, autoload=False,
                                    objects=[("toy", Toy())])
     data = with_(read_yaml(QUICKSTART), "masker", {"name": "toy", "blocks": 0, "size": 3})
     assert problems_of(data, registry) == [
@@ -365,8 +362,8 @@ def test_unknown_component_lists_registered_names_and_nearest(registry, base):
     [(where, message)] = problems_of(with_(base, "masker.name", "multiblok"), registry)
     assert where == "$.masker.name"
     assert message == ("no masker named 'multiblok' is registered. Did you mean 'multiblock'? "
-                       "Registered maskers: 'multiblock', 'random'. Install the plugin that "
-                       "provides it, or load it with `jepa -p MODULE`.")
+                       "Registered maskers: 'multiblock', 'multiblock3d', 'random'. Install "
+                       "the plugin that provides it, or load it with `jepa -p MODULE`.")
 
 
 @pytest.mark.parametrize("value", [[5], {"a": 1}, 5, None])
@@ -496,8 +493,7 @@ class Alternatives:
 
 @pytest.mark.parametrize("section", sorted(component_sections()))
 def test_every_component_section_switches_by_name(section):
-    registry = make_plugin_manager(["jepa_image.plugin", "jepa_vit.plugin",
-                                    "jepa_objectives.plugin", "jepa_eval.plugin"], autoload=False,
+    registry = make_plugin_manager(FIRST_PARTY_PLUGINS, autoload=False,
                                    objects=[("alternatives", Alternatives())])
     data = read_yaml(QUICKSTART)
     data.setdefault(section, {"name": "ijepa"})  # the quickstart has no method section
