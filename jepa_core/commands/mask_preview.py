@@ -173,16 +173,7 @@ def _heat_colour(value: float) -> tuple[int, int, int]:
 
 def _draw_sample(draw: ImageDraw.ImageDraw, masks: MaskBatch, b: int, grid, origin, cell) -> None:
     gh, gw = grid
-    colours = [BACKGROUND] * (gh * gw)
-    in_context = set(masks.context[b][_valid(masks)[b]].tolist())
-    for p in in_context:
-        colours[p] = CONTEXT
-    for m in range(masks.targets.shape[1]):
-        block = masks.targets[b, m]
-        if masks.targets_valid is not None:
-            block = block[masks.targets_valid[b, m]]
-        for p in block.tolist():
-            colours[p] = TARGETS[m % len(TARGETS)]
+    colours, in_context = _sample_colours(masks, b, gh * gw)
     for p, colour in enumerate(colours):
         x, y = origin[0] + (p % gw) * cell, origin[1] + (p // gw) * cell
         draw.rectangle([x, y, x + cell - 2, y + cell - 2], fill=colour)
