@@ -121,6 +121,43 @@ def test_parameter_counts_match_the_reference(name, encoder, predictor, registry
     assert _trainable(plan, "target encoder") == 0
 
 
+def test_several_mask_sets_add_their_context_and_predictor_passes_once_per_set():
+    sets = [(70.0, 40.0, 4), (30.0, 100.0, 1)]
+    kw = dict(num_patches=256, patch_dim=768)
+    per_set = [costs.ijepa_step_flops(VIT_H, PREDICTOR, context_tokens=nc, target_tokens=nt,
+                                      num_targets=m, **kw) for nc, nt, m in sets]
+    both = costs.sets_step_flops(per_set)
+    assert both.target == per_set[0].target == per_set[1].target  # one teacher pass
+    assert both.context == per_set[0].context + per_set[1].context
+    assert both.predictor == per_set[0].predictor + per_set[1].predictor
+    one = costs.activation_bytes(VIT_H, PREDICTOR, batch=8, num_patches=256,
+                                 context_tokens=70.0, target_tokens=40.0, num_targets=4)
+    twice = costs.sets_activation_bytes(VIT_H, PREDICTOR, batch=8, num_patches=256,
+                                        sets=[sets[0], sets[0]])
+    assert twice["context encoder activations"] == 2 * one["context encoder activations"]
+    assert twice["predictor activations"] == 2 * one["predictor activations"]
+    features = costs.FP32 * 8 * 256 * VIT_H.width  # the [b, N, D] targets, held once
+    assert twice["targets and predictions"] == 2 * one["targets and predictions"] - features
+
+
+def test_the_vjepa_plan_costs_both_mask_sets(registry, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDEO_ROOT", str(tmp_path / "no-videos"))
+    plan = make_plan(load_recipe(REPO / "recipes" / "vjepa_vitl16.yaml", registry), registry,
+                     gpus=128, read_data=False)
+    assert list(plan.set_tokens) == ["short", "long"]
+    vit_l, predictor = (costs.TransformerShape(depth=24, width=1024),
+                        costs.TransformerShape(depth=12, width=384))
+    per_set = [costs.ijepa_step_flops(vit_l, predictor, num_patches=8 * 14 * 14,
+                                      patch_dim=3 * 2 * 16 * 16, context_tokens=c.context,
+                                      target_tokens=c.target, num_targets=c.num_targets)
+               for c in plan.set_tokens.values()]
+    assert plan.flops.target == pytest.approx(per_set[0].target)
+    assert plan.flops.context == pytest.approx(sum(f.context for f in per_set))
+    assert plan.flops.predictor == pytest.approx(sum(f.predictor for f in per_set))
+    assert plan.flops.context > 1.2 * per_set[0].context  # the long set is no rounding error
+    assert any("add up every set's" in note for note in plan.notes)
+
+
 def test_vith16_on_8_gpus_keeps_the_global_batch_by_accumulating(registry, monkeypatch,
                                                                  tmp_path):
     recipe = paper("ijepa_vith16", registry, monkeypatch, tmp_path)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import yaml
 from conftest import TINY
 
+from jepa_core.errors import ConfigError
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
 from jepa_core.runtime.build import build_components
@@ -165,3 +166,17 @@ def test_jepa_run_trains_vjepa_with_two_mask_sets(tmp_path):
     steps = [r for r in rows if "prediction_short" in r]
     assert len(steps) == 3 and all(r["loss"] > 0 for r in steps)
     assert all("prediction_long" in r for r in steps)
+
+
+@pytest.mark.parametrize("tokens", [3, 4])
+def test_mask_tokens_that_do_not_match_the_mask_sets_are_a_config_error(tokens, tmp_path):
+    d = yaml.safe_load((REPO / "recipes" / "quickstart_video.yaml").read_text())
+    d.update(out_dir=str(tmp_path))
+    d["data"].update(num_train=16, num_test=8)
+    registry = make_plugin_manager()
+    d["predictor"]["num_mask_tokens"] = 1  # one token shared by both sets: fine
+    build_components(recipe_from_dict(d, registry, "video"), registry)
+    d["predictor"]["num_mask_tokens"] = tokens
+    with pytest.raises(ConfigError, match=rf"num_mask_tokens is {tokens} but the masker "
+                       r"'multiblock3d' draws 2 mask set\(s\) \(short, long\).*to 2"):
+        build_components(recipe_from_dict(d, registry, "video"), registry)

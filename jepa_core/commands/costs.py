@@ -114,6 +114,14 @@ def ijepa_step_flops(encoder: TransformerShape, predictor: TransformerShape, *,
     return StepFlops(target, context, train * pred_forward)
 
 
+def sets_step_flops(per_set: list[StepFlops]) -> StepFlops:
+    """One step over several mask sets (V-JEPA), from each set's `ijepa_step_flops`: the
+    target encoder runs once for every set; each set adds its own context encoder pass and
+    predictor pass."""
+    return StepFlops(per_set[0].target, sum(f.context for f in per_set),
+                     sum(f.predictor for f in per_set))
+
+
 def achieved_fraction(images_per_s: float, flops_per_image: float, peak_flops: float) -> float:
     """Model FLOPs utilisation: useful FLOP/s over the device's peak FLOP/s (both per device)."""
     return images_per_s * flops_per_image / peak_flops
@@ -171,3 +179,18 @@ def activation_bytes(encoder: TransformerShape, predictor: TransformerShape, *, 
         "predictor activations": batch * num_targets * (context_tokens + target_tokens) * pred,
         "targets and predictions": FP32 * (batch * num_patches * encoder.width + 2 * predicted),
     }
+
+
+def sets_activation_bytes(encoder: TransformerShape, predictor: TransformerShape, *, batch: int,
+                          num_patches: int, sets: list[tuple[float, float, int]],
+                          precision: str = "bf16") -> dict[str, float]:
+    """`activation_bytes` of one step over several mask sets (V-JEPA), each set (Nc, Nt, M):
+    the loss averages the sets before one backward pass, so every set's context encoder and
+    predictor activations are kept at once; the [b, N, D] target features are held once."""
+    per_set = [activation_bytes(encoder, predictor, batch=batch, num_patches=num_patches,
+                                context_tokens=nc, target_tokens=nt, num_targets=m,
+                                precision=precision) for nc, nt, m in sets]
+    total = {key: sum(b[key] for b in per_set) for key in per_set[0]}
+    total["targets and predictions"] -= ((len(sets) - 1) * FP32 * batch * num_patches
+                                         * encoder.width)
+    return total

@@ -193,27 +193,25 @@ def data_size(recipe: Recipe, registry: Registry, image_size: tuple[int, int],
 
 
 def cost_model(recipe: Recipe, encoder: Any, predictor: torch.nn.Module,
-               tokens: tuple[float, float, int], layout: BatchLayout, world: int
+               sets: list[tuple[float, float, int]], layout: BatchLayout, world: int
                ) -> tuple[costs.StepFlops | None, dict[str, float] | None]:
-    """FLOPs per image and bytes per GPU of one step; (None, None) for models the cost model
-    does not describe."""
+    """FLOPs per image and bytes per GPU of one step whose masks are `sets`, (Nc, Nt, M) of
+    each mask set (one for I-JEPA); (None, None) for models the cost model does not describe."""
     enc_shape, pred_shape = transformer_shape(encoder), transformer_shape(predictor)
     if enc_shape is None or pred_shape is None:
         return None, None
-    grid = encoder.patch_grid
-    n, (nc, nt, m) = math.prod(grid), tokens
-    flops = costs.ijepa_step_flops(enc_shape, pred_shape, num_patches=n,
-                                   patch_dim=patch_dim(encoder), context_tokens=nc,
-                                   target_tokens=nt, num_targets=m)
+    n = math.prod(encoder.patch_grid)
+    flops = costs.sets_step_flops([costs.ijepa_step_flops(
+        enc_shape, pred_shape, num_patches=n, patch_dim=patch_dim(encoder), context_tokens=nc,
+        target_tokens=nt, num_targets=m) for nc, nt, m in sets])
     (enc_t, enc_f), (pred_t, pred_f) = count_parameters(encoder), count_parameters(predictor)
     fsdp = recipe.dist.strategy == "fsdp"
     precision = "fp32" if recipe.train.precision == "fp32" else "bf16"
     memory = costs.state_bytes(enc_t + pred_t, enc_f + pred_f, enc_t + enc_f,
                                ddp_buckets=world > 1 and not fsdp, shards=world if fsdp else 1,
                                bf16=precision == "bf16")
-    memory.update(costs.activation_bytes(
-        enc_shape, pred_shape, batch=layout.micro_batch, num_patches=n, context_tokens=nc,
-        target_tokens=nt, num_targets=m, precision=precision))
+    memory.update(costs.sets_activation_bytes(enc_shape, pred_shape, batch=layout.micro_batch,
+                                              num_patches=n, sets=sets, precision=precision))
     return flops, memory
 
 
@@ -246,14 +244,17 @@ def make_plan(recipe: Recipe, registry: Registry, gpus: int | None = None, *,
         if len(set_tokens) > 1:
             first = next(iter(set_tokens))
             notes.append(f"the masker draws {len(set_tokens)} mask sets "
-                         f"({', '.join(set_tokens)}); the FLOPs, memory and context layouts "
-                         f"are for the first set, {first!r}, alone")
+                         f"({', '.join(set_tokens)}): the FLOPs and memory add up every set's "
+                         f"context encoder and predictor passes (one target encoder pass); "
+                         f"the context layouts are for the first set, {first!r}")
         else:
             set_tokens = None
     flops = memory = None
     if tokens is not None and ijepa_shaped(method):
+        sets = ([(c.context, c.target, c.num_targets) for c in set_tokens.values()]
+                if set_tokens is not None else [tokens])
         flops, memory = cost_model(recipe, method.modules["encoder"],
-                                   method.modules["predictor"], tokens, layout, world)
+                                   method.modules["predictor"], sets, layout, world)
         if flops is None:
             notes.append("no FLOPs or memory: the cost model knows transformer blocks with "
                          "attn.qkv and mlp.fc1 (timm's layout); these models have none")
@@ -393,9 +394,10 @@ def flops_table(plan: Plan, recipe: Recipe) -> Any:
     assert f is not None, "a FLOPs table needs the plan's FLOPs"
     table = _table("FLOPs per step", "part", "per image", "share", note=(
         "matmul FLOPs, multiply-add = 2, backward = 2x forward (jepa_core/commands/costs.py)"))
+    each = f", each of {len(plan.set_tokens)} mask sets" if plan.set_tokens else ""
     rows = [("target encoder forward, N tokens", f.target),
-            ("context encoder forward + backward, Nc tokens", f.context),
-            ("predictor forward + backward, M x (Nc + Nt) tokens", f.predictor)]
+            (f"context encoder forward + backward, Nc tokens{each}", f.context),
+            (f"predictor forward + backward, M x (Nc + Nt) tokens{each}", f.predictor)]
     for name, value in rows:
         table.add_row(name, _si(value, "FLOP"), f"{value / f.total:.0%}")
     table.add_row("step", _si(f.total, "FLOP"), "100%", style="bold")

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from jepa_core.errors import ConfigError
 from jepa_core.interfaces import MethodOutput
 from jepa_core.runtime.build import MethodParts
 from jepa_objectives.methods.ijepa import IJEPA, teacher_targets
@@ -24,11 +25,30 @@ from jepa_objectives.tokens import gather_tokens
 class VJEPA(IJEPA):
     """IJEPA's modules, teacher and EMA update; one context and predictor pass per mask set."""
 
+    def __init__(self, config: Any, parts: MethodParts):
+        super().__init__(config, parts)
+        self.check_mask_tokens(parts)
+
+    def check_mask_tokens(self, parts: MethodParts) -> None:
+        """ConfigError unless the predictor has one mask token shared by every set, or one per
+        set of a masker that names its sets (`masker.sets`, as `multiblock3d`)."""
+        tokens = int(getattr(self.modules["predictor"], "num_mask_tokens", 1))
+        masker = parts.recipe.masker
+        sets = getattr(masker.config, "sets", None) if masker is not None else None
+        if tokens == 1 or sets is None or tokens == len(sets):
+            return
+        raise ConfigError(
+            f"recipe {parts.recipe.name!r}: predictor.num_mask_tokens is {tokens} but the "
+            f"masker {masker.name!r} draws {len(sets)} mask set(s) "  # type: ignore[union-attr]
+            f"({', '.join(s.name for s in sets)}); V-JEPA gives each set its own mask token, "
+            f"so set predictor.num_mask_tokens to {len(sets)} (or to 1 for one token shared "
+            f"by every set).")
+
     def mask_token_options(self, i: int) -> dict[str, int]:
         """The predictor's keywords for mask set i: `mask_index=i` when the predictor has a
         mask token per set (`num_mask_tokens > 1`), none otherwise."""
         tokens = int(getattr(self.modules["predictor"], "num_mask_tokens", 1))
-        return {"mask_index": i % tokens} if tokens > 1 else {}
+        return {"mask_index": i} if tokens > 1 else {}
 
     def loss(self, modules: dict, batch: Any) -> MethodOutput:
         sets = list(batch.masks.items())
