@@ -463,3 +463,39 @@ def test_math_attention_and_grad_checkpointing_give_the_same_numbers(video):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
     assert plain.patch_embed.proj.weight.grad.abs().sum() > 0
     assert plain.pos_embed.grad is None  # the 3D table stays fixed
+
+
+def _depth_scaled_pairs():
+    from jepa_vit.configs import PredictorConfig, ViTConfig
+    from jepa_vit.encoder import build_encoder
+    from jepa_vit.predictor import build_predictor
+
+    image = ViTConfig(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=2)
+    predictor = PredictorConfig(embed_dim=24, depth=3, num_heads=2)
+    return {
+        "image encoder": lambda scaled: _seeded(build_encoder,
+                                                attrs.evolve(image, depth_scaled_init=scaled)),
+        "video encoder": lambda scaled: _seeded(
+            build_video_encoder, attrs.evolve(TINY_VIDEO, depth=3, depth_scaled_init=scaled)),
+        "predictor": lambda scaled: _seeded(
+            build_predictor, attrs.evolve(predictor, depth_scaled_init=scaled),
+            _seeded(build_video_encoder, TINY_VIDEO)),
+    }
+
+
+@pytest.mark.parametrize("part", ["image encoder", "video encoder", "predictor"])
+def test_depth_scaled_init_divides_the_residual_projections_by_sqrt_2l(part):
+    """The official models' fix_init_weight: block l's attn.proj and mlp.fc2 weights over
+    sqrt(2 l) after the same draws; every other tensor as the plain init."""
+    build = _depth_scaled_pairs()[part]
+    plain, scaled = build(False).state_dict(), build(True).state_dict()
+    divided = 0
+    for key, value in plain.items():
+        parts = key.split(".")
+        if key.endswith(("attn.proj.weight", "mlp.fc2.weight")):
+            layer = int(parts[parts.index("attn" if "attn" in parts else "mlp") - 1]) + 1
+            torch.testing.assert_close(scaled[key], value / (2 * layer) ** 0.5)
+            divided += 1
+        else:
+            assert torch.equal(scaled[key], value), key
+    assert divided == 6  # 3 blocks x 2 maps

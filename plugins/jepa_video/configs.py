@@ -33,6 +33,9 @@ class VideoViTConfig:
     # V-JEPA's ViT-L recipe: every axis gets 2 * ceil(D / 6) position channels (false: time
     # D / 2, height and width D / 4 each). The predictor takes the encoder's setting.
     uniform_power: bool = True
+    # True: after the init, divide block l's attn.proj and mlp.fc2 weights by sqrt(2 l), as the
+    # official V-JEPA model does (its recipe sets it).
+    depth_scaled_init: bool = False
 
 
 

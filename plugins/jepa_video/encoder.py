@@ -23,7 +23,12 @@ from torch import nn
 from jepa_core.errors import ConfigError
 from jepa_video.configs import VideoViTConfig
 from jepa_vit.configs import ViTConfig
-from jepa_vit.encoder import ViTEncoder, _create_timm, init_vit_weights
+from jepa_vit.encoder import (
+    ViTEncoder,
+    _create_timm,
+    init_vit_weights,
+    scale_residual_projections,
+)
 from jepa_vit.pos_embed import axis_widths_3d
 
 
@@ -110,4 +115,6 @@ def build_video_encoder(config: VideoViTConfig) -> VideoViTEncoder:
     encoder = VideoViTEncoder(vit, tubelets, uniform_power=config.uniform_power,
                               attention=config.attention)
     init_vit_weights(encoder)
+    if config.depth_scaled_init:
+        scale_residual_projections(encoder.blocks)
     return encoder

@@ -24,6 +24,10 @@ class ViTConfig:
     pos_embed: Literal["sincos", "learned"] = "sincos"
     # "auto": timm's fused scaled-dot-product attention; "math": the explicit softmax(QK^T)V.
     attention: Literal["auto", "math"] = "auto"
+    # True: after the init, divide block l's attn.proj and mlp.fc2 weights by sqrt(2 l), as the
+    # official I-JEPA and V-JEPA models do (the paper recipes set it); False keeps the plain
+    # init of earlier runs.
+    depth_scaled_init: bool = False
 
 
 @attrs.frozen
@@ -39,3 +43,8 @@ class PredictorConfig:
     # Learnable mask tokens, one per mask set (V-JEPA: 2, zero-initialised; the method picks
     # one with `mask_index`). 1: I-JEPA's single trunc-normal token, key `mask_token`.
     num_mask_tokens: int = attrs.field(default=1, validator=at_least(1))
+    # True: after the init, divide block l's attn.proj and mlp.fc2 weights by sqrt(2 l), as the
+    # official I-JEPA and V-JEPA models do (the paper recipes set it); False keeps the plain
+    # init of earlier runs.
+    depth_scaled_init: bool = False
+

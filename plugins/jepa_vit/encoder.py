@@ -88,6 +88,17 @@ def init_vit_weights(module: nn.Module) -> None:
                     nn.init.zeros_(sub.bias)
 
 
+def scale_residual_projections(blocks: Any) -> None:
+    """The official I-JEPA and V-JEPA models' `fix_init_weight`, in place, after the init:
+    the weights of block l's attention output projection and second MLP layer (the two maps
+    into the residual stream, l = 1 .. depth) divided by sqrt(2 l). Skipped on the meta device."""
+    with torch.no_grad():
+        for layer, block in enumerate(blocks, start=1):
+            for weight in (block.attn.proj.weight, block.mlp.fc2.weight):
+                if not weight.is_meta:
+                    weight.div_(math.sqrt(2.0 * layer))
+
+
 def set_attention(module: nn.Module, attention: str) -> None:
     """attention="math" switches every timm attention below `module` to the explicit
     softmax(QK^T)V path (the slow baseline); "auto" keeps timm's choice (fused SDPA)."""
@@ -283,6 +294,8 @@ def build_encoder(config: ViTConfig) -> ViTEncoder:
     vit = _create_timm(config)
     encoder = wrap_timm_vit(vit, pos_embed=config.pos_embed, attention=config.attention,
                             name=config.model)
+    if config.depth_scaled_init:
+        scale_residual_projections(encoder.blocks)
     encoder.timm_model = _export_spec(config)
     return encoder
 

@@ -42,6 +42,7 @@ from jepa_vit.encoder import (
     gather_tokens,
     init_vit_weights,
     key_padding_mask,
+    scale_residual_projections,
     set_attention,
     trunc_normal,
 )
@@ -98,12 +99,14 @@ class VisionTransformerPredictor(nn.Module):
     def __init__(self, *, encoder_dim: int, patch_grid: tuple[int, ...], embed_dim: int = 384,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
                  drop_path_rate: float = 0.0, attention: str = "auto",
-                 num_mask_tokens: int = 1, uniform_power: bool = False):
+                 num_mask_tokens: int = 1, uniform_power: bool = False,
+                 depth_scaled_init: bool = False):
         super().__init__()
         self.embed_dim, self.encoder_dim, self.num_heads = embed_dim, encoder_dim, num_heads
         self.patch_grid = tuple(int(g) for g in patch_grid)
         self.num_patches = math.prod(self.patch_grid)
         self.num_mask_tokens = int(num_mask_tokens)
+        self.depth_scaled_init = bool(depth_scaled_init)
         self.uniform_power = bool(uniform_power)
         self.grad_checkpointing = False
 
@@ -131,9 +134,12 @@ class VisionTransformerPredictor(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """I-JEPA init (see `init_vit_weights`) plus the single mask token, trunc-normal std
-        0.02; several mask tokens start at zero (V-JEPA's zero_init_mask_tokens)."""
+        """I-JEPA init (see `init_vit_weights`; with depth_scaled_init, then
+        `scale_residual_projections`) plus the single mask token, trunc-normal std 0.02;
+        several mask tokens start at zero (V-JEPA's zero_init_mask_tokens)."""
         init_vit_weights(self)
+        if self.depth_scaled_init:
+            scale_residual_projections(self.predictor_blocks)
         if self.num_mask_tokens == 1 and not self.mask_token.is_meta:
             trunc_normal(self.mask_token)
         elif self.num_mask_tokens > 1:
@@ -280,4 +286,4 @@ def build_predictor(config: PredictorConfig, encoder: Any) -> VisionTransformerP
         embed_dim=config.embed_dim, depth=config.depth, num_heads=heads,
         mlp_ratio=config.mlp_ratio, drop_path_rate=config.drop_path_rate,
         attention=config.attention, num_mask_tokens=config.num_mask_tokens,
-        uniform_power=uniform_power)
+        uniform_power=uniform_power, depth_scaled_init=config.depth_scaled_init)
