@@ -299,3 +299,23 @@ def test_the_single_frame_baseline_gets_its_own_note():
     results["single frame (target encoder)"] = {"linear_probe": 0.3, "knn": 0.25}
     notes = [n for n in comparison_notes(results) if "first frame" in n]
     assert len(notes) == 1 and "+60.0 points linear, +55.0 kNN" in notes[0]
+
+
+def test_probe_margin_lists_every_probe_as_mean_and_std_over_runs():
+    bench = load_bench("probe_margin")
+
+    def run(attentive, knn):
+        return {"results": [
+            {"features": "trained target encoder", "protocol": "attentive",
+             "feature_kind": "tokens", "accuracy": {"val": 0.5, "test": attentive}},
+            {"features": "random init", "protocol": "knn", "feature_kind": "pooled",
+             "accuracy": {"test": knn}},
+            {"features": "random init", "protocol": "rankme", "feature_kind": "pooled",
+             "value": 20.0}]}
+
+    lines = bench.every_probe([run(0.80, 0.40), run(0.90, 0.50)]).splitlines()
+    assert lines[0].startswith("every probe over 2 run(s)")
+    attentive = next(line for line in lines if "attentive" in line)
+    assert "trained target encoder" in attentive and "85.0 ±  7.1" in attentive
+    assert "45.0 ±  7.1" in next(line for line in lines if line.split()[0] == "knn")
+    assert "20.0 ±  0.0" in next(line for line in lines if "rankme" in line)

@@ -180,3 +180,28 @@ def test_mask_tokens_that_do_not_match_the_mask_sets_are_a_config_error(tokens, 
     with pytest.raises(ConfigError, match=rf"num_mask_tokens is {tokens} but the masker "
                        r"'multiblock3d' draws 2 mask set\(s\) \(short, long\).*to 2"):
         build_components(recipe_from_dict(d, registry, "video"), registry)
+
+
+def test_the_readme_video_command_trains_and_probes_against_its_baselines(tmp_path):
+    """`jepa run recipes/quickstart_video.yaml --nproc 2`, cut to 4 steps and a few probe
+    epochs: two gloo processes train, rank 0 probes the trained, random-init, single-frame
+    and raw-pixel features with the recipe's protocols (attentive included)."""
+    import json
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JEPA_DISABLE_PLUGIN_AUTOLOAD", "JEPA_PLUGINS")}
+    env["COLUMNS"] = "200"
+    done = subprocess.run(
+        [sys.executable, "-m", "jepa_core", "run", "recipes/quickstart_video.yaml", "--nproc",
+         "2", f"out_dir={tmp_path}", "name=video", "train.max_steps=4", "eval.max_images=64",
+         "data.num_test=64", "eval.protocols=[knn, {name: linear, epochs: 2}, "
+         "{name: attentive, epochs: 2, lrs: [0.01]}]"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "on 2 process(es)" in done.stdout
+    results = json.loads((tmp_path / "video" / "eval.json").read_text())["results"]
+    rows = {(r["features"], r["protocol"], r.get("feature_kind")) for r in results}
+    for features in ("trained target encoder", "random init", "single frame (target encoder)"):
+        assert {(features, "attentive", "tokens"), (features, "linear", "last4"),
+                (features, "knn", "pooled")} <= rows
+    assert ("raw pixels", "attentive", "tokens") in rows
