@@ -185,7 +185,8 @@ def test_mask_tokens_that_do_not_match_the_mask_sets_are_a_config_error(tokens, 
 def test_the_readme_video_command_trains_and_probes_against_its_baselines(tmp_path):
     """`jepa run recipes/quickstart_video.yaml --nproc 2`, cut to 4 steps and a few probe
     epochs: two gloo processes train, rank 0 probes the trained, random-init, single-frame
-    and raw-pixel features with the recipe's protocols (attentive included)."""
+    and raw-pixel features with the recipe's protocols (attentive included), with the same
+    numbers as a later `jepa eval` of the run."""
     import json
 
     env = {k: v for k, v in os.environ.items()
@@ -205,3 +206,11 @@ def test_the_readme_video_command_trains_and_probes_against_its_baselines(tmp_pa
         assert {(features, "attentive", "tokens"), (features, "linear", "last4"),
                 (features, "knn", "pooled")} <= rows
     assert ("raw pixels", "attentive", "tokens") in rows
+    # rank 0 probed on the launcher's threads: `jepa eval` of the run from this shell agrees
+    first = json.loads((tmp_path / "video" / "eval.json").read_text())
+    again = subprocess.run([sys.executable, "-m", "jepa_core", "eval", str(tmp_path / "video")],
+                           capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = json.loads((tmp_path / "video" / "eval.json").read_text())
+    assert first["source"]["threads"] == second["source"]["threads"]
+    assert second["results"] == results

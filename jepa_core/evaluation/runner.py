@@ -202,7 +202,8 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
     te = cache.CachedFeatures(test_folders[first][2], stored[first][1][0], test_shards)
     return {"format": FORMAT,
             "source": {**origin, "method": recipe.method.name if recipe.method else None,
-                       "module": module, "cache": str(root)},
+                       "module": module, "cache": str(root),
+                       "threads": torch.get_num_threads()},  # CPU numbers depend on it
             "data": {"name": recipe.data.name,
                      "train": _side(train_src, len(tr), tr.skipped),
                      "test": _side(test_src, len(te), te.skipped),

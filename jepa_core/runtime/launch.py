@@ -38,6 +38,10 @@ SAFE_TO_CHANGE = ("train.max_steps", "train.num_workers", "train.log_every",
 FORWARDED = "SIGTERM,SIGINT,SIGUSR1,SIGHUP,SIGQUIT"
 SHUTDOWN_TIMEOUT_S = 600  # a signalled worker finishes its step and writes a checkpoint first
 LAUNCHER_ENV = "JEPA_LAUNCHER_PID"
+# The torch threads of the shell that ran `jepa run --nproc N`: its workers train on a share of
+# the cores each, and rank 0 evaluates alone on all of them after the others have left, so that
+# the run's eval.json equals what `jepa eval RUN` computes from that shell.
+EVAL_THREADS_ENV = "JEPA_EVAL_THREADS"
 STOP_SIGNALS = {int(signal.SIGTERM): "SIGTERM", int(signal.SIGUSR1): "SIGUSR1",
                 int(signal.SIGINT): "SIGINT"}
 
@@ -143,6 +147,7 @@ def run_worker(recipe: Recipe, registry: Registry, resume: str | None, force: bo
             if dist.is_main and recipe.eval.after_train:
                 from jepa_core.commands.evaluate import evaluate_run
 
+                use_launcher_threads()
                 evaluate_run(run)
             if dist.is_main:
                 print_outputs(recipe.run_dir)
@@ -191,11 +196,13 @@ def _spawn(recipe: Recipe, registry: Registry, args: argparse.Namespace) -> int:
 
 
 def _run_launcher(argv: list[str], n: int) -> int:
+    import torch
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
     os.environ[LAUNCHER_ENV] = str(os.getpid())  # workers stop when this process dies
+    os.environ[EVAL_THREADS_ENV] = str(torch.get_num_threads())
     threads_set = "OMP_NUM_THREADS" not in os.environ
     if threads_set:  # ours, so torchrun sets none and prints no banner about it
         os.environ["OMP_NUM_THREADS"] = str(worker_threads(n, os.cpu_count()))
@@ -220,6 +227,16 @@ def _run_launcher(argv: list[str], n: int) -> int:
         if threads_set:
             os.environ.pop("OMP_NUM_THREADS", None)
     return 0
+
+
+def use_launcher_threads() -> None:
+    """In rank 0 of `jepa run --nproc`, before the evaluation: take the launcher's torch
+    thread count back (EVAL_THREADS_ENV); elsewhere nothing changes."""
+    threads = os.environ.get(EVAL_THREADS_ENV, "")
+    if threads.isdigit() and int(threads) > 0:
+        import torch
+
+        torch.set_num_threads(int(threads))
 
 
 def worker_threads(nproc: int, cpus: int | None) -> int:
