@@ -99,3 +99,16 @@ def tiny_dict(tmp_path):
 @pytest.fixture
 def tiny_recipe(tiny_dict, registry):
     return recipe_from_dict(tiny_dict, registry, "tiny")
+
+
+def assert_same_training(a: dict, b: dict) -> None:
+    """Two checkpoint states hold the same run: every module tensor and the optimizer's first
+    moments bit-equal (a resumed run is the same run, not a close one)."""
+    import torch
+
+    for part in a["modules"]:
+        for k, v in a["modules"][part].items():
+            assert torch.equal(v, b["modules"][part][k]), f"{part}.{k} differs"
+    for (_, va), (_, vb) in zip(a["optimizer"]["state"].items(),
+                                b["optimizer"]["state"].items(), strict=True):
+        assert torch.equal(va["exp_avg"], vb["exp_avg"])

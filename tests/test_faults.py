@@ -17,7 +17,7 @@ import attrs
 import pytest
 import torch
 import yaml
-from conftest import TINY
+from conftest import TINY, assert_same_training
 
 from jepa_core.errors import RunError
 from jepa_core.plugins import make_plugin_manager
@@ -63,13 +63,7 @@ def _final_weights(run_dir: Path) -> dict:
 
 def _assert_same(a: dict, b: dict) -> None:
     assert sorted(a["modules"]) == ["encoder", "predictor", "target_encoder"]
-    for part in a["modules"]:
-        for k, v in a["modules"][part].items():
-            assert torch.equal(v, b["modules"][part][k]), f"{part}.{k} differs"
-    # optimizer moments too: the resumed run is the same run
-    for (_, va), (_, vb) in zip(a["optimizer"]["state"].items(),
-                                b["optimizer"]["state"].items(), strict=True):
-        assert torch.equal(va["exp_avg"], vb["exp_avg"])
+    assert_same_training(a, b)  # optimizer moments too: the resumed run is the same run
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import assert_same_training
 
 from jepa_core.runtime import checkpoint as ckpt
 
@@ -97,9 +98,4 @@ def test_a_killed_vjepa_run_resumes_bit_identical(tmp_path):
     jepa("run", str(killed), "--resume", "auto")
     a, b = final(straight_dir), final(killed_dir)
     assert a["step"] == b["step"] == STEPS
-    for part in a["modules"]:
-        for k, v in a["modules"][part].items():
-            assert torch.equal(v, b["modules"][part][k]), f"{part}.{k} differs"
-    for (_, va), (_, vb) in zip(a["optimizer"]["state"].items(),
-                                b["optimizer"]["state"].items(), strict=True):
-        assert torch.equal(va["exp_avg"], vb["exp_avg"])
+    assert_same_training(a, b)

@@ -35,11 +35,11 @@ class VJEPA(IJEPA):
         tokens = int(getattr(self.modules["predictor"], "num_mask_tokens", 1))
         masker = parts.recipe.masker
         sets = getattr(masker.config, "sets", None) if masker is not None else None
-        if tokens == 1 or sets is None or tokens == len(sets):
+        if tokens == 1 or masker is None or sets is None or tokens == len(sets):
             return
         raise ConfigError(
             f"recipe {parts.recipe.name!r}: predictor.num_mask_tokens is {tokens} but the "
-            f"masker {masker.name!r} draws {len(sets)} mask set(s) "  # type: ignore[union-attr]
+            f"masker {masker.name!r} draws {len(sets)} mask set(s) "
             f"({', '.join(s.name for s in sets)}); V-JEPA gives each set its own mask token, "
             f"so set predictor.num_mask_tokens to {len(sets)} (or to 1 for one token shared "
             f"by every set).")
