@@ -124,3 +124,19 @@ def test_nproc_workers_start_with_the_defaults(tmp_path):
     assert _final(run_dir)["threads"] == {
         "count": max(1, (os.cpu_count() or 1) // 2), "count_from": "jepa default",
         "wait_policy": "PASSIVE", "wait_policy_from": "jepa default"}
+
+
+@pytest.mark.slow
+def test_eval_nproc_keeps_the_users_thread_count(tmp_path):
+    import json
+
+    recipe, run_dir = _recipe(tmp_path)
+    _run(recipe, OMP_NUM_THREADS="1")
+    share = max(1, (os.cpu_count() or 1) // 2)  # what 2 processes get when the user sets none
+    mine = 2 if share == 1 else 1
+    env = {**os.environ, "OMP_NUM_THREADS": str(mine)}
+    out = subprocess.run([sys.executable, "-m", "jepa_core", "eval", str(run_dir), "--nproc",
+                          "2", "--no-baseline", "eval.protocols=[{name: knn, k: 5}]"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads((run_dir / "eval.json").read_text())["source"]["threads"] == mine
