@@ -11,6 +11,8 @@ import sys
 import pytest
 import yaml
 from conftest import TINY
+from hypothesis import given
+from hypothesis import strategies as st
 
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime import threads
@@ -33,6 +35,23 @@ def test_defaults_fill_only_what_the_user_left_unset():
         assert env == mine  # the user chose how the pool waits: nothing added
     env = {"OMP_WAIT_POLICY": "ACTIVE", threads.MARK_ENV: "OMP_WAIT_POLICY=PASSIVE"}
     assert threads.origin("OMP_WAIT_POLICY", env) == "environment"  # changed since
+
+
+USER_VALUES = st.dictionaries(st.sampled_from(OMP[:4]),
+                              st.sampled_from(["1", "2", "ACTIVE", "PASSIVE", "0", ""]))
+
+
+@given(USER_VALUES)
+def test_what_the_user_set_is_never_changed_and_reported_as_theirs(user):
+    env = dict(user)
+    threads.add_defaults(env)
+    threads.set_default("OMP_NUM_THREADS", "1", env)  # as the --nproc launcher does
+    assert {k: env[k] for k in user} == user
+    assert all(threads.origin(k, env) == "environment" for k in user)
+    threads.unset_default("OMP_NUM_THREADS", env)
+    assert {k: v for k, v in env.items() if k != threads.MARK_ENV} == (
+        user if any(k in user for k in threads.WAIT_VARIABLES)
+        else {**user, **threads.DEFAULTS})
 
 
 def test_a_default_count_is_taken_back_but_never_the_users():
