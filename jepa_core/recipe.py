@@ -73,6 +73,9 @@ class TrainConfig:
     # Stop after this many steps (smoke tests); schedules still span the whole run.
     max_steps: int | None = attrs.field(default=None, validator=at_least(1))
     num_workers: int = attrs.field(default=0, validator=at_least(0))
+    # torch's CPU threads in each training process (and its evaluation after training); None:
+    # OMP_NUM_THREADS if set, else all cores (shared out under --nproc). See runtime/threads.
+    threads: int | None = attrs.field(default=None, validator=at_least(1))
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, else fp32
     compile: bool = False  # torch.compile the encoders and predictor
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -9,8 +9,14 @@ from types import ModuleType
 
 import pytest
 
-from jepa_core.plugins import make_plugin_manager
-from jepa_core.recipe import recipe_from_dict
+from jepa_core.runtime.threads import set_defaults
+
+# The suite trains in this process and starts `jepa` processes, on machines busy with other
+# work: jepa's OpenMP defaults (idle threads sleep, not spin), set before torch is imported.
+set_defaults()
+
+from jepa_core.plugins import make_plugin_manager  # noqa: E402
+from jepa_core.recipe import recipe_from_dict  # noqa: E402
 
 # The first-party plugins' entry modules, for registries that must not see other installed
 # plugins (autoload=False).

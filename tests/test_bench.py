@@ -1,7 +1,9 @@
-"""bench/timing.py: interleaved timings and the verdict on whether a ratio means anything."""
+"""bench/timing.py: interleaved timings and the verdict on whether a ratio means anything;
+bench/threads.py: step times per thread setting, idle and under its own load."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +68,61 @@ def test_masks_bench_prints_ratios_and_the_thread_figures(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "loop/vec" in out.stdout and "reference/16" in out.stdout
     assert "draw_masks / one thread" in out.stdout and "3. statistics" in out.stdout
+
+
+threads_bench = load_bench("threads")
+
+
+def test_threads_bench_step_times_skip_the_warmup(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "elapsed_s": t} for s, t in ((1, 5.0), (2, 5.5), (3, 5.7), (4, 6.0))]
+    rows.insert(2, {"step": 2, "live_knn": 0.5})  # a row without a step time
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert threads_bench.step_times(metrics, skip=2) == pytest.approx([0.2, 0.3])
+
+
+def test_threads_bench_table_gives_each_column_its_best():
+    text = threads_bench.table({"a": {"idle": 0.010, "loaded": 0.040},
+                                "b": {"idle": 0.020, "loaded": 0.020}}, ["idle", "loaded"])
+    a, b = text.splitlines()[1:]
+    assert a.split()[1:] == ["10.0", "1.00", "40.0", "2.00"]
+    assert b.split()[1:] == ["20.0", "2.00", "20.0", "1.00"]
+
+
+def test_threads_bench_load_stops_with_the_block():
+    with threads_bench.busy(2, limit_s=60) as procs:
+        assert all(p.poll() is None for p in procs)
+    assert all(p.poll() is not None for p in procs)
+    ended = subprocess.run(threads_bench.busy_loop(0.1), timeout=30)  # and by itself
+    assert ended.returncode == 0
+
+
+def test_threads_bench_settings_compare_against_jepas_default():
+    found = threads_bench.settings()
+    assert found["1 thread"] == {"OMP_NUM_THREADS": "1"}
+    assert found["jepa default (nothing set)"] == {}
+    assert {"all threads, ACTIVE", "all threads, PASSIVE"} <= set(found)
+
+
+@pytest.mark.slow
+def test_threads_bench_runs_idle_and_loaded(tmp_path):
+    import copy
+
+    import yaml
+    from conftest import TINY
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**copy.deepcopy(TINY), "out_dir": str(tmp_path)}))
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "threads.py"), "--recipe",
+                          str(recipe), "--steps", "3", "--skip", "1", "--repeats", "1",
+                          "--load", "1", "--load-limit", "120",
+                          "--settings", "1 thread,jepa default (nothing set)",
+                          "train.device=cpu"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("setting"))
+    assert "idle ms/step" in lines[head] and "loaded ms/step" in lines[head]
+    assert [line.split("  ")[0] for line in lines[head + 1:head + 3]] == [
+        "1 thread", "jepa default (nothing set)"]

@@ -321,6 +321,9 @@ def report_error(exc: JepaError) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The `jepa` command: parse, run the command, map errors to exit codes."""
+    from jepa_core.runtime.threads import set_defaults
+
+    set_defaults()  # before anything imports torch: its OpenMP runtime reads them once
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow the options (`jepa run r.yaml --nproc 2 optim.lr=1e-3`)

@@ -38,6 +38,8 @@ from jepa_core.evaluation.runner import (
 )
 from jepa_core.recipe import EvalConfig, recipe_from_dict
 from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime import threads
+from jepa_core.runtime.launch import worker_threads
 from jepa_core.runtime.progress import Ticker
 
 __all__ = ["NoLabels", "eval_indices", "evaluate", "headline", "no_labels_message", "extract",
@@ -239,16 +241,19 @@ def _rank_world() -> tuple[int, int]:
 
 def spawn_extractors(argv: list[str], n: int) -> list[subprocess.Popen]:
     """Processes 1..n-1 of an `--nproc n` evaluation: the same command, each told its rank, to
-    extract its share of the shards (torch threads split between the processes)."""
-    threads = max(1, (os.cpu_count() or 1) // n)
+    extract its share of the shards (torch threads split between the processes, unless the
+    user set OMP_NUM_THREADS: then each process takes that many)."""
+    share = str(worker_threads(n, os.cpu_count()))
+    env = dict(os.environ)
+    ours = threads.set_default("OMP_NUM_THREADS", share, env)
     procs = []
     for rank in range(1, n):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(n), "LOCAL_RANK": str(rank),
-               "OMP_NUM_THREADS": str(threads)}
+        env.update(RANK=str(rank), WORLD_SIZE=str(n), LOCAL_RANK=str(rank))
         procs.append(subprocess.Popen([sys.executable, "-m", "jepa_core", *argv], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                       text=True))
-    torch.set_num_threads(threads)
+    if ours:
+        torch.set_num_threads(int(share))
     return procs
 
 

@@ -20,7 +20,7 @@ import attrs
 from jepa_core.errors import ConfigError, Preempted, RunError
 from jepa_core.recipe import Recipe, recipe_to_dict
 from jepa_core.runtime import checkpoint as ckpt
-from jepa_core.runtime import rundir
+from jepa_core.runtime import rundir, threads
 from jepa_core.runtime.distributed import DistEnv, destroy, detect, init_process_group
 from jepa_core.structure import Component, unstructure
 
@@ -30,7 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
 # Recipe keys that may change between a checkpoint and its resumption.
 SAFE_TO_CHANGE = ("train.max_steps", "train.num_workers", "train.log_every",
                   "train.checkpoint_every", "train.keep_last", "train.epochs", "eval.",
-                  "train.compile", "dist.per_device_batch_cap", "out_dir")
+                  "train.compile", "train.threads", "dist.per_device_batch_cap",
+                  "out_dir")
 
 
 # Signals the launcher passes on to its workers (each runs in its own session, so a terminal's
@@ -203,9 +204,8 @@ def _run_launcher(argv: list[str], n: int) -> int:
 
     os.environ[LAUNCHER_ENV] = str(os.getpid())  # workers stop when this process dies
     os.environ[EVAL_THREADS_ENV] = str(torch.get_num_threads())
-    threads_set = "OMP_NUM_THREADS" not in os.environ
-    if threads_set:  # ours, so torchrun sets none and prints no banner about it
-        os.environ["OMP_NUM_THREADS"] = str(worker_threads(n, os.cpu_count()))
+    # ours unless the user set it (then torchrun sets none and prints no banner about it)
+    threads.set_default("OMP_NUM_THREADS", str(worker_threads(n, os.cpu_count())))
     try:
         torchrun_main(argv)
     except SignalException as exc:  # the workers got the signal too and have exited by now
@@ -224,8 +224,7 @@ def _run_launcher(argv: list[str], n: int) -> int:
         raise RunError(f"a worker process failed: {exc}") from exc
     finally:
         os.environ.pop(LAUNCHER_ENV, None)
-        if threads_set:
-            os.environ.pop("OMP_NUM_THREADS", None)
+        threads.unset_default("OMP_NUM_THREADS")
     return 0
 
 
@@ -263,6 +262,7 @@ def die_with_launcher() -> None:
 def launch(recipe: Recipe, registry: Registry, args: argparse.Namespace) -> int:
     """`jepa run`: train in this process, as a rank of an existing distributed job, or spawn
     `--nproc` local workers (or submit to SLURM); returns the exit code."""
+    threads.apply_count(recipe.train.threads)  # the launcher's too: rank 0 evaluates on it
     dist = detect()
     if dist.distributed:
         return run_worker(recipe, registry, args.resume, args.force, dist)

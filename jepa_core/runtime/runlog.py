@@ -16,6 +16,7 @@ from typing import Any
 
 from jepa_core.errors import RunError
 from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime import threads
 
 COLLAPSE_STD = 1e-2  # pooled target features this flat across a batch mean collapse
 
@@ -65,6 +66,8 @@ class RunLogger:
         if not self.main:
             return self
         self.file = MetricsFile(self.run.run_dir / "metrics.jsonl")
+        found = threads.settings(self.run.recipe.train.threads)
+        self.console.print(threads.header(found), soft_wrap=True, markup=False)
         if self.console.is_terminal:
             from rich.progress import (
                 BarColumn,

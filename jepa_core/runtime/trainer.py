@@ -27,7 +27,7 @@ from jepa_core.errors import ConfigError, Preempted, RunError
 from jepa_core.interfaces import Method
 from jepa_core.recipe import Recipe, recipe_to_dict, recipe_to_yaml
 from jepa_core.runtime import checkpoint as ckpt
-from jepa_core.runtime import schedules
+from jepa_core.runtime import schedules, threads
 from jepa_core.runtime.build import Components, build_components
 from jepa_core.runtime.data import Batch, BatchLayout, batch_layout, train_loader
 from jepa_core.runtime.distributed import DistEnv
@@ -289,6 +289,7 @@ def checkpoint_state(run: RunContext) -> dict:
         "counters": {"nonfinite_total": run.nonfinite_total,
                      "skipped_samples": run.skipped_samples},
         "metrics": {k: float(v) for k, v in run.metrics.items()},
+        "threads": threads.settings(run.recipe.train.threads),  # CPU speed depends on them
     }
 
 
