@@ -113,6 +113,14 @@ def results_of(data: Any, path: Path) -> tuple[Result, ...]:
         entries = data.get("results")
         if not isinstance(entries, list):
             raise _fail(path, "format 2 needs a list under 'results'")
+        if not entries:
+            failed = data.get("failed")
+            failed = failed if isinstance(failed, list) else []
+            names = ", ".join(str(f.get("protocol")) for f in failed if isinstance(f, dict))
+            why = (f"every protocol failed ({names}: see 'failed' in the file)" if failed
+                   else "its 'results' list is empty")
+            raise _fail(path, f"holds no results to compare: {why}. Evaluate the run again "
+                              f"with `jepa eval {path.parent}`")
         return tuple(_result(entry, i, path) for i, entry in enumerate(entries))
     if "format" not in data:  # format 1: {features: {"linear_probe": acc, "knn": acc}, data}
         return _format1(data, path)

@@ -200,9 +200,11 @@ def _num(v: Any) -> Any:
     return v
 
 
-def describe_outputs(run_dir: Path) -> list[str]:
+def describe_outputs(run_dir: Path, evaluated: dict | None = None) -> list[str]:
     """What a run left in `run_dir`, one line per output that exists: the resolved recipe,
-    the checkpoints, metrics.jsonl and eval.json, each with what it holds."""
+    the checkpoints, metrics.jsonl and eval.json, each with what it holds. `evaluated`: the
+    eval.json this invocation wrote (its table printed above); None when it evaluated
+    nothing, so an eval.json found is an earlier one, described as such."""
     run_dir = Path(run_dir)
     lines = [f"run directory: {run_dir}/"]
     if (run_dir / "recipe.yaml").is_file():
@@ -226,5 +228,28 @@ def describe_outputs(run_dir: Path) -> list[str]:
                      f"counts, representation health{knn}; draw them with `jepa plot "
                      f"{run_dir}`")
     if (run_dir / "eval.json").is_file():
-        lines.append("  eval.json       the probe accuracies above, and which images they used")
+        lines.append("  eval.json       " + eval_json_line(run_dir, evaluated, found))
     return lines
+
+
+def eval_json_line(run_dir: Path, evaluated: dict | None, found: list[Path]) -> str:
+    """What the summary says of `run_dir`/eval.json: this invocation's probes, printed above,
+    or an earlier evaluation, of which step and checkpoint."""
+    import json
+
+    if evaluated is not None:
+        failed = len(evaluated.get("failed") or [])
+        return ("the probe accuracies above, and which images they used" + (
+            f"; {failed} protocol failure(s) under \"failed\"" if failed else ""))
+    try:
+        source = json.loads((run_dir / "eval.json").read_text()).get("source") or {}
+    except (OSError, ValueError, AttributeError):
+        source = {}
+    step = source.get("step") if isinstance(source, dict) else None
+    of = f"of step {step} ({source.get('checkpoint', '?')})" if isinstance(step, int) else (
+        "of an unknown step")
+    newest = ckpt.step_of(found[-1]) if found else None
+    if isinstance(step, int) and newest is not None and step != newest:
+        of += f", not of the newest checkpoint (step {newest})"
+    return (f"from an earlier evaluation {of}: this invocation evaluated nothing (nothing "
+            f"printed above); `jepa eval {run_dir}` evaluates the newest checkpoint")
