@@ -270,3 +270,27 @@ def test_the_run_summary_does_not_claim_an_earlier_eval_json(tmp_path, capsys):
     assert (f"eval.json from an earlier evaluation of step 2 (end of training): this "
             f"invocation evaluated nothing (nothing printed above); `jepa eval {run}` "
             f"evaluates the newest checkpoint") in out
+
+
+def test_jepa_run_lists_its_outputs_then_names_the_failed_protocol(tmp_path, capsys,
+                                                                   monkeypatch):
+    """Training succeeded: its outputs are listed, eval.json holds the kept results, and the
+    command exits 1 naming the protocol's plugin (before: a traceback, nothing listed)."""
+    (tmp_path / "bad_protocols.py").write_text(BAD_PROTOCOLS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "400")
+    d = copy.deepcopy(TINY)
+    d["out_dir"] = str(tmp_path / "runs")
+    d["train"]["max_steps"] = 1
+    d["eval"] = {"after_train": True, "max_images": 24,
+                 "protocols": ["explodes", {"name": "knn", "k": 3}]}
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(d))
+    assert main(["-p", "bad_protocols", "run", str(recipe)]) == 1
+    captured = capsys.readouterr()
+    out, err = flat(captured.out), flat(captured.err)
+    assert ('eval.json the probe accuracies above, and which images they used; 1 protocol '
+            'failure(s) under "failed"') in out
+    assert "eval protocol 'explodes' of plugin 'bad_protocols'" in err
+    saved = json.loads((tmp_path / "runs" / "tiny" / "eval.json").read_text())
+    assert {r["protocol"] for r in saved["results"]} == {"knn"}
