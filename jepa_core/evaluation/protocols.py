@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from jepa_core.errors import JepaError, PluginFailed
@@ -23,14 +24,12 @@ class EmptySplit(JepaError):
     title = "nothing to evaluate on"
 
 
-class ProtocolsFailed(JepaError):
+class ProtocolsFailed(PluginFailed):
     """Evaluation protocols that raised or broke the result contract; eval.json keeps the
-    others' results. exit_code: 2 when each failure is one the user can fix (a protocol
-    refusing a split too small for its settings: a ConfigError), else 1, as PluginFailed:
-    the input was accepted and the fault is in the plugin's code."""
-
-    exit_code = 1
-    title = "plugin failed"
+    others' results. exit_code: 1, as PluginFailed (the input was accepted and the fault is
+    in the plugin's code: rerunning the same command will not fix it); 2 when every failure
+    is one the user can fix (a protocol refusing a split too small for its settings, a
+    ConfigError), as any bad input."""
 
 
 def check_splits(data: dict) -> None:
@@ -132,14 +131,16 @@ def run_one(pname: str, spec: ComponentSpec, protocol: Any, features: dict, fnam
              "protocol": r.get("protocol", pname)} for r in results], None
 
 
-def run_protocols(protocols: list[tuple[str, ComponentSpec, Any]], features: dict[str, Any],
-                  context: Any) -> tuple[list[dict], list[dict]]:
-    """(results, failures) of every protocol on every set of features ({features name:
-    () -> {kind: (train, test)}}). A protocol that fails is not run on the later sets."""
+def run_protocols(protocols: list[tuple[str, ComponentSpec, Any]], names: list[str],
+                  features_of: Callable[[str], dict], context: Any
+                  ) -> tuple[list[dict], list[dict]]:
+    """(results, failures) of every protocol on every set of features (`names`, each read
+    as {kind: (train, test)} by `features_of(name)`). A protocol that failed is not run on
+    the later sets: its fault would repeat, and each run may take long."""
     results: list[dict] = []
     failed: list[dict] = []
-    for fname, make in features.items():
-        available = make()
+    for fname in names:
+        available = features_of(fname)
         for pname, spec, protocol in protocols:
             if any(f["protocol"] == pname for f in failed):
                 continue

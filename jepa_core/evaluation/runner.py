@@ -204,9 +204,7 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
     context = EvalContext(num_classes=train_src.num_classes, seed=recipe.seed, device=device,
                           console=console,
                           ticker=lambda what, total, unit: Ticker(console, what, total, unit))
-    results, failed = run_protocols(
-        protocols, {fname: (lambda fname=fname: features_of(fname)) for fname in extractors},
-        context)
+    results, failed = run_protocols(protocols, list(extractors), features_of, context)
     return {"format": FORMAT,
             "source": {**origin, "method": recipe.method.name if recipe.method else None,
                        "module": module, "cache": str(root),
