@@ -174,7 +174,12 @@ def test_a_failing_protocol_plugin_is_named_and_the_others_results_kept(run_dir,
     assert [(f["protocol"], f["plugin"], f["features"]) for f in saved["failed"]] == [
         ("explodes", "bad_protocols", "trained target encoder"),
         ("garbage", "bad_protocols", "trained target encoder")]
-    assert compare([str(run_dir), str(run_dir)]).rows  # the kept results still compare
+    # the kept results still compare, and the comparison says why a protocol's row is empty
+    assert main(["eval", str(run_dir), str(run_dir)]) == 0
+    out = flat(capsys.readouterr().out)
+    assert "knn" in out
+    assert (f"note: {run_dir}: protocol explodes (plugin bad_protocols) on the trained target "
+            f"encoder features: ValueError: the probe fell over") in out
 
 
 GOOD = {"protocol": "p", "feature_kind": "pooled", "accuracy": {"val": 1, "test": 0.5}}

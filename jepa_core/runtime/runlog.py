@@ -237,19 +237,24 @@ def eval_json_line(run_dir: Path, evaluated: dict | None, found: list[Path]) -> 
     or an earlier evaluation, of which step and checkpoint."""
     import json
 
-    if evaluated is not None:
+    try:
+        saved = json.loads((run_dir / "eval.json").read_text())
+    except (OSError, ValueError):
+        saved = None
+    # the file on disk, not merely an evaluation: a failed write leaves an older one there
+    if evaluated is not None and saved == json.loads(json.dumps(evaluated)):
         failed = len(evaluated.get("failed") or [])
         return ("the probe accuracies above, and which images they used" + (
             f"; {failed} protocol failure(s) under \"failed\"" if failed else ""))
-    try:
-        source = json.loads((run_dir / "eval.json").read_text()).get("source") or {}
-    except (OSError, ValueError, AttributeError):
-        source = {}
-    step = source.get("step") if isinstance(source, dict) else None
+    source = saved.get("source") if isinstance(saved, dict) else None
+    source = source if isinstance(source, dict) else {}
+    step = source.get("step")
     of = f"of step {step} ({source.get('checkpoint', '?')})" if isinstance(step, int) else (
         "of an unknown step")
     newest = ckpt.step_of(found[-1]) if found else None
     if isinstance(step, int) and newest is not None and step != newest:
         of += f", not of the newest checkpoint (step {newest})"
-    return (f"from an earlier evaluation {of}: this invocation evaluated nothing (nothing "
-            f"printed above); `jepa eval {run_dir}` evaluates the newest checkpoint")
+    now = ("this invocation evaluated nothing (nothing printed above)" if evaluated is None
+           else "this invocation's evaluation above could not replace it")
+    return (f"from an earlier evaluation {of}: {now}; `jepa eval {run_dir}` evaluates the "
+            f"newest checkpoint")
