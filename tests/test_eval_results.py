@@ -116,6 +116,22 @@ def test_protocols_refuse_one_training_image(tmp_path, name):
         protocol.run(one_image_sets(tmp_path), EvalContext(2, 0, torch.device("cpu")))
 
 
+def test_the_linear_probe_trains_when_a_minibatch_holds_one_row(tmp_path):
+    """72 training rows, 7 held out, batch 64: the last minibatch has one row, which the
+    BatchNorm heads refused in training mode (a ValueError, now a failed protocol)."""
+    from test_eval_protocols import cached
+
+    from jepa_eval import configs
+    from jepa_eval.linear import LinearProbe
+
+    x, y = torch.randn(80, 8), torch.arange(80) % 3
+    sets = {"pooled": (cached(tmp_path / "a", x[:72], y[:72], 4096),
+                       cached(tmp_path / "b", x[72:], y[72:], 4096))}
+    probe = LinearProbe(configs.LinearConfig(features=("pooled",), epochs=1, batch_size=64))
+    [result] = probe.run(sets, EvalContext(3, 0, torch.device("cpu")))
+    assert result["params"]["held_out"] == 7 and 0 <= result["accuracy"]["test"] <= 1
+
+
 # -- item 10: a protocol plugin that raises or returns garbage ------------------------------
 BAD_PROTOCOLS = '''
 import attrs

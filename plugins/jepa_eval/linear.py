@@ -60,7 +60,9 @@ class LinearProbe:
         bn = torch.nn.BatchNorm1d(dim, affine=False).to(device)
 
         def forward(x: torch.Tensor, training: bool) -> list[torch.Tensor]:
-            bn.train(training)
+            # A minibatch of one row (a shard's last) has no batch statistics: it is
+            # normalised with the running ones (train mode would raise).
+            bn.train(training and len(x) > 1)
             normed = bn(x) if any(b for b, _, _ in layout) else None
             return [head(normed if b else x) for head, (b, _, _) in zip(heads, layout, strict=True)]
 
