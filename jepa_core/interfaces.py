@@ -303,11 +303,20 @@ class EvalProtocol(Protocol):
         extracts each kind any listed protocol needs, once per encoder, into the cache.
     run(features, context) -> list of results. `features` maps each of its kinds that the
         encoder offers to (train FeatureSet, test FeatureSet) of that kind (raw pixels offer
-        "pooled" and "tokens" only; skip a missing kind). A result is a dict:
-        {"protocol": name, "feature_kind": kind, "params": {hyper-parameters},
-         "accuracy": {"val": ..., "test": ...}} for a classifier (a fraction in [0, 1], per
-        split it was measured on), or {..., "value": float} for a diagnostic; an optional
-        "setting" (a few words) tells apart several results of one protocol on one kind.
+        "pooled" and "tokens" only; skip a missing kind: return [] when none is left). Each
+        split holds at least one image; a protocol that needs more (kNN's k, a held-out part,
+        n images per class) raises `jepa_core.errors.ConfigError` saying which setting to
+        change. A result is a dict, checked by the core (`jepa_core.evaluation.protocols`):
+          "feature_kind": one of the kinds it was given;
+          "accuracy": {split: fraction in [0, 1]}, "test" among the splits (e.g. "val" for
+              held-out training rows), for a classifier; or "value": a finite float, for a
+              diagnostic (e.g. an effective rank); exactly one of the two;
+          optional "protocol" (a name; default: the registered one), "params" (a dict of
+              hyper-parameters), "setting" (a few words telling apart several results of one
+              protocol on one kind), "std" ({split: finite float >= 0}, e.g. over splits);
+          anything else JSON can hold (no NaN). The core adds "features" (which encoder).
+        A protocol that raises, or returns anything else, is recorded in eval.json's
+        "failed" with the plugin that registered it; the other protocols' results are kept.
     """
 
     feature_kinds: tuple[str, ...]
@@ -377,6 +386,7 @@ class Method(Protocol):
 PROTOCOLS: dict[str, type] = {
     "method": Method, "encoder": Encoder, "predictor": Predictor, "masker": Masker,
     "target_updater": TargetUpdater, "loss": Loss, "data_source": DataSource,
+    "eval_protocol": EvalProtocol,
 }
 
 _CALLABLE_DUNDERS = ("__call__", "__len__")

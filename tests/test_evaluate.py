@@ -100,7 +100,8 @@ def test_probe_margin_bench_reports_a_failed_run(tmp_path):
     assert "seed 0:" in out.stderr and "optim.lr" in out.stderr
 
 
-def _noise_run(tmp_path, tiny_dict, classes=4, per_class=12, corrupt=0, **data):
+def _noise_run(tmp_path, tiny_dict, classes=4, per_class=12, corrupt=0, protocols=FAST,
+               **data):
     """A tiny run trained for one step on random-noise images in class folders: nothing in
     them tells the classes apart."""
     from PIL import Image
@@ -119,7 +120,7 @@ def _noise_run(tmp_path, tiny_dict, classes=4, per_class=12, corrupt=0, **data):
             (root / f"c{c}" / f"broken{i}.jpg").write_bytes(b"not a jpeg")
     tiny_dict["data"] = {"name": "image_folder", "root": str(root), **data}
     tiny_dict["train"]["max_steps"] = 1
-    tiny_dict["eval"] = {"after_train": False, "protocols": FAST}
+    tiny_dict["eval"] = {"after_train": False, "protocols": protocols}
     registry = make_plugin_manager()
     return train(recipe_from_dict(tiny_dict, registry, "t"), registry), root
 
@@ -155,8 +156,9 @@ def test_image_folder_probes_are_tested_on_held_out_images(tmp_path, tiny_dict):
 def test_unreadable_images_are_skipped_and_counted_in_evaluation(tmp_path, tiny_dict):
     from jepa_core.commands.evaluate import evaluate_run
 
+    # 5 readable probe-training images: kNN's k must not exceed them (k=20 is refused)
     run, root = _noise_run(tmp_path, tiny_dict, classes=2, per_class=6, corrupt=1,
-                           val_fraction=0.5)
+                           val_fraction=0.5, protocols=[{"name": "knn", "k": 3}, FAST[1]])
     assert run.skipped_samples >= 1  # training skipped what it drew of them
     console = _console()
     data = evaluate_run(run, console)["data"]

@@ -239,7 +239,8 @@ def test_export_refuses_what_timm_cannot_load(tmp_path, imported, registry):
 
 def test_eval_runs_on_an_imported_checkpoint(imported, registry):
     out = io.StringIO()
-    code = eval_command(str(imported), registry, ["eval.max_images=16", "eval.protocols=[knn]"],
+    knn = ["eval.max_images=16", "eval.protocols=[{name: knn, k: 5}]"]  # k <= 16 images
+    code = eval_command(str(imported), registry, knn,
                         baseline=False, console=Console(file=out, width=200))
     assert code == 0
     assert "step 0" in out.getvalue() and "trained target encoder" in out.getvalue()

@@ -105,7 +105,8 @@ def test_a_format_1_checkpoint_resumes_evaluates_and_exports(tiny_dict, tmp_path
     old = tmp_path / "old" / "ijepa_v1_step4.pt"  # eval.json and the cache go beside it
     old.parent.mkdir()
     shutil.copy(FIXTURE, old)
-    assert eval_command(str(old), registry, ["eval.max_images=16", "eval.protocols=[knn]"],
+    knn = ["eval.max_images=16", "eval.protocols=[{name: knn, k: 5}]"]  # k <= 16 images
+    assert eval_command(str(old), registry, knn,
                         baseline=False, console=Console(file=out, width=300)) == 0
     import re
 

@@ -73,6 +73,7 @@ class RunEval:
     results: tuple[Result, ...]
     recipe: dict | None  # the run's resolved recipe; None where none could be found
     recipe_from: str  # where the recipe was read, or why there is none
+    failed: tuple[str, ...] = ()  # "protocol on features: why" of each failed protocol
 
 
 def _fail(path: Path, why: str) -> CompareError:
@@ -113,6 +114,14 @@ def results_of(data: Any, path: Path) -> tuple[Result, ...]:
         entries = data.get("results")
         if not isinstance(entries, list):
             raise _fail(path, "format 2 needs a list under 'results'")
+        if not entries:
+            failed = data.get("failed")
+            failed = failed if isinstance(failed, list) else []
+            names = ", ".join(str(f.get("protocol")) for f in failed if isinstance(f, dict))
+            why = (f"every protocol failed ({names}: see 'failed' in the file)" if failed
+                   else "its 'results' list is empty")
+            raise _fail(path, f"holds no results to compare: {why}. Evaluate the run again "
+                              f"with `jepa eval {path.parent}`")
         return tuple(_result(entry, i, path) for i, entry in enumerate(entries))
     if "format" not in data:  # format 1: {features: {"linear_probe": acc, "knn": acc}, data}
         return _format1(data, path)
@@ -208,7 +217,15 @@ def read_run(source: str) -> RunEval:
     if method is None and recipe is not None and isinstance(recipe.get("method"), dict):
         method = recipe["method"].get("name")
     return RunEval(source, path, step if isinstance(step, int) else None, method, results,
-                   recipe, recipe_from)
+                   recipe, recipe_from, failures_of(data))
+
+
+def failures_of(data: dict) -> tuple[str, ...]:
+    """"protocol (plugin) on features: why" of each entry of eval.json's "failed"."""
+    failed = data.get("failed")
+    return tuple(f"{f.get('protocol')} (plugin {f.get('plugin')}) on the {f.get('features')} "
+                 f"features: {f.get('error')}" for f in (failed if isinstance(failed, list)
+                                                         else []) if isinstance(f, dict))
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -275,7 +292,8 @@ class Comparison:
         labels = [r.label for r in self.runs]
         return {
             "runs": [{"label": r.label, "eval_json": str(r.path), "step": r.step,
-                      "method": r.method, "recipe": r.recipe_from} for r in self.runs],
+                      "method": r.method, "recipe": r.recipe_from, "failed": list(r.failed)}
+                     for r in self.runs],
             "rows": [{"protocol": row.key[0], "feature_kind": row.key[1],
                       "features": row.key[2], "measure": row.measure, "split": row.split,
                       "values": dict(zip(labels, row.values, strict=True)),
@@ -381,6 +399,10 @@ def print_comparison(comparison: Comparison, console: Any) -> None:
         note = _params_note(row, labels)
         if note:
             console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
+    for label, run in zip(labels, comparison.runs, strict=True):
+        for failure in run.failed:  # its row shows "-" for that run: say why
+            console.print(f"[yellow]note:[/yellow] {escape(label)}: protocol "
+                          f"{escape(failure)}", soft_wrap=True)
     missing = [r for r in comparison.runs if r.recipe is None]
     for run in missing:
         console.print(f"[yellow]note:[/yellow] recipe of {escape(run.label)} not compared: "

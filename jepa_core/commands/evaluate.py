@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from jepa_core.errors import RunError
 from jepa_core.evaluation.features import encoder_extract, image_batches, pixel_extract
+from jepa_core.evaluation.protocols import failure_error
 from jepa_core.evaluation.runner import (
     PIXELS,
     RANDOM,
@@ -44,7 +45,7 @@ from jepa_core.runtime.progress import Ticker
 
 __all__ = ["NoLabels", "eval_indices", "evaluate", "headline", "no_labels_message", "extract",
            "knn_accuracy", "comparison_notes", "print_results", "evaluate_run", "load_source",
-           "eval_command"]
+           "eval_command", "write_eval_json", "failure_error"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from jepa_core.plugins import Registry
@@ -202,8 +203,9 @@ def print_results(results: dict, console: Any, title: str, data_name: str = "") 
 
 
 def evaluate_run(run: Any, console: Any = None) -> dict | None:
-    """The evaluation after training: protocols, eval.json, the table. An unlabelled data
-    source skips it with a note (None): the training itself succeeded."""
+    """The evaluation after training: protocols, eval.json, the table; returns eval.json's
+    dict (the caller raises `failure_error` of it once the run's outputs are listed). An
+    unlabelled data source skips it with a note (None): the training itself succeeded."""
     from rich.console import Console
 
     console = console or Console(highlight=False)
@@ -215,10 +217,25 @@ def evaluate_run(run: Any, console: Any = None) -> dict | None:
         console.print(f"[yellow]note:[/yellow] evaluation skipped: {exc}", soft_wrap=True)
         return None
     assert results is not None  # one process: rank 0
-    (run.run_dir / "eval.json").write_text(json.dumps(results, indent=2))
+    write_eval_json(run.run_dir / "eval.json", results, console)
     print_results(results, console, f"{run.recipe.name}: evaluation after {run.step} steps",
                   run.recipe.data.name)
     return results
+
+
+def write_eval_json(path: Path, results: dict, console: Any) -> str:
+    """Write eval.json atomically (a torn file would hide the one before); where the results
+    went, or, when the write failed (a note says why), that they are in the printed table."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(results, indent=2))
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        console.print(f"[yellow]note:[/yellow] could not write {path}: "
+                      f"{exc.strerror or exc}", soft_wrap=True)
+        return f"the table above ({path} could not be written)"
+    return str(path)
 
 
 def load_source(source: str) -> tuple[Path, dict]:
@@ -305,10 +322,9 @@ def eval_command(source: str, registry: Registry, overrides: list[str], baseline
         raise
     if results is None:  # another rank's share is done; rank 0 reports
         return 0
-    out = run_dir / "eval.json"
-    try:
-        out.write_text(json.dumps(results, indent=2))
-    except OSError as exc:
-        console.print(f"[yellow]note:[/yellow] could not write {out}: {exc.strerror}")
+    written = write_eval_json(run_dir / "eval.json", results, console)
     print_results(results, console, f"{path}: step {state['step']}", recipe.data.name)
+    failure = failure_error(results, written)
+    if failure is not None:
+        raise failure
     return 0

@@ -28,9 +28,10 @@ from jepa_core.evaluation.features import (
     tokens_bytes,
     wait_for_shards,
 )
+from jepa_core.evaluation.protocols import check_splits, run_protocols
 from jepa_core.interfaces import EvalContext
 from jepa_core.recipe import Recipe, recipe_to_dict
-from jepa_core.runtime.build import build, build_encoder
+from jepa_core.runtime.build import build, build_encoder, conforming
 from jepa_core.runtime.progress import Ticker
 from jepa_core.seeding import generator
 
@@ -68,12 +69,14 @@ def eval_indices(n: int, limit: int | None, seed: int) -> list[int]:
     return sorted(torch.randperm(n, generator=generator(seed, "eval"))[:limit].tolist())
 
 
-def build_protocols(recipe: Recipe, registry: Registry) -> list[tuple[str, Any]]:
-    """(name, protocol) of each entry of eval.protocols."""
+def build_protocols(recipe: Recipe, registry: Registry) -> list[tuple[str, Any, Any]]:
+    """(name, spec, protocol) of each entry of eval.protocols, each checked against
+    `jepa_core.interfaces.EvalProtocol`."""
     out = []
     for component in recipe.eval.protocols or ():
         spec = registry.get("eval_protocol", component.name)
-        out.append((component.name, spec.build(component.config)))
+        out.append((component.name, spec,
+                    conforming("eval_protocol", spec, spec.build(component.config))))
     return out
 
 
@@ -100,7 +103,7 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
             "is registered (jepa-core's `eval` plugin left out with `-p no:eval` or "
             "JEPA_DISABLE_PLUGIN_AUTOLOAD?) or the recipe lists none. Load it "
             "(`jepa -p jepa_eval.plugin ...`) or list protocols: eval.protocols=[knn, linear].")
-    wanted = {k for _, p in protocols for k in p.feature_kinds}
+    wanted = {k for _, _, p in protocols for k in p.feature_kinds}
     trained = build_encoder(recipe, registry)
     size = tuple(trained.image_size)  # type: ignore[arg-type]
     train_src = build("data_source", recipe, registry, "data", image_size=size, train=True)
@@ -174,12 +177,17 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
         for _, _, folder in folders.values():
             cache.prune_others(folder)
 
-    results = []
-    context = EvalContext(num_classes=train_src.num_classes, seed=recipe.seed, device=device,
-                          console=console,
-                          ticker=lambda what, total, unit: Ticker(console, what, total, unit))
     (_, train_folders, train_shards, _), (_, test_folders, test_shards, _) = sides
-    for fname in extractors:
+    first = next(iter(stored))
+    tr = cache.CachedFeatures(train_folders[first][2], stored[first][1][0], train_shards)
+    te = cache.CachedFeatures(test_folders[first][2], stored[first][1][0], test_shards)
+    data = {"name": recipe.data.name, "train": _side(train_src, len(tr), tr.skipped),
+            "test": _side(test_src, len(te), te.skipped),
+            "skipped_images": tr.skipped + te.skipped}
+    check_splits(data)
+
+    def features_of(fname: str) -> dict:
+        """{kind: (train, test) FeatureSet} of one set of features."""
         _, kinds, train_folder = train_folders[fname]
         test_folder = test_folders[fname][2]
         features = {kind: (cache.CachedFeatures(train_folder, kind, train_shards),
@@ -191,24 +199,17 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
                 TokensOnTheFly(fn, src, indices, cfg.shard_size, cfg.batch_size,
                                recipe.train.num_workers, features["pooled"][i], item_shape)
                 for i, (src, _, _, indices) in enumerate(sides))
-        for pname, protocol in protocols:
-            for result in protocol.run({k: v for k, v in features.items()
-                                        if k in protocol.feature_kinds}, context):
-                results.append({"features": fname, **result, "protocol": result.get(
-                    "protocol", pname)})
-            cache.release_freed_memory()  # what the protocol freed, before the next
-    first = next(iter(stored))
-    tr = cache.CachedFeatures(train_folders[first][2], stored[first][1][0], train_shards)
-    te = cache.CachedFeatures(test_folders[first][2], stored[first][1][0], test_shards)
+        return features
+
+    context = EvalContext(num_classes=train_src.num_classes, seed=recipe.seed, device=device,
+                          console=console,
+                          ticker=lambda what, total, unit: Ticker(console, what, total, unit))
+    results, failed = run_protocols(protocols, list(extractors), features_of, context)
     return {"format": FORMAT,
             "source": {**origin, "method": recipe.method.name if recipe.method else None,
                        "module": module, "cache": str(root),
                        "threads": torch.get_num_threads()},  # CPU numbers depend on it
-            "data": {"name": recipe.data.name,
-                     "train": _side(train_src, len(tr), tr.skipped),
-                     "test": _side(test_src, len(te), te.skipped),
-                     "skipped_images": tr.skipped + te.skipped},
-            "results": results}
+            "data": data, "results": results, **({"failed": failed} if failed else {})}
 
 
 def first_image(source: Any, tries: int = 16) -> torch.Tensor | None:

@@ -145,26 +145,39 @@ def run_worker(recipe: Recipe, registry: Registry, resume: str | None, force: bo
             claimed.start_at(state)
             run = train(recipe, registry, dist, resume=state)
             destroy(added)  # the evaluation runs on rank 0 alone
-            if dist.is_main and recipe.eval.after_train:
-                from jepa_core.commands.evaluate import evaluate_run
-
-                use_launcher_threads()
-                evaluate_run(run)
             if dist.is_main:
-                print_outputs(recipe.run_dir)
+                evaluate_and_report(run, recipe)
     finally:
         destroy(added)
     return 0
 
 
-def print_outputs(run_dir: Path) -> None:
-    """The closing lines of `jepa run`: where the outputs went and what each holds."""
+def evaluate_and_report(run: Any, recipe: Recipe) -> None:
+    """The evaluation after training (eval.after_train), then the closing lines, which say
+    what this invocation wrote; a failed protocol is raised after them."""
+    from jepa_core.commands.evaluate import evaluate_run, failure_error
+
+    evaluated = None
+    try:
+        if recipe.eval.after_train:
+            use_launcher_threads()
+            evaluated = evaluate_run(run)
+    finally:  # training succeeded: its outputs are listed even when the evaluation failed
+        print_outputs(recipe.run_dir, evaluated)
+    failure = failure_error(evaluated or {}, str(recipe.run_dir / "eval.json"))
+    if failure is not None:
+        raise failure
+
+
+def print_outputs(run_dir: Path, evaluated: dict | None = None) -> None:
+    """The closing lines of `jepa run`: where the outputs went and what each holds
+    (`evaluated`: the eval.json this invocation wrote, if any)."""
     from rich.console import Console
 
     from jepa_core.runtime.runlog import describe_outputs
 
     console = Console(highlight=False)
-    for line in describe_outputs(run_dir):
+    for line in describe_outputs(run_dir, evaluated):
         console.print(line, soft_wrap=True, markup=False)
 
 

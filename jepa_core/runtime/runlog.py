@@ -203,9 +203,11 @@ def _num(v: Any) -> Any:
     return v
 
 
-def describe_outputs(run_dir: Path) -> list[str]:
+def describe_outputs(run_dir: Path, evaluated: dict | None = None) -> list[str]:
     """What a run left in `run_dir`, one line per output that exists: the resolved recipe,
-    the checkpoints, metrics.jsonl and eval.json, each with what it holds."""
+    the checkpoints, metrics.jsonl and eval.json, each with what it holds. `evaluated`: the
+    eval.json this invocation wrote (its table printed above); None when it evaluated
+    nothing, so an eval.json found is an earlier one, described as such."""
     run_dir = Path(run_dir)
     lines = [f"run directory: {run_dir}/"]
     if (run_dir / "recipe.yaml").is_file():
@@ -229,5 +231,33 @@ def describe_outputs(run_dir: Path) -> list[str]:
                      f"counts, representation health{knn}; draw them with `jepa plot "
                      f"{run_dir}`")
     if (run_dir / "eval.json").is_file():
-        lines.append("  eval.json       the probe accuracies above, and which images they used")
+        lines.append("  eval.json       " + eval_json_line(run_dir, evaluated, found))
     return lines
+
+
+def eval_json_line(run_dir: Path, evaluated: dict | None, found: list[Path]) -> str:
+    """What the summary says of `run_dir`/eval.json: this invocation's probes, printed above,
+    or an earlier evaluation, of which step and checkpoint."""
+    import json
+
+    try:
+        saved = json.loads((run_dir / "eval.json").read_text())
+    except (OSError, ValueError):
+        saved = None
+    # the file on disk, not merely an evaluation: a failed write leaves an older one there
+    if evaluated is not None and saved == json.loads(json.dumps(evaluated)):
+        failed = len(evaluated.get("failed") or [])
+        return ("the probe accuracies above, and which images they used" + (
+            f"; {failed} protocol failure(s) under \"failed\"" if failed else ""))
+    source = saved.get("source") if isinstance(saved, dict) else None
+    source = source if isinstance(source, dict) else {}
+    step = source.get("step")
+    of = f"of step {step} ({source.get('checkpoint', '?')})" if isinstance(step, int) else (
+        "of an unknown step")
+    newest = ckpt.step_of(found[-1]) if found else None
+    if isinstance(step, int) and newest is not None and step != newest:
+        of += f", not of the newest checkpoint (step {newest})"
+    now = ("this invocation evaluated nothing (nothing printed above)" if evaluated is None
+           else "this invocation's evaluation above could not replace it")
+    return (f"from an earlier evaluation {of}: {now}; `jepa eval {run_dir}` evaluates the "
+            f"newest checkpoint")

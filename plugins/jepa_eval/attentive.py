@@ -13,6 +13,7 @@ from torch import nn
 
 from jepa_core.interfaces import EvalContext
 from jepa_core.seeding import generator
+from jepa_eval.common import need_images
 from jepa_eval.configs import AttentiveConfig
 from jepa_eval.heads import grid, pick_best, train_heads, validation_rows
 
@@ -67,6 +68,8 @@ class AttentiveProbe:
             return []
         c, device = self.config, context.device
         train, test = features["tokens"]
+        need_images(train, 2, "the attentive probe (probes trained on one part, the best "
+                    "picked on the held-out rest)", "leave the attentive protocol out")
         dim = train.item_shape[-1]
         pairs = grid(c.lrs, c.weight_decays)
         g = generator(context.seed, "attentive-init")

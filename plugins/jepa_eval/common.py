@@ -8,7 +8,19 @@ from typing import Any
 
 import torch
 
+from jepa_core.errors import ConfigError
 from jepa_core.seeding import generator
+
+MORE_IMAGES = ("or evaluate on more images (eval.max_images, if set, higher; a data.root with "
+               "more readable images)")
+
+
+def need_images(train: Any, least: int, what: str, fix: str) -> None:
+    """ConfigError unless the probe-training split holds at least `least` images: `what`
+    needs them, `fix` is the setting to change instead of adding images."""
+    if len(train) < least:
+        raise ConfigError(f"{what} needs at least {least} probe-training images, and the "
+                          f"split has {len(train)} readable: {fix}, {MORE_IMAGES}.")
 
 
 def held_out(n: int, fraction: float, seed: int, name: str) -> torch.Tensor:

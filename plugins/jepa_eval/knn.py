@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from jepa_core.interfaces import EvalContext
+from jepa_eval.common import need_images
 from jepa_eval.configs import KNNConfig
 
 
@@ -71,6 +72,8 @@ class KNN:
         if c.feature not in features:
             return []
         train, test = features[c.feature]
+        need_images(train, c.k, f"knn with k={c.k} (the k nearest training images vote)",
+                    f"lower k (eval.protocols: [{{name: knn, k: {max(1, len(train))}}}])")
         acc = knn_accuracy(train, test, context.num_classes, c.k, c.temperature, c.center,
                            context.device)
         return [{"protocol": "knn", "feature_kind": c.feature, "setting": f"k={c.k}",

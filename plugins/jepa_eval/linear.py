@@ -15,6 +15,7 @@ import torch
 
 from jepa_core.interfaces import EvalContext
 from jepa_core.seeding import generator
+from jepa_eval.common import need_images
 from jepa_eval.configs import LinearConfig
 from jepa_eval.heads import grid, pick_best, train_heads, validation_rows
 
@@ -40,6 +41,8 @@ class LinearProbe:
                  ticker: Any) -> dict:
         """Train the grid on one kind of features and report its best head."""
         c, device = self.config, context.device
+        need_images(train, 2, "the linear probe (heads trained on one part, the best picked "
+                    "on the held-out rest)", "leave the linear protocol out")
         dim = train.item_shape[0]
         pairs = grid(c.lrs, c.weight_decays)
         layout = [(bn, lr, wd) for bn in dict.fromkeys(c.batchnorm) for lr, wd in pairs]
@@ -57,7 +60,9 @@ class LinearProbe:
         bn = torch.nn.BatchNorm1d(dim, affine=False).to(device)
 
         def forward(x: torch.Tensor, training: bool) -> list[torch.Tensor]:
-            bn.train(training)
+            # A minibatch of one row (a shard's last) has no batch statistics: it is
+            # normalised with the running ones (train mode would raise).
+            bn.train(training and len(x) > 1)
             normed = bn(x) if any(b for b, _, _ in layout) else None
             return [head(normed if b else x) for head, (b, _, _) in zip(heads, layout, strict=True)]
 

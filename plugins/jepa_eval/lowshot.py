@@ -12,8 +12,10 @@ import statistics
 
 import torch
 
+from jepa_core.errors import ConfigError
 from jepa_core.interfaces import EvalContext
 from jepa_core.seeding import generator
+from jepa_eval.common import MORE_IMAGES
 from jepa_eval.configs import LowShotConfig
 
 
@@ -31,6 +33,27 @@ def labelled_rows(labels: torch.Tensor, num_classes: int, seed: int, setting: st
         want = per_class if per_class is not None else max(1, round(fraction * len(of_class)))
         rows.append(of_class[torch.randperm(len(of_class), generator=g)[:want]])
     return torch.cat(rows).sort().values
+
+
+def check_classes(labels: torch.Tensor, per_class: tuple[int, ...]) -> None:
+    """ConfigError unless the probe-training labels hold two classes or more (a classifier
+    needs them) and each class present has the images of the largest per-class setting (so
+    "5 per class" means five of each)."""
+    counts = torch.bincount(labels)
+    present = counts[counts > 0]
+    if len(present) < 2:
+        raise ConfigError(
+            f"lowshot fits a classifier, which needs probe-training images of 2 classes or "
+            f"more, and the split's {len(labels)} readable images are of "
+            f"{len(present)} class: leave the lowshot protocol out, {MORE_IMAGES}.")
+    most = max(per_class, default=0)
+    fewest = int(present.min())
+    if fewest < most:
+        label = int((counts == fewest).nonzero()[0])
+        raise ConfigError(
+            f"lowshot per_class={most} draws {most} probe-training images of each class, and "
+            f"class {label} has {fewest}: lower per_class (at most {fewest}) in "
+            f"eval.protocols, {MORE_IMAGES}.")
 
 
 class LowShot:
@@ -55,6 +78,7 @@ class LowShot:
         if c.feature not in features:
             return []
         train, test = features[c.feature]
+        check_classes(train.labels, c.per_class)
         results = []
         settings = self.settings()
         with context.progress("low-shot probes", len(settings) * c.splits, "fits") as ticker:

@@ -7,6 +7,7 @@ import torch
 
 from jepa_core.interfaces import EvalContext
 from jepa_core.seeding import generator
+from jepa_eval.common import need_images
 from jepa_eval.configs import RankMeConfig
 
 EPS = 1e-7
@@ -32,6 +33,8 @@ class RankMe:
         if c.feature not in features:
             return []
         train, _ = features[c.feature]
+        need_images(train, 2, "rankme (the effective rank of the training features)",
+                    "leave the rankme protocol out")
         n = len(train)
         if c.max_rows is not None and n > c.max_rows:
             rows = torch.randperm(n, generator=generator(context.seed, "rankme"))[:c.max_rows]
