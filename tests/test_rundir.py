@@ -281,3 +281,59 @@ def test_full_disk_on_metrics_leaves_whole_rows_and_names_the_checkpoint(tmp_pat
     assert f"The previous checkpoint, {last}, is intact" in message and "--resume auto" in message
     assert _steps(recipe.run_dir) == [1, 2]  # every line whole
     assert ckpt.load(last)["step"] == 2
+
+
+# -- one lineage per run directory (branching with --resume PATH) --------------------------
+SIGTERM_PLUGIN = '''
+import os
+import signal
+
+from jepa_core.hookspecs import hookimpl
+
+
+@hookimpl
+def on_step_end(run, step, metrics):
+    if step == int(os.environ["SIGTERM_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's preemption would
+'''
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_killed_branch_resumes_as_the_branch_and_logs_one_lineage(tmp_path, capsys):
+    """Branch from step 3 of a run that reached step 6 (another lr), SIGTERM the branch in
+    step 4 (it stops after step 5, in which all ranks learn of the signal), then `--resume
+    auto`: it continues the branch, not the abandoned step 6; the abandoned checkpoints and
+    rows are kept aside; metrics.jsonl holds steps 1..8 once."""
+    recipe = _recipe_file(tmp_path, max_steps=6, checkpoint_every=1, keep_last=4)
+    run_dir = tmp_path / "runs" / "tiny"
+    directory = run_dir / "checkpoints"
+    assert main(["run", str(recipe)]) == 0
+    first = _rows(run_dir / "metrics.jsonl")
+    branch_point = directory / ckpt.checkpoint_name(3)
+    (tmp_path / "sigterm_at.py").write_text(SIGTERM_PLUGIN)
+    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200", SIGTERM_AT_STEP="4",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    branch = ["run", str(recipe), "optim.lr=0.01", "train.max_steps=8"]
+    killed = subprocess.run([sys.executable, "-m", "jepa_core", "-p", "sigterm_at", *branch,
+                             "--resume", str(branch_point), "--force"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert killed.returncode == 128 + signal.SIGTERM, killed.stderr
+    err = _flat(killed.stderr)
+    assert "starts a branch from step 3" in err and "--resume auto` continues this branch" in err
+    abandoned = list(directory.glob("abandoned-*"))
+    assert len(abandoned) == 1
+    assert [p.name for p in ckpt.list_checkpoints(abandoned[0])] == [
+        ckpt.checkpoint_name(s) for s in (4, 5, 6)]
+    assert [ckpt.step_of(p) for p in ckpt.list_checkpoints(directory)] == [3, 4, 5]
+    aside = list(run_dir.glob("metrics.abandoned-*.jsonl"))
+    assert len(aside) == 1 and _rows(aside[0]) == first[3:]  # the abandoned rows, kept whole
+
+    capsys.readouterr()
+    assert main([*branch, "--resume", "auto"]) == 0
+    rows = _rows(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert rows[:3] == first[:3] and rows[5]["lr"] != first[5]["lr"]
+    assert "steps 5→8" in capsys.readouterr().out  # from the branch's step 5, not step 6

@@ -31,6 +31,7 @@ from typing import Any
 
 from jepa_core.errors import JepaError, RunError
 from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime.runlog import MAX_STEP, row_step
 
 LOCK_NAME = ".lock"
 METRICS_NAME = "metrics.jsonl"
@@ -171,27 +172,56 @@ def _count_lines(path: Path) -> int:
 
 def drop_rows_after(metrics: Path, step: int) -> int:
     """Rewrite `metrics` (atomically) without the rows of steps after `step`, which a run
-    resumed from `step` computes again, and without torn lines. Returns the rows dropped."""
-    try:
-        lines = Path(metrics).read_bytes().splitlines(keepends=True)
-    except FileNotFoundError:
-        return 0
+    resumed from `step` computes again, and without torn lines or rows that have no valid step
+    (those are named on stderr). Returns the rows dropped."""
+    lines = _read_lines(metrics)
     steps = [_row_step(line) for line in lines]
     keep = [line for line, s in zip(lines, steps, strict=True) if s is not None and s <= step]
     if len(keep) == len(lines) and all(line.endswith(b"\n") for line in keep):
         return 0
-    tmp = metrics.with_name(f".{metrics.name}.tmp-{os.getpid()}")
+    _note_invalid(metrics, lines, steps)
+    _write_atomic(metrics, b"".join(_whole(line) for line in keep),
+                  "It is unchanged.", "for the resumed run")
+    return len(lines) - len(keep)
+
+
+def _read_lines(path: Path) -> list[bytes]:
+    try:
+        return Path(path).read_bytes().splitlines(keepends=True)
+    except FileNotFoundError:
+        return []
+
+
+def _whole(line: bytes) -> bytes:
+    return line if line.endswith(b"\n") else line + b"\n"
+
+
+def _write_atomic(path: Path, data: bytes, unchanged: str, why: str) -> None:
+    """Write `data` to `path` through a temp file and a rename; RunError naming `path`."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in keep))
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, metrics)
+        os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise RunError(f"could not rewrite {metrics} for the resumed run: "
-                       f"{exc.strerror or exc}. It is unchanged.") from None
-    return len(lines) - len(keep)
+        raise RunError(f"could not write {path} {why}: {exc.strerror or exc}. "
+                       f"{unchanged}") from None
+
+
+def _note_invalid(metrics: Path, lines: list[bytes], steps: list[int | None]) -> None:
+    """Name the rows dropped for having no valid step, but a torn last line (a killed run's)
+    or a blank line, which need no word."""
+    bad = [i + 1 for i, (line, s) in enumerate(zip(lines, steps, strict=True))
+           if s is None and line.strip() and (i < len(lines) - 1 or line.endswith(b"\n"))]
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        print(f"note: {metrics}: left out {len(bad)} row(s) without a valid step (line(s) "
+              f"{shown}: not JSON, or a step that is not a whole number from 0 to "
+              f"{MAX_STEP}); no run writes such rows, so they were edited or written by "
+              f"another tool.", file=sys.stderr)
 
 
 def _row_step(line: bytes) -> int | None:
@@ -199,21 +229,90 @@ def _row_step(line: bytes) -> int | None:
         row = json.loads(line)
     except ValueError:
         return None  # a torn line (a process killed mid-write)
-    step = row.get("step") if isinstance(row, dict) else None
-    return int(step) if isinstance(step, (int, float)) else None
+    return row_step(row)
+
+
+def retire_later(run_dir: Path, step: int, source: str) -> None:
+    """A branch: the run resumes from checkpoint `source` after `step` steps while `run_dir`
+    holds a later part of the run (checkpoints, metrics rows, an eval.json of later steps).
+    That part moves aside, never deleted: the checkpoints to checkpoints/abandoned-<time>/,
+    the rows to metrics.abandoned-<time>.jsonl, eval.json to eval.abandoned-<time>.json. The
+    directory then holds one line of steps, which `--resume auto` continues. Rows go first, so
+    a process killed in between leaves every row in a file."""
+    directory = run_dir / "checkpoints"
+    later = [p for p in ckpt.list_checkpoints(directory) if ckpt.step_of(p) > step]
+    lines = _read_lines(run_dir / METRICS_NAME)
+    rows = [line for line in lines if (_row_step(line) or 0) > step]
+    evaluated = _evaluated_after(run_dir / "eval.json", step)
+    if not later and not rows and not evaluated:
+        return
+    stamp = _free_stamp(run_dir)
+    moved = []
+    if rows:
+        aside = run_dir / f"metrics.abandoned-{stamp}.jsonl"
+        _write_atomic(aside, b"".join(_whole(line) for line in rows), "Nothing was moved.",
+                      "(the metrics rows after the branch point)")
+        steps = [_row_step(line) or 0 for line in rows]
+        moved.append(f"{len(rows)} metrics row(s) of steps {min(steps)}-{max(steps)} to "
+                     f"{aside.name}")
+    if later:
+        folder = directory / f"abandoned-{stamp}"
+        folder.mkdir()
+        for path in later:
+            os.replace(path, folder / path.name)
+        moved.append(f"{len(later)} checkpoint(s) ({', '.join(p.name for p in later)}) to "
+                     f"{folder}/")
+    if evaluated:
+        os.replace(run_dir / "eval.json", run_dir / f"eval.abandoned-{stamp}.json")
+        moved.append(f"eval.json (of step {evaluated}) to eval.abandoned-{stamp}.json")
+    drop_rows_after(run_dir / METRICS_NAME, step)
+    print(f"note: resuming from {source} (step {step}) while {run_dir} holds later steps of "
+          f"the run: this starts a branch from step {step}. The later steps are set aside, not "
+          f"deleted: {'; '.join(moved)}. `--resume auto` continues this branch; to go back to "
+          f"the other, resume from its newest checkpoint with `--resume PATH`, or move its "
+          f"files back.", file=sys.stderr)
+
+
+def _evaluated_after(eval_json: Path, step: int) -> int | None:
+    """The step eval.json evaluated, where later than `step`; None otherwise."""
+    try:
+        data = json.loads(eval_json.read_text())
+    except (OSError, ValueError):
+        return None
+    source = data.get("source") if isinstance(data, dict) else None
+    found = source.get("step") if isinstance(source, dict) else None
+    if isinstance(found, int) and not isinstance(found, bool) and found > step:
+        return found
+    return None
+
+
+def _free_stamp(run_dir: Path) -> str:
+    """A UTC time stamp that names no abandoned checkpoints or rows yet in `run_dir`."""
+    base = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    stamp, n = base, 1
+    while any(run_dir.glob(f"*abandoned-{stamp}*")) or any(
+            run_dir.glob(f"checkpoints/abandoned-{stamp}")):
+        n += 1
+        stamp = f"{base}-{n}"
+    return stamp
 
 
 class Claimed:
     """What `claim` hands out: the directory, and `start_at` for the resumed step."""
 
-    def __init__(self, run_dir: Path, main: bool):
-        self.run_dir, self.main = run_dir, main
+    def __init__(self, run_dir: Path, main: bool, resume: str | None = None):
+        self.run_dir, self.main, self.resume = run_dir, main, resume
 
     def start_at(self, state: dict | None) -> None:
-        """The run starts at `state["step"]` (0 without a state): drop the later rows."""
-        if self.main:
-            step = int(state["step"]) if state is not None else 0
-            drop_rows_after(self.run_dir / METRICS_NAME, step)
+        """The run starts at `state["step"]` (0 without a state): drop the later rows. A run
+        resumed from a named checkpoint older than the run's newest steps branches: those
+        steps are set aside first (`retire_later`)."""
+        if not self.main:
+            return
+        step = int(state["step"]) if state is not None else 0
+        if state is not None and self.resume not in (None, "auto"):
+            retire_later(self.run_dir, step, str(self.resume))
+        drop_rows_after(self.run_dir / METRICS_NAME, step)
 
 
 def take(run_dir: Path, resume: str | None) -> Lock:
@@ -251,7 +350,7 @@ def claim(recipe: Any, resume: str | None, dist: Any) -> Iterator[Claimed]:
             refusal = exc
     _agree(dist, run_dir, refusal)
     try:
-        yield Claimed(run_dir, dist.is_main)
+        yield Claimed(run_dir, dist.is_main, resume)
     finally:
         if lock is not None:
             lock.release()

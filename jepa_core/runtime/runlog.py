@@ -18,6 +18,9 @@ from jepa_core.errors import RunError
 from jepa_core.runtime import checkpoint as ckpt
 
 COLLAPSE_STD = 1e-2  # pooled target features this flat across a batch mean collapse
+# No step count of a real run comes near this; a larger one is not a row jepa wrote. Below
+# 2**53 every whole number is exact as a float, so `float(step)` round-trips.
+MAX_STEP = 2**53
 
 
 def now() -> float:
@@ -192,6 +195,18 @@ class MetricsFile:
     def close(self) -> None:
         """Close the file."""
         os.close(self.fd)
+
+
+def row_step(row: Any) -> int | None:
+    """The step of a metrics.jsonl row (a parsed JSON value), or None where the row has none
+    that a run could have written: not a dict, no "step", a bool, NaN or infinite, not a whole
+    number, negative, or beyond MAX_STEP (e.g. a row edited by hand or by another tool)."""
+    step = row.get("step") if isinstance(row, dict) else None
+    if isinstance(step, bool) or not isinstance(step, (int, float)):
+        return None
+    if isinstance(step, float) and not (math.isfinite(step) and step.is_integer()):
+        return None
+    return int(step) if 0 <= step <= MAX_STEP else None
 
 
 def _num(v: Any) -> Any:
