@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from jepa_core.errors import JepaError
+from jepa_core.runtime.rundir import check_lookup
 
 COLUMNS = 3
 PANEL_INCHES = (4.0, 3.0)
@@ -184,6 +185,7 @@ def draw(series: dict, bars: list, panels: list[Panel], title: str, out: Path) -
 def plot_command(run_dir: str, out: str | None, console: Any) -> int:
     """`jepa plot RUN_DIR [--out]`: read metrics.jsonl and eval.json, draw, say where."""
     run = Path(run_dir)
+    check_lookup(run, "run directory")
     if not run.is_dir():
         raise PlotError(f"{run} is not a run directory (it does not exist or is a file). "
                         f"Point `jepa plot` at the folder a run wrote, out_dir/name (e.g. "

@@ -66,6 +66,36 @@ def ensure_writable(directory: Path, what: str, fix: str) -> None:
         raise UnwritableFolder(f"{what} {directory} cannot be written ({reason}). {fix}") from None
 
 
+class UnusablePath(JepaError):
+    """A path given on the command line (or read from a file) that the OS refuses to look up."""
+
+    title = "path cannot be used"
+
+
+def check_lookup(path: Path, what: str) -> None:
+    """UnusablePath naming `path` (`what`: "run directory", ...) when the OS cannot even look it
+    up: a name over 255 bytes, a path over 4096, a folder on the way that cannot be searched.
+    A path that merely does not exist passes: the caller says what should be there."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        limits = (" A file or folder name has at most 255 bytes, a whole path at most 4096."
+                  if exc.errno == errno.ENAMETOOLONG else "")
+        raise UnusablePath(f"{what} {path} cannot be looked up ({exc.strerror or exc}).{limits} "
+                           f"Check the path.") from None
+
+
+def is_file(path: Path) -> bool:
+    """Path.is_file, and False where the OS refuses to look the path up (too long, ...): for
+    paths read from files, which may name anything."""
+    try:
+        return Path(path).is_file()
+    except OSError:
+        return False
+
+
 class Lock:
     """An exclusive flock on `run_dir/.lock`, which records the holder's pid, host and start.
     Released, the file goes, and so do the folders `created` for the run if still empty."""
