@@ -113,6 +113,22 @@ def test_resumed_rows_are_not_repeated_in_metrics(tmp_path):
     assert _steps(run_dir) == [1, 2, 3]
 
 
+def test_resume_leaves_out_rows_with_impossible_steps_with_a_note(tmp_path, capsys):
+    """metrics.jsonl rows whose step is NaN, infinite or huge (edited, or written by another
+    tool) do not stop a resume: they are left out, named by line."""
+    recipe = _recipe_file(tmp_path, max_steps=2)
+    run_dir = tmp_path / "runs" / "tiny"
+    assert main(["run", str(recipe)]) == 0
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": NaN}\n{"step": Infinity, "loss": 1}\n{"step": 1e400}\n'
+                '{"step": 1e308, "loss": -1e308}\n{"step": 2.5}\n')
+    capsys.readouterr()
+    assert main(["run", str(recipe), "--resume", "auto", "train.max_steps=3"]) == 0
+    assert _steps(run_dir) == [1, 2, 3]
+    err = _flat(capsys.readouterr().err)
+    assert "left out 5 row(s) without a valid step (line(s) 3, 4, 5, 6, 7" in err
+
+
 def test_drop_rows_after_keeps_earlier_rows_and_drops_torn_lines(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6))
