@@ -24,7 +24,7 @@ from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime.distributed import DistEnv
-from jepa_core.runtime.rundir import Lock, RunDirError, claim, drop_rows_after
+from jepa_core.runtime.rundir import Lock, RunDirError, claim, drop_rows_after, retire_later
 from jepa_core.runtime.trainer import train
 
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
@@ -353,3 +353,44 @@ def test_a_killed_branch_resumes_as_the_branch_and_logs_one_lineage(tmp_path, ca
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert rows[:3] == first[:3] and rows[5]["lr"] != first[5]["lr"]
     assert "steps 5→8" in capsys.readouterr().out  # from the branch's step 5, not step 6
+
+
+def test_a_branch_sets_aside_later_copies_and_eval_json_and_a_plain_resume_nothing(tmp_path,
+                                                                                   capsys):
+    run_dir = tmp_path / "run"
+    directory = run_dir / "checkpoints"
+    directory.mkdir(parents=True)
+    for name in ("step_000000002.pt", "step_000000004.pt", "step_000000005.pt.diverged",
+                 "step_000000006.pt.corrupt", "step_000000002.pt.corrupt"):
+        (directory / name).write_bytes(name.encode())
+    rows = "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 7))
+    (run_dir / "metrics.jsonl").write_text(rows)
+    (run_dir / "eval.json").write_text(json.dumps({"format": 2, "source": {"step": 6}}))
+
+    retire_later(run_dir, 4, "the newest checkpoint")  # nothing later but copies, eval.json
+    abandoned, = directory.glob("abandoned-*")
+    assert sorted(p.name for p in abandoned.iterdir()) == [
+        "step_000000005.pt.diverged", "step_000000006.pt.corrupt"]
+    assert sorted(p.name for p in directory.iterdir() if p.is_file()) == [
+        "step_000000002.pt", "step_000000002.pt.corrupt", "step_000000004.pt"]
+    assert list(run_dir.glob("eval.abandoned-*.json")) and not (run_dir / "eval.json").exists()
+    assert _steps(run_dir) == [1, 2, 3, 4]
+    assert "this starts a branch from step 4" in _flat(capsys.readouterr().err)
+
+    with open(run_dir / "metrics.jsonl", "a") as f:  # killed after logging step 5
+        f.write(json.dumps({"step": 5, "loss": 1.0}) + "\n")
+    retire_later(run_dir, 4, "the newest checkpoint")  # rows alone: recomputed, no branch
+    assert len(list(directory.glob("abandoned-*"))) == 1
+    assert len(list(run_dir.glob("metrics.abandoned-*"))) == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_setting_aside_never_replaces_a_file_set_aside_before(tmp_path):
+    first = tmp_path / "step_000000003.pt"
+    first.write_bytes(b"first")
+    ckpt.set_aside(first, ".diverged")
+    first.write_bytes(b"second")
+    assert ckpt.set_aside(first, ".diverged").name == "step_000000003.pt.diverged-2"
+    assert (tmp_path / "step_000000003.pt.diverged").read_bytes() == b"first"
+    assert ckpt.files_after(tmp_path, 2) == [tmp_path / "step_000000003.pt.diverged",
+                                             tmp_path / "step_000000003.pt.diverged-2"]

@@ -264,18 +264,19 @@ def _row_step(line: bytes) -> int | None:
 
 def retire_later(run_dir: Path, step: int, source: str) -> None:
     """A branch: the run resumes from checkpoint `source` after `step` steps while `run_dir`
-    holds a later part of the run (checkpoints, metrics rows, an eval.json of later steps).
-    That part moves aside, never deleted: the checkpoints to checkpoints/abandoned-<time>/,
+    holds a later part of the run (checkpoints, or an eval.json, of later steps). That part
+    and the metrics rows after `step` move aside, never deleted: the checkpoints (and their
+    *.diverged / *.corrupt copies) to checkpoints/abandoned-<time>/,
     the rows to metrics.abandoned-<time>.jsonl, eval.json to eval.abandoned-<time>.json. The
     directory then holds one line of steps, which `--resume auto` continues. Rows go first, so
     a process killed in between leaves every row in a file."""
     directory = run_dir / "checkpoints"
-    later = [p for p in ckpt.list_checkpoints(directory) if ckpt.step_of(p) > step]
+    later = ckpt.files_after(directory, step)
+    evaluated = _evaluated_after(run_dir / "eval.json", step)
+    if not later and not evaluated:
+        return  # rows alone after the newest checkpoint: recomputed, as by `--resume auto`
     lines = _read_lines(run_dir / METRICS_NAME)
     rows = [line for line in lines if (_row_step(line) or 0) > step]
-    evaluated = _evaluated_after(run_dir / "eval.json", step)
-    if not later and not rows and not evaluated:
-        return
     stamp = _free_stamp(run_dir)
     moved = []
     if rows:

@@ -227,6 +227,11 @@ def describe_outputs(run_dir: Path) -> list[str]:
         names = ", ".join(p.name for p in found)
         lines.append(f"  checkpoints/    {len(found)} checkpoint(s): {names} (continue with "
                      f"`--resume auto`; probe with `jepa eval {run_dir}`)")
+    abandoned = sorted((run_dir / "checkpoints").glob("abandoned-*"))
+    if abandoned:
+        lines.append(f"  checkpoints/abandoned-*/  {len(abandoned)} branch(es) set aside when "
+                     f"the run was resumed from an earlier step (their metrics rows in "
+                     f"metrics.abandoned-*.jsonl); kept, never resumed by `--resume auto`")
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         with metrics.open("rb") as f:
