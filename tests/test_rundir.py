@@ -24,7 +24,8 @@ from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime.distributed import DistEnv
-from jepa_core.runtime.rundir import Lock, RunDirError, claim, drop_rows_after, retire_later
+from jepa_core.runtime.lineage import drop_rows_after, history_kept, retire_later
+from jepa_core.runtime.rundir import Lock, RunDirError, claim
 from jepa_core.runtime.trainer import train
 
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
@@ -338,7 +339,7 @@ def test_a_killed_branch_resumes_as_the_branch_and_logs_one_lineage(tmp_path, ca
                             capture_output=True, text=True, env=env, timeout=120)
     assert killed.returncode == 128 + signal.SIGTERM, killed.stderr
     err = _flat(killed.stderr)
-    assert "starts a branch from step 3" in err and "--resume auto` continues this branch" in err
+    assert "starts a branch from step 3" in err and "`--resume auto` continues this run" in err
     abandoned = list(directory.glob("abandoned-*"))
     assert len(abandoned) == 1
     assert [p.name for p in ckpt.list_checkpoints(abandoned[0])] == [
@@ -394,3 +395,30 @@ def test_setting_aside_never_replaces_a_file_set_aside_before(tmp_path):
     assert (tmp_path / "step_000000003.pt.diverged").read_bytes() == b"first"
     assert ckpt.files_after(tmp_path, 2) == [tmp_path / "step_000000003.pt.diverged",
                                              tmp_path / "step_000000003.pt.diverged-2"]
+
+
+def test_a_checkpoint_from_elsewhere_keeps_only_its_own_history(tmp_path, capsys):
+    """--resume PATH from outside the run's checkpoints: the directory's steps stay only where
+    its metrics logged the very row the checkpoint ends with (a copy of its own checkpoint);
+    another run's steps are set aside whole."""
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / ckpt.checkpoint_name(2)).write_bytes(b"other run")
+    rows = [{"step": s, "loss": 0.5 / s, "elapsed_s": 0.25 * s} for s in (1, 2, 3)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    inside = str(run_dir / "checkpoints" / ckpt.checkpoint_name(3))
+    copy_of_own = {"step": 3, "metrics": {"loss": 0.5 / 3, "elapsed_s": 0.75}}
+    other = {"step": 3, "metrics": {"loss": 0.5 / 3, "elapsed_s": 9.0}}
+    assert history_kept(run_dir, inside, other) == 3  # the folder holds one line of steps
+    assert history_kept(run_dir, str(tmp_path / "copy.pt"), copy_of_own) == 3
+    assert history_kept(run_dir, str(tmp_path / "elsewhere.pt"), other) == -1
+    assert history_kept(run_dir, str(tmp_path / "old.pt"), {"step": 3}) == -1  # no metrics
+
+    retire_later(run_dir, 3, "elsewhere.pt", -1)
+    assert (run_dir / "metrics.jsonl").read_text() == ""
+    assert ckpt.list_checkpoints(run_dir / "checkpoints") == []
+    abandoned, = (run_dir / "checkpoints").glob("abandoned-*")
+    assert [p.name for p in abandoned.iterdir()] == [ckpt.checkpoint_name(2)]
+    aside, = run_dir.glob("metrics.abandoned-*.jsonl")
+    assert [json.loads(line) for line in aside.read_text().splitlines()] == rows
+    assert "holds steps of another run" in _flat(capsys.readouterr().err)

@@ -2,7 +2,8 @@
 
     with claim(recipe, resume, dist) as run_dir:   # before any model is built
         state = find_resume(...)
-        run_dir.start_at(state)                     # metrics.jsonl: drop the rows to recompute
+        run_dir.start_at(state)                     # metrics.jsonl: drop the rows to recompute;
+                                                    # a branch sets later steps aside (lineage)
         train(...)
 
 Rank 0 (the process that writes the directory) checks, before anything is built, that:
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import socket
 import sys
@@ -29,12 +29,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jepa_core.errors import JepaError, RunError
+from jepa_core.errors import JepaError
 from jepa_core.runtime import checkpoint as ckpt
-from jepa_core.runtime.runlog import MAX_STEP, row_step
+from jepa_core.runtime.lineage import METRICS_NAME, drop_rows_after, history_kept, retire_later
 
 LOCK_NAME = ".lock"
-METRICS_NAME = "metrics.jsonl"
 # flock unsupported by the file system (e.g. Lustre mounted without -o flock, some NFS set-ups)
 _NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 
@@ -200,134 +199,6 @@ def _count_lines(path: Path) -> int:
         return 0
 
 
-def drop_rows_after(metrics: Path, step: int) -> int:
-    """Rewrite `metrics` (atomically) without the rows of steps after `step`, which a run
-    resumed from `step` computes again, and without torn lines or rows that have no valid step
-    (those are named on stderr). Returns the rows dropped."""
-    lines = _read_lines(metrics)
-    steps = [_row_step(line) for line in lines]
-    keep = [line for line, s in zip(lines, steps, strict=True) if s is not None and s <= step]
-    if len(keep) == len(lines) and all(line.endswith(b"\n") for line in keep):
-        return 0
-    _note_invalid(metrics, lines, steps)
-    _write_atomic(metrics, b"".join(_whole(line) for line in keep),
-                  "It is unchanged.", "for the resumed run")
-    return len(lines) - len(keep)
-
-
-def _read_lines(path: Path) -> list[bytes]:
-    try:
-        return Path(path).read_bytes().splitlines(keepends=True)
-    except FileNotFoundError:
-        return []
-
-
-def _whole(line: bytes) -> bytes:
-    return line if line.endswith(b"\n") else line + b"\n"
-
-
-def _write_atomic(path: Path, data: bytes, unchanged: str, why: str) -> None:
-    """Write `data` to `path` through a temp file and a rename; RunError naming `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise RunError(f"could not write {path} {why}: {exc.strerror or exc}. "
-                       f"{unchanged}") from None
-
-
-def _note_invalid(metrics: Path, lines: list[bytes], steps: list[int | None]) -> None:
-    """Name the rows dropped for having no valid step, but a torn last line (a killed run's)
-    or a blank line, which need no word."""
-    bad = [i + 1 for i, (line, s) in enumerate(zip(lines, steps, strict=True))
-           if s is None and line.strip() and (i < len(lines) - 1 or line.endswith(b"\n"))]
-    if bad:
-        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
-        print(f"note: {metrics}: left out {len(bad)} row(s) without a valid step (line(s) "
-              f"{shown}: not JSON, or a step that is not a whole number from 0 to "
-              f"{MAX_STEP}); no run writes such rows, so they were edited or written by "
-              f"another tool.", file=sys.stderr)
-
-
-def _row_step(line: bytes) -> int | None:
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return None  # a torn line (a process killed mid-write)
-    return row_step(row)
-
-
-def retire_later(run_dir: Path, step: int, source: str) -> None:
-    """A branch: the run resumes from checkpoint `source` after `step` steps while `run_dir`
-    holds a later part of the run (checkpoints, or an eval.json, of later steps). That part
-    and the metrics rows after `step` move aside, never deleted: the checkpoints (and their
-    *.diverged / *.corrupt copies) to checkpoints/abandoned-<time>/,
-    the rows to metrics.abandoned-<time>.jsonl, eval.json to eval.abandoned-<time>.json. The
-    directory then holds one line of steps, which `--resume auto` continues. Rows go first, so
-    a process killed in between leaves every row in a file."""
-    directory = run_dir / "checkpoints"
-    later = ckpt.files_after(directory, step)
-    evaluated = _evaluated_after(run_dir / "eval.json", step)
-    if not later and not evaluated:
-        return  # rows alone after the newest checkpoint: recomputed, as by `--resume auto`
-    lines = _read_lines(run_dir / METRICS_NAME)
-    rows = [line for line in lines if (_row_step(line) or 0) > step]
-    stamp = _free_stamp(run_dir)
-    moved = []
-    if rows:
-        aside = run_dir / f"metrics.abandoned-{stamp}.jsonl"
-        _write_atomic(aside, b"".join(_whole(line) for line in rows), "Nothing was moved.",
-                      "(the metrics rows after the branch point)")
-        steps = [_row_step(line) or 0 for line in rows]
-        moved.append(f"{len(rows)} metrics row(s) of steps {min(steps)}-{max(steps)} to "
-                     f"{aside.name}")
-    if later:
-        folder = directory / f"abandoned-{stamp}"
-        folder.mkdir()
-        for path in later:
-            os.replace(path, folder / path.name)
-        moved.append(f"{len(later)} checkpoint(s) ({', '.join(p.name for p in later)}) to "
-                     f"{folder}/")
-    if evaluated:
-        os.replace(run_dir / "eval.json", run_dir / f"eval.abandoned-{stamp}.json")
-        moved.append(f"eval.json (of step {evaluated}) to eval.abandoned-{stamp}.json")
-    drop_rows_after(run_dir / METRICS_NAME, step)
-    print(f"note: resuming from {source} (step {step}) while {run_dir} holds later steps of "
-          f"the run: this starts a branch from step {step}. The later steps are set aside, not "
-          f"deleted: {'; '.join(moved)}. `--resume auto` continues this branch; to go back to "
-          f"the other, resume from its newest checkpoint with `--resume PATH`, or move its "
-          f"files back.", file=sys.stderr)
-
-
-def _evaluated_after(eval_json: Path, step: int) -> int | None:
-    """The step eval.json evaluated, where later than `step`; None otherwise."""
-    try:
-        data = json.loads(eval_json.read_text())
-    except (OSError, ValueError):
-        return None
-    source = data.get("source") if isinstance(data, dict) else None
-    found = source.get("step") if isinstance(source, dict) else None
-    if isinstance(found, int) and not isinstance(found, bool) and found > step:
-        return found
-    return None
-
-
-def _free_stamp(run_dir: Path) -> str:
-    """A UTC time stamp that names no abandoned checkpoints or rows yet in `run_dir`."""
-    base = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    stamp, n = base, 1
-    while any(run_dir.glob(f"*abandoned-{stamp}*")) or any(
-            run_dir.glob(f"checkpoints/abandoned-{stamp}")):
-        n += 1
-        stamp = f"{base}-{n}"
-    return stamp
-
-
 class Claimed:
     """What `claim` hands out: the directory, and `start_at` for the resumed step."""
 
@@ -342,7 +213,8 @@ class Claimed:
             return
         step = int(state["step"]) if state is not None else 0
         if state is not None and self.resume not in (None, "auto"):
-            retire_later(self.run_dir, step, str(self.resume))
+            source = str(self.resume)
+            retire_later(self.run_dir, step, source, history_kept(self.run_dir, source, state))
         drop_rows_after(self.run_dir / METRICS_NAME, step)
 
 
