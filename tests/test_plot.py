@@ -133,9 +133,14 @@ def test_rows_with_impossible_steps_or_values_are_left_out_with_a_note(tmp_path)
                '{"step": -1, "loss": 1.0}', '{"step": true, "loss": 1.0}',
                '{"step": 6, "loss": 1e308, "lr": -1e308}', '{"step": 7, "loss": 0.1}']
     (run / "metrics.jsonl").write_text("\n".join(good + hostile) + "\n")
+    (run / "eval.json").write_text(
+        '{"format": 2, "results": [{"protocol": "knn", "accuracy": {"test": NaN}}, '
+        '{"protocol": "linear", "accuracy": {"test": 1e308}}, '
+        '{"protocol": "linear", "features": "raw pixels", "accuracy": {"test": 0.5}}]}')
     out = jepa("plot", str(run))
     no_traceback(out)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0 and "finite" not in out.stderr, out.stderr  # no bar at NaN
+    assert "probe results (eval.json)" in out.stdout
     text = flat(out.stdout)
     assert "note: left out 6 row(s) of metrics.jsonl whose step is not a whole number" in text
     assert "(line(s) 6, 7, 8, 9, 10, ...)" in text and "1 of loss, 1 of lr" in text

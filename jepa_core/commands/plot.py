@@ -80,7 +80,8 @@ def read_metrics(path: Path, left_out: list[str] | None = None
 
 def probe_results(path: Path) -> list[tuple[str, float, str]]:
     """[(label, test accuracy, features)] of an eval.json (format 2 or 1); [] when it has none
-    or cannot be read (the plot then goes without the bar chart)."""
+    or cannot be read (the plot then goes without the bar chart). Accuracies that are no
+    fraction (NaN, infinite, outside [0, 1]: an edited file) get no bar."""
     from jepa_core.commands.compare import CompareError, results_of
 
     try:
@@ -90,7 +91,7 @@ def probe_results(path: Path) -> list[tuple[str, float, str]]:
     bars = []
     for r in results:
         value, split = r.figure()
-        if split != "value" and value is not None:
+        if split != "value" and value is not None and 0.0 <= value <= 1.0:  # NaN fails too
             name = f"{r.protocol} ({split})" if split != "test" else r.protocol
             bars.append((f"{name}\n{r.features}", value, r.features))
     return bars
