@@ -16,7 +16,7 @@ from PIL import Image, ImageStat
 from test_cli import REPO, clean_env, flat, no_traceback
 from test_compare import eval_json
 
-from jepa_core.commands.plot import choose_panels, figure_size, read_metrics
+from jepa_core.commands.plot import choose_panels, figure_size, probe_results, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -141,6 +141,7 @@ def test_rows_with_impossible_steps_or_values_are_left_out_with_a_note(tmp_path)
     no_traceback(out)
     assert out.returncode == 0 and "finite" not in out.stderr, out.stderr  # no bar at NaN
     assert "probe results (eval.json)" in out.stdout
+    assert [value for _, value, _ in probe_results(run / "eval.json")] == [0.5]
     text = flat(out.stdout)
     assert "note: left out 6 row(s) of metrics.jsonl whose step is not a whole number" in text
     assert "(line(s) 6, 7, 8, 9, 10, ...)" in text and "1 of loss, 1 of lr" in text
