@@ -34,7 +34,15 @@ from jepa_core.structure import (
     component_list_field,
     unstructure,
 )
-from jepa_core.validate import at_least, at_most, between, greater, plain_name, range_pair
+from jepa_core.validate import (
+    at_least,
+    at_most,
+    between,
+    fits_in_paths,
+    greater,
+    plain_name,
+    range_pair,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from jepa_core.plugins import Registry
@@ -162,7 +170,7 @@ class Recipe:
     target_updater: Component | None = component_field("target_updater", optional=True)
     loss: Component | None = component_field("loss", optional=True)
     seed: int = attrs.field(default=0, validator=at_least(0))
-    out_dir: str = "runs"
+    out_dir: str = attrs.field(default="runs", validator=fits_in_paths())
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()

@@ -93,17 +93,43 @@ def range_pair(lo: float | None = None, hi: float | None = None, *,
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+# The longest name of one file or folder that Linux, macOS and Windows file systems accept
+# (NAME_MAX, in bytes), and the longest path a system call takes (PATH_MAX).
+NAME_MAX = 255
+PATH_MAX = 4096
 
 
 def plain_name() -> Validator:
-    """A name that is one path component: letters, digits, '.', '_', '-'; not '.' or '..'."""
+    """A name that is one path component: letters, digits, '.', '_', '-'; not '.' or '..';
+    at most NAME_MAX characters."""
 
     def check(v: str) -> str | None:
-        if _PLAIN_NAME.fullmatch(v) and v not in (".", ".."):
-            return None
-        return (f"must be a plain name of letters, digits, '.', '_' and '-' (got {v!r}); it "
-                f"names a folder inside out_dir, so '/', '..' or an absolute path would write "
-                f"elsewhere. Choose the parent folder with out_dir instead")
+        if not (_PLAIN_NAME.fullmatch(v) and v not in (".", "..")):
+            return (f"must be a plain name of letters, digits, '.', '_' and '-' (got {v!r}); "
+                    f"it names a folder inside out_dir, so '/', '..' or an absolute path would "
+                    f"write elsewhere. Choose the parent folder with out_dir instead")
+        if len(v) > NAME_MAX:
+            return (f"is {len(v)} characters long ({v[:20]}...); a folder name can have at "
+                    f"most {NAME_MAX} (the file system's limit). Choose a shorter name")
+        return None
+
+    return _skip_none(check)
+
+
+def fits_in_paths(room: int = NAME_MAX + 100) -> Validator:
+    """A folder path whose every component has at most NAME_MAX bytes (UTF-8) and that leaves
+    `room` bytes below PATH_MAX for what is written inside it."""
+
+    def check(v: str) -> str | None:
+        long = [part for part in v.split("/") if len(part.encode()) > NAME_MAX]
+        if long:
+            return (f"holds a folder name of {len(long[0].encode())} bytes ({long[0][:20]}...); "
+                    f"a file system allows at most {NAME_MAX}. Choose a shorter path")
+        if len(v.encode()) > PATH_MAX - room:
+            return (f"is {len(v.encode())} bytes long; with the files written inside it, "
+                    f"paths would pass the system's limit of {PATH_MAX} bytes. Choose a "
+                    f"path of at most {PATH_MAX - room} bytes")
+        return None
 
     return _skip_none(check)
 

@@ -111,6 +111,26 @@ def test_a_run_without_eval_json_says_to_evaluate_it_first(two_runs, tmp_path):
     assert missing.returncode == 2 and "neither a run directory" in flat(missing.stderr)
 
 
+def test_paths_longer_than_the_file_system_allows_are_handled(two_runs, tmp_path):
+    """An eval.json naming a run_dir and checkpoint of 300 characters (a copied file, its run
+    elsewhere): compared without them; a run named on the command line that long: exit 2."""
+    a, _ = two_runs
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    long = tmp_path / ("x" * 300)
+    (copied / "eval.json").write_text(json.dumps(eval_json(long, knn=0.5, linear=0.5,
+                                                           rankme=1.0)))
+    out = jepa("eval", str(a), str(copied))
+    no_traceback(out)
+    assert out.returncode == 0, out.stderr
+    assert "recipe of" in flat(out.stdout) and "not compared" in flat(out.stdout)
+    refused = jepa("eval", str(a), str(long))
+    no_traceback(refused)
+    assert refused.returncode == 2
+    assert "cannot be looked up (File name too long)" in flat(refused.stderr)
+    assert "at most 255 bytes" in flat(refused.stderr)
+
+
 def test_overrides_and_no_baseline_are_refused_for_a_comparison(two_runs):
     a, b = two_runs
     for extra in (["data.name=digits"], ["--no-baseline"]):

@@ -20,8 +20,9 @@ import yaml
 from conftest import TINY, assert_same_training
 
 from jepa_core.errors import RunError
+from jepa_core.hookspecs import hookimpl
 from jepa_core.plugins import make_plugin_manager
-from jepa_core.recipe import recipe_from_dict
+from jepa_core.recipe import recipe_from_dict, recipe_to_dict
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime.launch import find_resume
 from jepa_core.runtime.trainer import train
@@ -304,6 +305,51 @@ def test_divergence_leaves_a_checkpoint_that_gives_a_finite_loss(tmp_path):
     assert math.isfinite(run.metrics["loss"]) and run.metrics["step"] == state["step"] + 1
     assert str(directory / ckpt.checkpoint_name(state["step"])) in named
     assert list(directory.glob("*.diverged"))
+
+
+@attrs.frozen
+class NanLossConfig:
+    """A loss that is NaN whatever the weights (a broken plugin)."""
+
+
+class NanLossPlugin:
+    @hookimpl
+    def register_losses(self, register):
+        register("nan_loss", NanLossConfig,
+                 lambda config: lambda predictions, targets, valid=None: (
+                     (predictions - targets).mean() * float("nan")))
+
+
+def test_a_loss_non_finite_from_a_resumed_checkpoint_keeps_that_checkpoint(tmp_path):
+    """Resume a healthy step-4 checkpoint with a loss switched (--force) to one that is NaN from
+    the first step: the checkpoint keeps its name, and the message says what happened."""
+    recipe, _ = _short_run(tmp_path, steps=4, checkpoint_every=2, max_nonfinite_steps=2)
+    registry = make_plugin_manager(objects=[("nan_plugin", NanLossPlugin())])
+    train(recipe, registry)
+    directory = recipe.run_dir / "checkpoints"
+    before = sorted(p.name for p in directory.iterdir())
+    d = recipe_to_dict(recipe)
+    d["loss"] = {"name": "nan_loss"}
+    d["train"]["max_steps"] = 8
+    broken = recipe_from_dict(d, registry, "nan")
+    with pytest.raises(RunError) as stop:
+        train(broken, registry, resume=find_resume(broken, "auto", force=True))
+    said = " ".join(str(stop.value).split())
+    assert sorted(p.name for p in directory.iterdir()) == before  # nothing renamed .diverged
+    assert (f"non-finite from the first step after resuming from step 4 "
+            f"({directory / ckpt.checkpoint_name(4)}), whose own last loss was finite") in said
+    assert "the checkpoint is fine" in said and "loss.name: 'smooth_l1' → 'nan_loss'" in said
+    assert "still finite but its update" not in said and "start again" not in said
+
+
+def test_a_loss_non_finite_from_the_first_step_of_a_fresh_run_says_so(tmp_path):
+    recipe, _ = _short_run(tmp_path, steps=4, max_nonfinite_steps=2)
+    registry = make_plugin_manager(objects=[("nan_plugin", NanLossPlugin())])
+    d = recipe_to_dict(recipe)
+    d["loss"] = {"name": "nan_loss"}
+    with pytest.raises(RunError, match="non-finite") as stop:
+        train(recipe_from_dict(d, registry, "nan"), registry)
+    assert "from the very first step, before any update" in " ".join(str(stop.value).split())
 
 
 def test_learning_rates_float32_cannot_hold_are_refused_up_front(tiny_dict, registry):

@@ -16,7 +16,7 @@ from PIL import Image, ImageStat
 from test_cli import REPO, clean_env, flat, no_traceback
 from test_compare import eval_json
 
-from jepa_core.commands.plot import choose_panels, figure_size, read_metrics
+from jepa_core.commands.plot import choose_panels, figure_size, probe_results, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -120,3 +120,37 @@ def test_help_does_not_import_matplotlib():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=clean_env(), cwd=REPO, timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_rows_with_impossible_steps_or_values_are_left_out_with_a_note(tmp_path):
+    """Rows whose step is NaN, infinite, fractional, negative or a bool, and values of ±1e308,
+    which matplotlib cannot scale: the plot draws the rest and says what it left out."""
+    run = tmp_path / "run"
+    run.mkdir()
+    good = [json.dumps({"step": s, "loss": 1.0 / s, "lr": 1e-3 * s}) for s in range(1, 6)]
+    hostile = ['{"step": NaN, "loss": 1.0}', '{"step": Infinity, "loss": 1.0}',
+               '{"step": 1e400, "loss": 1.0}', '{"step": 2.5, "loss": 1.0}',
+               '{"step": -1, "loss": 1.0}', '{"step": true, "loss": 1.0}',
+               '{"step": 6, "loss": 1e308, "lr": -1e308}', '{"step": 7, "loss": 0.1}']
+    (run / "metrics.jsonl").write_text("\n".join(good + hostile) + "\n")
+    (run / "eval.json").write_text(
+        '{"format": 2, "results": [{"protocol": "knn", "accuracy": {"test": NaN}}, '
+        '{"protocol": "linear", "accuracy": {"test": 1e308}}, '
+        '{"protocol": "linear", "features": "raw pixels", "accuracy": {"test": 0.5}}]}')
+    out = jepa("plot", str(run))
+    no_traceback(out)
+    assert out.returncode == 0 and "finite" not in out.stderr, out.stderr  # no bar at NaN
+    assert "probe results (eval.json)" in out.stdout
+    assert [value for _, value, _ in probe_results(run / "eval.json")] == [0.5]
+    text = flat(out.stdout)
+    assert "note: left out 6 row(s) of metrics.jsonl whose step is not a whole number" in text
+    assert "(line(s) 6, 7, 8, 9, 10, ...)" in text and "1 of loss, 1 of lr" in text
+    assert_not_blank(run / "plot.png")
+    series = read_metrics(run / "metrics.jsonl")
+    assert series["loss"][0] == [1, 2, 3, 4, 5, 7] and series["lr"][0] == [1, 2, 3, 4, 5]
+
+
+def test_a_run_path_the_os_cannot_look_up_is_named(tmp_path):
+    out = jepa("plot", str(tmp_path / ("x" * 300)))
+    no_traceback(out)
+    assert out.returncode == 2 and "cannot be looked up (File name too long)" in flat(out.stderr)

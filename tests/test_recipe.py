@@ -643,3 +643,14 @@ def test_booleans_from_environment_strings(registry, monkeypatch):
     recipe = recipe_from_dict(read_yaml(QUICKSTART), registry, "r",
                               ["train.compile=${JEPA_TEST_COMPILE}"])
     assert recipe.train.compile is True
+
+
+def test_a_run_name_or_out_dir_past_the_file_systems_limits_is_refused_by_key(registry, base):
+    longest = recipe_from_dict(base, registry, "r.yaml", ["name=" + "a" * 255])
+    assert longest.run_dir.name == "a" * 255  # the longest folder name there can be
+    (path, message), = problems_of(base, registry, ["name=" + "a" * 256])
+    assert path == "$.name" and "256 characters long" in message and "at most 255" in message
+    (path, message), = problems_of(base, registry, ["out_dir=/tmp/" + "é" * 128 + "/runs"])
+    assert path == "$.out_dir" and "256 bytes" in message and "at most 255" in message
+    (path, message), = problems_of(base, registry, ["out_dir=" + "/a" * 2000])
+    assert path == "$.out_dir" and "limit of 4096 bytes" in message

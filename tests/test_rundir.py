@@ -24,7 +24,8 @@ from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime.distributed import DistEnv
-from jepa_core.runtime.rundir import Lock, RunDirError, claim, drop_rows_after
+from jepa_core.runtime.lineage import drop_rows_after, history_kept, retire_later
+from jepa_core.runtime.rundir import Lock, RunDirError, claim
 from jepa_core.runtime.trainer import train
 
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
@@ -111,6 +112,22 @@ def test_resumed_rows_are_not_repeated_in_metrics(tmp_path):
         f.write('{"lr": 0.001, "st')
     assert main(["run", str(recipe), "--resume", "auto"]) == 0
     assert _steps(run_dir) == [1, 2, 3]
+
+
+def test_resume_leaves_out_rows_with_impossible_steps_with_a_note(tmp_path, capsys):
+    """metrics.jsonl rows whose step is NaN, infinite or huge (edited, or written by another
+    tool) do not stop a resume: they are left out, named by line."""
+    recipe = _recipe_file(tmp_path, max_steps=2)
+    run_dir = tmp_path / "runs" / "tiny"
+    assert main(["run", str(recipe)]) == 0
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": NaN}\n{"step": Infinity, "loss": 1}\n{"step": 1e400}\n'
+                '{"step": 1e308, "loss": -1e308}\n{"step": 2.5}\n')
+    capsys.readouterr()
+    assert main(["run", str(recipe), "--resume", "auto", "train.max_steps=3"]) == 0
+    assert _steps(run_dir) == [1, 2, 3]
+    err = _flat(capsys.readouterr().err)
+    assert "left out 5 row(s) without a valid step (line(s) 3, 4, 5, 6, 7" in err
 
 
 def test_drop_rows_after_keeps_earlier_rows_and_drops_torn_lines(tmp_path):
@@ -281,3 +298,127 @@ def test_full_disk_on_metrics_leaves_whole_rows_and_names_the_checkpoint(tmp_pat
     assert f"The previous checkpoint, {last}, is intact" in message and "--resume auto" in message
     assert _steps(recipe.run_dir) == [1, 2]  # every line whole
     assert ckpt.load(last)["step"] == 2
+
+
+# -- one lineage per run directory (branching with --resume PATH) --------------------------
+SIGTERM_PLUGIN = '''
+import os
+import signal
+
+from jepa_core.hookspecs import hookimpl
+
+
+@hookimpl
+def on_step_end(run, step, metrics):
+    if step == int(os.environ["SIGTERM_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's preemption would
+'''
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_killed_branch_resumes_as_the_branch_and_logs_one_lineage(tmp_path, capsys):
+    """Branch from step 3 of a run that reached step 6 (another lr), SIGTERM the branch in
+    step 4 (it stops after step 5, in which all ranks learn of the signal), then `--resume
+    auto`: it continues the branch, not the abandoned step 6; the abandoned checkpoints and
+    rows are kept aside; metrics.jsonl holds steps 1..8 once."""
+    recipe = _recipe_file(tmp_path, max_steps=6, checkpoint_every=1, keep_last=4)
+    run_dir = tmp_path / "runs" / "tiny"
+    directory = run_dir / "checkpoints"
+    assert main(["run", str(recipe)]) == 0
+    first = _rows(run_dir / "metrics.jsonl")
+    branch_point = directory / ckpt.checkpoint_name(3)
+    (tmp_path / "sigterm_at.py").write_text(SIGTERM_PLUGIN)
+    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200", SIGTERM_AT_STEP="4",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    branch = ["run", str(recipe), "optim.lr=0.01", "train.max_steps=8"]
+    killed = subprocess.run([sys.executable, "-m", "jepa_core", "-p", "sigterm_at", *branch,
+                             "--resume", str(branch_point), "--force"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert killed.returncode == 128 + signal.SIGTERM, killed.stderr
+    err = _flat(killed.stderr)
+    assert "starts a branch from step 3" in err and "`--resume auto` continues this run" in err
+    abandoned = list(directory.glob("abandoned-*"))
+    assert len(abandoned) == 1
+    assert [p.name for p in ckpt.list_checkpoints(abandoned[0])] == [
+        ckpt.checkpoint_name(s) for s in (4, 5, 6)]
+    assert [ckpt.step_of(p) for p in ckpt.list_checkpoints(directory)] == [3, 4, 5]
+    aside = list(run_dir.glob("metrics.abandoned-*.jsonl"))
+    assert len(aside) == 1 and _rows(aside[0]) == first[3:]  # the abandoned rows, kept whole
+
+    capsys.readouterr()
+    assert main([*branch, "--resume", "auto"]) == 0
+    rows = _rows(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert rows[:3] == first[:3] and rows[5]["lr"] != first[5]["lr"]
+    assert "steps 5→8" in capsys.readouterr().out  # from the branch's step 5, not step 6
+
+
+def test_a_branch_sets_aside_later_copies_and_eval_json_and_a_plain_resume_nothing(tmp_path,
+                                                                                   capsys):
+    run_dir = tmp_path / "run"
+    directory = run_dir / "checkpoints"
+    directory.mkdir(parents=True)
+    for name in ("step_000000002.pt", "step_000000004.pt", "step_000000005.pt.diverged",
+                 "step_000000006.pt.corrupt", "step_000000002.pt.corrupt"):
+        (directory / name).write_bytes(name.encode())
+    rows = "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 7))
+    (run_dir / "metrics.jsonl").write_text(rows)
+    (run_dir / "eval.json").write_text(json.dumps({"format": 2, "source": {"step": 6}}))
+
+    retire_later(run_dir, 4, "the newest checkpoint")  # nothing later but copies, eval.json
+    abandoned, = directory.glob("abandoned-*")
+    assert sorted(p.name for p in abandoned.iterdir()) == [
+        "step_000000005.pt.diverged", "step_000000006.pt.corrupt"]
+    assert sorted(p.name for p in directory.iterdir() if p.is_file()) == [
+        "step_000000002.pt", "step_000000002.pt.corrupt", "step_000000004.pt"]
+    assert list(run_dir.glob("eval.abandoned-*.json")) and not (run_dir / "eval.json").exists()
+    assert _steps(run_dir) == [1, 2, 3, 4]
+    assert "this starts a branch from step 4" in _flat(capsys.readouterr().err)
+
+    with open(run_dir / "metrics.jsonl", "a") as f:  # killed after logging step 5
+        f.write(json.dumps({"step": 5, "loss": 1.0}) + "\n")
+    retire_later(run_dir, 4, "the newest checkpoint")  # rows alone: recomputed, no branch
+    assert len(list(directory.glob("abandoned-*"))) == 1
+    assert len(list(run_dir.glob("metrics.abandoned-*"))) == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_setting_aside_never_replaces_a_file_set_aside_before(tmp_path):
+    first = tmp_path / "step_000000003.pt"
+    first.write_bytes(b"first")
+    ckpt.set_aside(first, ".diverged")
+    first.write_bytes(b"second")
+    assert ckpt.set_aside(first, ".diverged").name == "step_000000003.pt.diverged-2"
+    assert (tmp_path / "step_000000003.pt.diverged").read_bytes() == b"first"
+    assert ckpt.files_after(tmp_path, 2) == [tmp_path / "step_000000003.pt.diverged",
+                                             tmp_path / "step_000000003.pt.diverged-2"]
+
+
+def test_a_checkpoint_from_elsewhere_keeps_only_its_own_history(tmp_path, capsys):
+    """--resume PATH from outside the run's checkpoints: the directory's steps stay only where
+    its metrics logged the very row the checkpoint ends with (a copy of its own checkpoint);
+    another run's steps are set aside whole."""
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / ckpt.checkpoint_name(2)).write_bytes(b"other run")
+    rows = [{"step": s, "loss": 0.5 / s, "elapsed_s": 0.25 * s} for s in (1, 2, 3)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    inside = str(run_dir / "checkpoints" / ckpt.checkpoint_name(3))
+    copy_of_own = {"step": 3, "metrics": {"loss": 0.5 / 3, "elapsed_s": 0.75}}
+    other = {"step": 3, "metrics": {"loss": 0.5 / 3, "elapsed_s": 9.0}}
+    assert history_kept(run_dir, inside, other) == 3  # the folder holds one line of steps
+    assert history_kept(run_dir, str(tmp_path / "copy.pt"), copy_of_own) == 3
+    assert history_kept(run_dir, str(tmp_path / "elsewhere.pt"), other) == -1
+    assert history_kept(run_dir, str(tmp_path / "old.pt"), {"step": 3}) == -1  # no metrics
+
+    retire_later(run_dir, 3, "elsewhere.pt", -1)
+    assert (run_dir / "metrics.jsonl").read_text() == ""
+    assert ckpt.list_checkpoints(run_dir / "checkpoints") == []
+    abandoned, = (run_dir / "checkpoints").glob("abandoned-*")
+    assert [p.name for p in abandoned.iterdir()] == [ckpt.checkpoint_name(2)]
+    aside, = run_dir.glob("metrics.abandoned-*.jsonl")
+    assert [json.loads(line) for line in aside.read_text().splitlines()] == rows
+    assert "holds steps of another run" in _flat(capsys.readouterr().err)

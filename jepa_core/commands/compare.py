@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from jepa_core.errors import JepaError
+from jepa_core.runtime.rundir import check_lookup, is_file
 
 EVAL_NAME = "eval.json"
 RECIPE_NAME = "recipe.yaml"
@@ -83,6 +84,7 @@ def _fail(path: Path, why: str) -> CompareError:
 def eval_path(source: str) -> Path:
     """The eval.json of a run directory, or the file itself; CompareError when neither."""
     path = Path(source)
+    check_lookup(path, "run")
     if path.is_dir():
         found = path / EVAL_NAME
         if not found.is_file():
@@ -167,7 +169,7 @@ def _run_dir(path: Path, data: dict) -> Path:
         return path.parent
     source: dict = data["source"] if isinstance(data.get("source"), dict) else {}
     named = source.get("run_dir")
-    if isinstance(named, str) and (Path(named) / RECIPE_NAME).is_file():
+    if isinstance(named, str) and is_file(Path(named) / RECIPE_NAME):
         return Path(named)
     return path.parent
 
@@ -180,14 +182,14 @@ def read_recipe(path: Path, data: dict) -> tuple[dict | None, str]:
 
     run_dir = _run_dir(path, data)
     recipe_file = run_dir / RECIPE_NAME
-    if recipe_file.is_file():
+    if is_file(recipe_file):
         try:
             return read_yaml(recipe_file), str(recipe_file)
         except RecipeError as exc:
             return None, f"{recipe_file} unreadable ({exc.problems[0][1]})"
     source: dict = data["source"] if isinstance(data.get("source"), dict) else {}
     checkpoint = source.get("checkpoint")
-    if isinstance(checkpoint, str) and Path(checkpoint).is_file():
+    if isinstance(checkpoint, str) and is_file(Path(checkpoint)):
         from jepa_core.runtime import checkpoint as ckpt
 
         try:

@@ -42,6 +42,7 @@ from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime import threads
 from jepa_core.runtime.launch import worker_threads
 from jepa_core.runtime.progress import Ticker
+from jepa_core.runtime.rundir import check_lookup
 
 __all__ = ["NoLabels", "eval_indices", "evaluate", "headline", "no_labels_message", "extract",
            "knn_accuracy", "comparison_notes", "print_results", "evaluate_run", "load_source",
@@ -242,6 +243,7 @@ def load_source(source: str) -> tuple[Path, dict]:
     """(path, state) of a checkpoint file, or of the newest readable checkpoint of a run
     directory (falling back past unusable ones, as resume does)."""
     path = Path(source)
+    check_lookup(path, "run directory or checkpoint")
     if path.is_dir():
         found = ckpt.newest_readable(path / "checkpoints") or ckpt.newest_readable(path)
         if not found:

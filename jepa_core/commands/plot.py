@@ -19,10 +19,13 @@ from typing import Any
 import attrs
 
 from jepa_core.errors import JepaError
+from jepa_core.runtime.rundir import check_lookup
+from jepa_core.runtime.runlog import MAX_STEP, row_step
 
 COLUMNS = 3
 PANEL_INCHES = (4.0, 3.0)
 DPI = 100
+LARGEST = 3.4028234663852886e38  # float32's largest: no metric of a run is beyond it
 # Keys of a training row that are not loss terms (everything else numeric is a named term).
 NOT_TERMS = frozenset({
     "step", "loss", "lr", "wd", "momentum", "grad_norm", "img_per_s", "elapsed_s",
@@ -36,32 +39,49 @@ class PlotError(JepaError):
     title = "cannot plot"
 
 
-def read_metrics(path: Path) -> dict[str, tuple[list[int], list[float]]]:
+def read_metrics(path: Path, left_out: list[str] | None = None
+                 ) -> dict[str, tuple[list[int], list[float]]]:
     """{key: (steps, values)} of every numeric key of metrics.jsonl, finite values only; torn
-    or non-JSON lines (a killed run's last line) are left out."""
+    or non-JSON lines (a killed run's last line) are left out. So are rows without a valid step
+    (`runlog.row_step`: NaN, infinite, fractional, negative) and values beyond float32's range,
+    which no run logs and matplotlib cannot scale: each kind is described in `left_out`."""
     series: dict[str, tuple[list[int], list[float]]] = {}
+    bad_steps: list[int] = []
+    huge: dict[str, int] = {}
     with open(path, "rb") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             try:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
+            step = row_step(row)
+            if step is None:
+                if isinstance(row, dict) and "step" in row:
+                    bad_steps.append(number)
                 continue
-            step = int(row["step"])
             for key, value in row.items():
                 if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
                     continue
-                if math.isfinite(value):
+                if abs(value) > LARGEST:
+                    huge[key] = huge.get(key, 0) + 1
+                elif math.isfinite(value):
                     steps, values = series.setdefault(key, ([], []))
                     steps.append(step)
                     values.append(float(value))
+    if left_out is not None and bad_steps:
+        shown = ", ".join(map(str, bad_steps[:5])) + (", ..." if len(bad_steps) > 5 else "")
+        left_out.append(f"{len(bad_steps)} row(s) of {path.name} whose step is not a whole "
+                        f"number from 0 to {MAX_STEP} (line(s) {shown})")
+    if left_out is not None and huge:
+        left_out.append(f"values beyond ±{LARGEST:.3g} (float32's range, which no run logs): "
+                        + ", ".join(f"{n} of {key}" for key, n in sorted(huge.items())))
     return series
 
 
 def probe_results(path: Path) -> list[tuple[str, float, str]]:
     """[(label, test accuracy, features)] of an eval.json (format 2 or 1); [] when it has none
-    or cannot be read (the plot then goes without the bar chart)."""
+    or cannot be read (the plot then goes without the bar chart). Accuracies that are no
+    fraction (NaN, infinite, outside [0, 1]: an edited file) get no bar."""
     from jepa_core.commands.compare import CompareError, results_of
 
     try:
@@ -71,7 +91,7 @@ def probe_results(path: Path) -> list[tuple[str, float, str]]:
     bars = []
     for r in results:
         value, split = r.figure()
-        if split != "value" and value is not None:
+        if split != "value" and value is not None and 0.0 <= value <= 1.0:  # NaN fails too
             name = f"{r.protocol} ({split})" if split != "test" else r.protocol
             bars.append((f"{name}\n{r.features}", value, r.features))
     return bars
@@ -184,6 +204,7 @@ def draw(series: dict, bars: list, panels: list[Panel], title: str, out: Path) -
 def plot_command(run_dir: str, out: str | None, console: Any) -> int:
     """`jepa plot RUN_DIR [--out]`: read metrics.jsonl and eval.json, draw, say where."""
     run = Path(run_dir)
+    check_lookup(run, "run directory")
     if not run.is_dir():
         raise PlotError(f"{run} is not a run directory (it does not exist or is a file). "
                         f"Point `jepa plot` at the folder a run wrote, out_dir/name (e.g. "
@@ -193,7 +214,10 @@ def plot_command(run_dir: str, out: str | None, console: Any) -> int:
         raise PlotError(f"run directory {run} has no metrics.jsonl, so there is nothing to "
                         f"plot. A run writes it from its first step (`jepa run RECIPE`); check "
                         f"that this is the run's folder (out_dir/name).")
-    series = read_metrics(metrics)
+    skipped: list[str] = []
+    series = read_metrics(metrics, skipped)
+    for note in skipped:
+        console.print(f"note: left out {note}", soft_wrap=True, markup=False)
     if not series:
         raise PlotError(f"{metrics} holds no rows with a step and numbers, so there is nothing "
                         f"to plot. The run may have stopped before its first step; train it "

@@ -29,6 +29,7 @@ FORMAT = "jepa-checkpoint"
 FORMAT_VERSION = 2
 V1_MODULES = ("encoder", "predictor", "target_encoder")
 _NAME = re.compile(r"^step_(\d{9})\.pt$")
+_SET_ASIDE = re.compile(r"^step_(\d{9})\.pt\.[a-z]+(-\d+)?$")  # *.diverged, *.corrupt
 
 
 def checkpoint_name(step: int) -> str:
@@ -168,10 +169,24 @@ def is_complete(path: Path) -> bool:
 
 
 def set_aside(path: Path, suffix: str) -> Path:
-    """Rename `path` to `path + suffix` (out of list_checkpoints' sight, kept for inspection)."""
-    target = Path(f"{path}{suffix}")
+    """Rename `path` to `path + suffix` (out of list_checkpoints' sight, kept for inspection);
+    `path + suffix-2` (-3, ...) where an earlier file was set aside under that name."""
+    target, n = Path(f"{path}{suffix}"), 1
+    while target.exists():
+        n += 1
+        target = Path(f"{path}{suffix}-{n}")
     os.replace(path, target)
     return target
+
+
+def files_after(directory: Path, step: int) -> list[Path]:
+    """The checkpoints after `step` in `directory`, and the ones set aside (*.diverged,
+    *.corrupt) of those steps, by step."""
+    if not Path(directory).is_dir():
+        return []
+    found = [(int(m.group(1)), p.name, p) for p in Path(directory).iterdir()
+             if (m := _NAME.match(p.name) or _SET_ASIDE.match(p.name))]
+    return [p for s, _, p in sorted(found) if s > step]
 
 
 def set_aside_after(directory: Path, step: int, suffix: str) -> list[Path]:

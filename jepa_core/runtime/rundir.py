@@ -2,7 +2,8 @@
 
     with claim(recipe, resume, dist) as run_dir:   # before any model is built
         state = find_resume(...)
-        run_dir.start_at(state)                     # metrics.jsonl: drop the rows to recompute
+        run_dir.start_at(state)                     # metrics.jsonl: drop the rows to recompute;
+                                                    # a branch sets later steps aside (lineage)
         train(...)
 
 Rank 0 (the process that writes the directory) checks, before anything is built, that:
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import socket
 import sys
@@ -29,11 +29,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jepa_core.errors import JepaError, RunError
+from jepa_core.errors import JepaError
 from jepa_core.runtime import checkpoint as ckpt
+from jepa_core.runtime.lineage import METRICS_NAME, drop_rows_after, history_kept, retire_later
 
 LOCK_NAME = ".lock"
-METRICS_NAME = "metrics.jsonl"
 # flock unsupported by the file system (e.g. Lustre mounted without -o flock, some NFS set-ups)
 _NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 
@@ -63,6 +63,36 @@ def ensure_writable(directory: Path, what: str, fix: str) -> None:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise UnwritableFolder(f"{what} {directory} cannot be written ({reason}). {fix}") from None
+
+
+class UnusablePath(JepaError):
+    """A path given on the command line (or read from a file) that the OS refuses to look up."""
+
+    title = "path cannot be used"
+
+
+def check_lookup(path: Path, what: str) -> None:
+    """UnusablePath naming `path` (`what`: "run directory", ...) when the OS cannot even look it
+    up: a name over 255 bytes, a path over 4096, a folder on the way that cannot be searched.
+    A path that merely does not exist passes: the caller says what should be there."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        limits = (" A file or folder name has at most 255 bytes, a whole path at most 4096."
+                  if exc.errno == errno.ENAMETOOLONG else "")
+        raise UnusablePath(f"{what} {path} cannot be looked up ({exc.strerror or exc}).{limits} "
+                           f"Check the path.") from None
+
+
+def is_file(path: Path) -> bool:
+    """Path.is_file, and False where the OS refuses to look the path up (too long, ...): for
+    paths read from files, which may name anything."""
+    try:
+        return Path(path).is_file()
+    except OSError:
+        return False
 
 
 class Lock:
@@ -169,51 +199,23 @@ def _count_lines(path: Path) -> int:
         return 0
 
 
-def drop_rows_after(metrics: Path, step: int) -> int:
-    """Rewrite `metrics` (atomically) without the rows of steps after `step`, which a run
-    resumed from `step` computes again, and without torn lines. Returns the rows dropped."""
-    try:
-        lines = Path(metrics).read_bytes().splitlines(keepends=True)
-    except FileNotFoundError:
-        return 0
-    steps = [_row_step(line) for line in lines]
-    keep = [line for line, s in zip(lines, steps, strict=True) if s is not None and s <= step]
-    if len(keep) == len(lines) and all(line.endswith(b"\n") for line in keep):
-        return 0
-    tmp = metrics.with_name(f".{metrics.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in keep))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, metrics)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise RunError(f"could not rewrite {metrics} for the resumed run: "
-                       f"{exc.strerror or exc}. It is unchanged.") from None
-    return len(lines) - len(keep)
-
-
-def _row_step(line: bytes) -> int | None:
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return None  # a torn line (a process killed mid-write)
-    step = row.get("step") if isinstance(row, dict) else None
-    return int(step) if isinstance(step, (int, float)) else None
-
-
 class Claimed:
     """What `claim` hands out: the directory, and `start_at` for the resumed step."""
 
-    def __init__(self, run_dir: Path, main: bool):
-        self.run_dir, self.main = run_dir, main
+    def __init__(self, run_dir: Path, main: bool, resume: str | None = None):
+        self.run_dir, self.main, self.resume = run_dir, main, resume
 
     def start_at(self, state: dict | None) -> None:
-        """The run starts at `state["step"]` (0 without a state): drop the later rows."""
-        if self.main:
-            step = int(state["step"]) if state is not None else 0
-            drop_rows_after(self.run_dir / METRICS_NAME, step)
+        """The run starts at `state["step"]` (0 without a state): drop the later rows. A run
+        resumed from a named checkpoint older than the run's newest steps branches: those
+        steps are set aside first (`retire_later`)."""
+        if not self.main:
+            return
+        step = int(state["step"]) if state is not None else 0
+        if state is not None and self.resume not in (None, "auto"):
+            source = str(self.resume)
+            retire_later(self.run_dir, step, source, history_kept(self.run_dir, source, state))
+        drop_rows_after(self.run_dir / METRICS_NAME, step)
 
 
 def take(run_dir: Path, resume: str | None) -> Lock:
@@ -251,7 +253,7 @@ def claim(recipe: Any, resume: str | None, dist: Any) -> Iterator[Claimed]:
             refusal = exc
     _agree(dist, run_dir, refusal)
     try:
-        yield Claimed(run_dir, dist.is_main)
+        yield Claimed(run_dir, dist.is_main, resume)
     finally:
         if lock is not None:
             lock.release()

@@ -19,6 +19,9 @@ from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime import threads
 
 COLLAPSE_STD = 1e-2  # pooled target features this flat across a batch mean collapse
+# No step count of a real run comes near this; a larger one is not a row jepa wrote. Below
+# 2**53 every whole number is exact as a float, so `float(step)` round-trips.
+MAX_STEP = 2**53
 
 
 def now() -> float:
@@ -197,6 +200,18 @@ class MetricsFile:
         os.close(self.fd)
 
 
+def row_step(row: Any) -> int | None:
+    """The step of a metrics.jsonl row (a parsed JSON value), or None where the row has none
+    that a run could have written: not a dict, no "step", a bool, NaN or infinite, not a whole
+    number, negative, or beyond MAX_STEP (e.g. a row edited by hand or by another tool)."""
+    step = row.get("step") if isinstance(row, dict) else None
+    if isinstance(step, bool) or not isinstance(step, (int, float)):
+        return None
+    if isinstance(step, float) and not (math.isfinite(step) and step.is_integer()):
+        return None
+    return int(step) if 0 <= step <= MAX_STEP else None
+
+
 def _num(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
@@ -217,6 +232,11 @@ def describe_outputs(run_dir: Path, evaluated: dict | None = None) -> list[str]:
         names = ", ".join(p.name for p in found)
         lines.append(f"  checkpoints/    {len(found)} checkpoint(s): {names} (continue with "
                      f"`--resume auto`; probe with `jepa eval {run_dir}`)")
+    abandoned = sorted((run_dir / "checkpoints").glob("abandoned-*"))
+    if abandoned:
+        lines.append(f"  checkpoints/abandoned-*/  {len(abandoned)} branch(es) set aside when "
+                     f"the run was resumed from an earlier step (their metrics rows in "
+                     f"metrics.abandoned-*.jsonl); kept, never resumed by `--resume auto`")
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         with metrics.open("rb") as f:

@@ -31,6 +31,7 @@ from jepa_core.runtime import schedules, threads
 from jepa_core.runtime.build import Components, build_components
 from jepa_core.runtime.data import Batch, BatchLayout, batch_layout, train_loader
 from jepa_core.runtime.distributed import DistEnv
+from jepa_core.runtime.diverged import stop_diverged
 from jepa_core.runtime.mask_guard import MaskGuard, describe_masker
 from jepa_core.runtime.runlog import RunLogger
 from jepa_core.runtime.sharding import full_states, load_full_states, no_gradient_sync, wrap_models
@@ -61,6 +62,8 @@ class RunContext:
     stop_agreed: bool = False  # every rank knows of a signal (all-reduced): checkpoint, stop
     target_state: dict | None = None  # rank 0: the full target encoder of the last checkpoint
     stop_step: int = 0  # the step this process trains to (set by `train`)
+    start_step: int = 0  # the step this process began at (a resumed run: the checkpoint's)
+    resumed: dict | None = None  # the checkpoint resumed from: {step, loss, recipe, plugins}
     metrics: dict = attrs.Factory(dict)
 
     @property
@@ -203,7 +206,7 @@ def train_step(run: RunContext, micro_batches: list[Batch]) -> dict[str, float]:
         run.nonfinite_in_row += 1
         run.nonfinite_total += 1
         if run.nonfinite_in_row >= run.recipe.train.max_nonfinite_steps:
-            _stop_diverged(run)
+            stop_diverged(run)
         metrics.update(loss=float("nan"), skipped_step=1.0)
     else:
         run.optimizer.step()
@@ -239,37 +242,6 @@ def mask_counts(masks: dict) -> dict[str, float]:
             m.targets[0].numel() if m.targets_valid is None
             else m.targets_valid.flatten(1).sum(1).float().mean())
     return out
-
-
-def _stop_diverged(run: RunContext) -> None:
-    """Stop after `max_nonfinite_steps` non-finite steps in a row, leaving `--resume auto` a
-    checkpoint that gives a finite loss.
-
-    A checkpoint after k steps is only known healthy once step k+1's forward (run.step == k) is
-    finite: step k's update can be what blows the weights up. The row of non-finite steps began
-    at run.step == first; the last finite forward ran on the weights after `first - 1` steps,
-    so checkpoints after more steps are set aside (renamed *.diverged, kept for inspection)."""
-    limit = run.nonfinite_in_row
-    first = run.step - limit + 1
-    healthy = first - 1
-    directory = run.run_dir / "checkpoints"
-    moved = ckpt.set_aside_after(directory, healthy, ".diverged") if run.dist.is_main else []
-    kept = [p for p in ckpt.list_checkpoints(directory) if ckpt.step_of(p) <= healthy]
-    lines = [f"{limit} steps in a row (steps {first + 1}-{run.step + 1}) had a non-finite loss "
-             f"or gradient; stopping."]
-    if moved:
-        lines.append(f"Step {healthy + 1}'s loss was still finite but its update left weights "
-                     f"that give a non-finite loss, so the {len(moved)} checkpoint(s) saved "
-                     f"after it were moved aside (renamed *.diverged): "
-                     f"{', '.join(p.name for p in moved)}.")
-    if kept:
-        lines.append(f"The newest checkpoint from before the divergence is {kept[-1]}; lower "
-                     f"optim.lr or set optim.grad_clip and resume from it with `--resume auto "
-                     f"--force` (--force: the recipe then differs from the checkpoint's).")
-    else:
-        lines.append("No checkpoint from before the divergence exists; lower optim.lr or set "
-                     "optim.grad_clip and start again.")
-    raise RunError(" ".join(lines))
 
 
 def sharded(run: RunContext) -> bool:
@@ -321,6 +293,9 @@ def load_state(run: RunContext, state: dict) -> None:
             f"method. Resume with the recipe it was trained with.")
     load_full_states(state, run.method, run.optimizer, sharded(run))
     run.step = int(state["step"])
+    loss = state.get("metrics", {}).get("loss")
+    run.resumed = {"step": run.step, "loss": loss if isinstance(loss, float) else None,
+                   "recipe": state.get("recipe", {}), "plugins": state.get("plugins", {})}
     counters = state.get("counters", {})
     run.nonfinite_total = int(counters.get("nonfinite_total", 0))
     run.skipped_samples = int(counters.get("skipped_samples", 0))
@@ -425,6 +400,7 @@ def train(recipe: Recipe, registry: Registry, dist: DistEnv | None = None,
                           run.layout, run.step, stop)
         guard.check_start()
     run.stop_step = stop
+    run.start_step = run.step
     loader = train_loader(run.parts.source, run.parts.masker, run.layout, seed=recipe.seed,
                           steps_per_epoch=run.parts.steps_per_epoch, start_step=run.step,
                           stop_step=stop, num_workers=recipe.train.num_workers,
