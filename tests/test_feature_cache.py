@@ -252,18 +252,24 @@ def evaluated(run_dir, tmp_path, capsys):
     return dest, tmp_path / "cache", eval_json(run)
 
 
+def trained_folder(cache_dir: Path, split: str) -> Path:
+    (folder,) = [p for p in (cache_dir / TRAINED.replace(" ", "_")).glob(f"{split}-*")
+                 if p.is_dir()]
+    return folder
+
+
 def test_swapped_train_and_test_shards_are_named_and_extracted_again(evaluated, capsys):
     source, cache_dir, clean = evaluated
-    train = cache_dir / clean["source"]["cache_keys"][TRAINED]["train"] / "pooled-00000.pt"
-    test = cache_dir / clean["source"]["cache_keys"][TRAINED]["test"] / "pooled-00000.pt"
+    train = trained_folder(cache_dir, "train") / "pooled-00000.pt"
+    test = trained_folder(cache_dir, "test") / "pooled-00000.pt"
     kept = train.with_name("kept")
     os.replace(train, kept)
     os.replace(test, train)
     os.replace(kept, test)
     code, out, err = eval_in_process(source, cache_dir, capsys)
     assert code == 0, err
-    assert f"note: the feature shard {train} was holds split test" in out
-    assert f"note: the feature shard {test} was holds split train" in out
+    assert f"note: the feature shard {train} cannot be used (holds split test," in out
+    assert f"note: the feature shard {test} cannot be used (holds split train," in out
     assert "extracting it again" in out
     assert eval_json(source.parent.parent)["results"] == clean["results"]
     assert torch.load(train, weights_only=True)["split"] == "train"
@@ -271,12 +277,13 @@ def test_swapped_train_and_test_shards_are_named_and_extracted_again(evaluated, 
 
 def test_a_truncated_shard_is_named_and_extracted_again(evaluated, capsys):
     source, cache_dir, clean = evaluated
-    shard = cache_dir / clean["source"]["cache_keys"][TRAINED]["test"] / "pooled-00001.pt"
+    shard = trained_folder(cache_dir, "test") / "pooled-00001.pt"
     whole = shard.read_bytes()
     shard.write_bytes(whole[:len(whole) // 2])  # what a power loss can leave
     code, out, err = eval_in_process(source, cache_dir, capsys)
     assert code == 0, err
-    assert f"note: the feature shard {shard} was unreadable, truncated or not a shard" in out
+    assert (f"note: the feature shard {shard} cannot be used (unreadable, truncated or not a "
+            f"shard") in out
     assert eval_json(source.parent.parent)["results"] == clean["results"]
     assert torch.equal(torch.load(shard, weights_only=True)["x"],
                        torch.load(io.BytesIO(whole), weights_only=True)["x"])
@@ -286,7 +293,7 @@ def test_a_dead_writers_temporary_is_removed(evaluated, capsys):
     source, cache_dir, clean = evaluated
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    folder = cache_dir / clean["source"]["cache_keys"][TRAINED]["train"]
+    folder = trained_folder(cache_dir, "train")
     stale = folder / f".pooled-00000.pt.{socket.gethostname()}.{dead}.tmp"
     stale.write_bytes(b"\0" * 4096)
     live = folder / f".pooled-00001.pt.{socket.gethostname()}.{os.getpid()}.tmp"
@@ -297,7 +304,7 @@ def test_a_dead_writers_temporary_is_removed(evaluated, capsys):
 
 def test_a_shard_of_another_shape_is_named_when_read(evaluated, capsys):
     source, cache_dir, clean = evaluated
-    folder = cache_dir / clean["source"]["cache_keys"][TRAINED]["train"]
+    folder = trained_folder(cache_dir, "train")
     part = torch.load(folder / "pooled-00001.pt", weights_only=True)
     cache.write_shard(folder, "pooled", 1, part["x"][:, :3], part["y"], part["skipped"])
     code, _, err = eval_in_process(source, cache_dir, capsys)

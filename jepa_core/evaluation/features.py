@@ -193,7 +193,8 @@ def shard_usable(folder: Path, kinds: tuple[str, ...], shard: int, rows: int,
             path = cache.shard_path(folder, kind, shard)
             path.unlink(missing_ok=True)
             if note is not None:
-                note(f"the feature shard {path} was {problem}: extracting it again.")
+                note(f"the feature shard {path} cannot be used ({problem}): extracting it "
+                     f"again.")
     return usable
 
 
