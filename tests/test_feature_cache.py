@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jepa_core.evaluation import cache
+from jepa_core.evaluation import cache, sharing
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
 from jepa_core.runtime.trainer import train
@@ -324,7 +324,7 @@ def test_a_cache_dir_that_is_a_file_is_an_error_naming_it(run_dir, tmp_path, cap
 WRITE_UNDER_A_LIMIT = """
 import resource, signal, sys, torch
 from pathlib import Path
-from jepa_core.evaluation import cache
+from jepa_core.evaluation import cache, sharing
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit: EFBIG, as ENOSPC would be
 resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 folder = Path(sys.argv[1])
@@ -371,8 +371,8 @@ def test_jepa_eval_on_a_full_disk_exits_with_the_message_and_no_temporary(run_di
 HOLD = """
 import sys, time
 from pathlib import Path
-from jepa_core.evaluation import cache
-with cache.in_use(Path(sys.argv[1])):
+from jepa_core.evaluation import sharing
+with sharing.in_use(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(60)
 """
@@ -389,13 +389,13 @@ def test_pruning_leaves_a_folder_another_process_uses(tmp_path):
                               text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        cache.prune_others(mine)
+        sharing.prune_others(mine)
         assert (theirs / "pooled-00000.pt").exists()
     finally:
         holder.kill()
         holder.wait()
-    cache.prune_others(mine)
-    assert not theirs.exists() and not cache.lock_path(theirs).exists()
+    sharing.prune_others(mine)
+    assert not theirs.exists() and not sharing.lock_path(theirs).exists()
     assert (mine / "pooled-00000.pt").exists()
 
 

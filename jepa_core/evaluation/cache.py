@@ -19,16 +19,13 @@ the hash of their bytes (`weights_fingerprint`), so a run branched from an earli
 or another checkpoint copied over the evaluated file, gets features of its own weights. Each
 shard also says what it holds (split, fingerprint, kind, shard, images) and is checked when
 its extraction is skipped and when it is read: a shard moved from another folder, truncated
-(power loss) or unreadable is named and extracted again. Every process using a folder holds
-a shared lock on `<folder>.lock`, and pruning removes only folders nobody holds, so
-concurrent evaluations sharing a cache never delete each other's features.
+(power loss) or unreadable is named and extracted again. Pruning leaves the folders other
+processes use (`jepa_core.evaluation.sharing`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -179,14 +176,18 @@ def _reserve(fd: int, size: int) -> None:
 
 def _write_error(folder: Path, path: Path, need: int, exc: BaseException) -> CacheError:
     free = shutil.disk_usage(folder).free
-    why = (exc.strerror if isinstance(exc, OSError) and exc.strerror
-           else str(exc).splitlines()[0][:200])
+    oserror = isinstance(exc, OSError) and exc.strerror
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
+        str(exc).splitlines()[0][:200])
+    if oserror and getattr(exc, "errno", None) not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fix = "Check that the folder is writable, or point eval.cache_dir at another one"
+    else:  # no room (torch.save's own error on a short write says only "unexpected pos")
+        fix = ("Free some space, or point eval.cache_dir at a disk with room for the features "
+               "(eval.tokens=auto computes the largest ones when read instead)")
     return CacheError(
         f"could not write the feature shard {path.name} to {folder}: {why}. The shard needs "
-        f"{_size(need)}; {_size(free)} are free on that disk. Free some space, or point "
-        f"eval.cache_dir at a disk with room for the features (eval.tokens=auto computes the "
-        f"largest ones when read instead); nothing partial was left, and the same command "
-        f"resumes at this shard.")
+        f"{_size(need)}; {_size(free)} are free on that disk. {fix}; nothing partial was "
+        f"left, and the same command resumes at this shard.")
 
 
 def _size(n: int) -> str:
@@ -207,92 +208,9 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_temporaries(folder: Path) -> None:
-    """Remove the temporaries of shards that processes of this host, now dead, were writing
-    (a kill during a write leaves one of a shard's full size)."""
-    host = socket.gethostname()
-    for tmp in folder.glob(f".*.{host}.*.tmp"):
-        pid = tmp.name[:-len(".tmp")].rsplit(".", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def folder_for(root: Path, features: str, split: str, **parts: Any) -> Path:
     """ROOT/<features>/<split>-<fingerprint of parts>."""
     return Path(root) / features.replace(" ", "_") / f"{split}-{fingerprint(**parts)}"
-
-
-def lock_path(folder: Path) -> Path:
-    """The lock file of a cache folder (beside it, so removing the folder keeps it)."""
-    return folder.with_name(folder.name + ".lock")
-
-
-@contextlib.contextmanager
-def in_use(folder: Path) -> Iterator[None]:
-    """Hold a shared lock on `folder` (created if needed) while extracting into it or
-    reading it: `prune_others` of any process leaves it alone meanwhile. The lock goes with
-    the process, so a killed one holds none."""
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        fd = _lock(lock_path(folder), fcntl.LOCK_SH)
-        folder.mkdir(exist_ok=True)
-    except OSError as exc:
-        where = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()),
-                     folder.parent)  # a file where a folder should be, else the parent
-        raise CacheError(
-            f"cannot use {where} for the feature cache: {exc.strerror or exc}. Point "
-            f"eval.cache_dir at a folder this process can write.") from exc
-    assert fd is not None
-    try:
-        yield
-    finally:
-        os.close(fd)
-
-
-def _lock(path: Path, how: int) -> int | None:
-    """An open descriptor of `path` holding flock `how`; None if LOCK_NB and it is held.
-    Locks the file that is at `path` once locked (a pruner may remove the one opened)."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, how)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fd
-        os.close(fd)
-
-
-def prune_others(folder: Path) -> None:
-    """Remove the other fingerprints of the same features and split (older weights, other
-    images) beside a complete `folder`, except the ones another process holds (`in_use`)."""
-    split = folder.name.rsplit("-", 1)[0]
-    for other in folder.parent.glob(f"{split}-*"):
-        if other == folder or not other.is_dir() or other.name.rsplit("-", 1)[0] != split:
-            continue
-        fd = _lock(lock_path(other), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if fd is None:  # another evaluation extracts into it or reads it
-            continue
-        try:
-            shutil.rmtree(other, ignore_errors=True)
-            lock_path(other).unlink(missing_ok=True)
-        finally:
-            os.close(fd)
 
 
 def release_freed_memory() -> None:

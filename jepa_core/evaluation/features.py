@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from jepa_core.errors import BadSample, RunError
-from jepa_core.evaluation import cache
+from jepa_core.evaluation import cache, sharing
 
 Extract = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 PIXEL_KINDS = ("pooled", "tokens")  # raw pixels have no layers
@@ -150,7 +150,7 @@ def extract_split(extractors: dict[str, tuple[Extract, tuple[str, ...], Path]], 
     do not hold what they should (`cache.shard_problem`: `note` says which and why), reading
     each image once for all of them."""
     for _, _, folder in extractors.values():
-        cache.remove_stale_temporaries(folder)
+        sharing.remove_stale_temporaries(folder)
     shards = cache.num_shards(len(indices), shard_size)
     for s in range(rank, shards, world):
         part = indices[s * shard_size:(s + 1) * shard_size]

@@ -18,7 +18,7 @@ import torch
 from rich.markup import escape
 
 from jepa_core.errors import BadSample, RunError
-from jepa_core.evaluation import cache
+from jepa_core.evaluation import cache, sharing
 from jepa_core.evaluation.features import (
     PIXEL_KINDS,
     TokensOnTheFly,
@@ -172,7 +172,7 @@ def _evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: to
                                                       images=images))
                    for name, (fn, kinds, parts) in stored.items()}
         for _, _, folder in folders.values():
-            held.enter_context(cache.in_use(folder))
+            held.enter_context(sharing.in_use(folder))
         shards = cache.num_shards(len(indices), cfg.shard_size)
         what = "probe-training" if split == "train" else "test"
         share = len(range(rank, shards, world))
@@ -195,7 +195,7 @@ def _evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: to
             extract_split(folders, src, indices, cfg.shard_size, cfg.batch_size,
                           recipe.train.num_workers, note=note)
         for _, _, folder in folders.values():
-            cache.prune_others(folder)
+            sharing.prune_others(folder)
 
     results = []
     context = EvalContext(num_classes=train_src.num_classes, seed=recipe.seed, device=device,
