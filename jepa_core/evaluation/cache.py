@@ -115,7 +115,8 @@ def checked_shard(folder: Path, kind: str, shard: int, rows: int | None
     try:
         part = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        return None, f"unreadable, truncated or not a shard ({str(exc).splitlines()[0][:120]})"
+        first = str(exc).splitlines()[0].split(". ")[0][:120]  # torch's first sentence
+        return None, f"unreadable, truncated or not a shard: {first}"
     problem = content_problem(part, folder, kind, shard, rows)
     return (part, None) if problem is None else (None, problem)
 
