@@ -429,3 +429,28 @@ def test_two_evaluations_of_two_checkpoints_of_one_run_both_finish(run_dir, tmp_
         slow.kill()
     assert slow.returncode == 0, err
     assert eval_json(tmp_path / "run")["source"]["step"] == 2
+
+
+def test_eval_json_that_cannot_be_written_is_left_as_it_was(evaluated):
+    """The features are cached, so a second evaluation writes only eval.json; under a file
+    size limit smaller than it, the old eval.json stays whole (was: cut at the limit)."""
+    source, cache_dir, clean = evaluated
+    path = source.parent.parent / "eval.json"
+    before = path.read_bytes()
+    limit = len(before) // 2
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # inherited by the child
+    try:
+        out = subprocess.run([sys.executable, "-m", "jepa_core", "eval", str(source),
+                              f"eval.cache_dir={cache_dir}", *FAST], capture_output=True,
+                             text=True, timeout=300, preexec_fn=small_files,
+                             env={**os.environ, "COLUMNS": "200"})
+    finally:
+        signal.signal(signal.SIGXFSZ, old)
+    assert out.returncode == 0, out.stderr
+    assert f"could not write {path}" in " ".join(out.stdout.split())
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []

@@ -213,10 +213,23 @@ def evaluate_run(run: Any, console: Any = None) -> dict | None:
         console.print(f"[yellow]note:[/yellow] evaluation skipped: {exc}", soft_wrap=True)
         return None
     assert results is not None  # one process: rank 0
-    (run.run_dir / "eval.json").write_text(json.dumps(results, indent=2))
+    write_eval_json(run.run_dir / "eval.json", results)
     print_results(results, console, f"{run.recipe.name}: evaluation after {run.step} steps",
                   run.recipe.data.name)
     return results
+
+
+def write_eval_json(path: Path, results: dict) -> None:
+    """eval.json through a temporary and a rename: a reader, or another evaluation of the
+    run writing its own at once, sees the old file or the new one, never half of one (a full
+    disk leaves the old one)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(results, indent=2))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_source(source: str) -> tuple[Path, dict]:
@@ -302,7 +315,7 @@ def eval_command(source: str, registry: Registry, overrides: list[str], baseline
         return 0
     out = run_dir / "eval.json"
     try:
-        out.write_text(json.dumps(results, indent=2))
+        write_eval_json(out, results)
     except OSError as exc:
         console.print(f"[yellow]note:[/yellow] could not write {out}: {exc.strerror}")
     print_results(results, console, f"{path}: step {state['step']}", recipe.data.name)
