@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from jepa_core.errors import BadSample, RunError
-from jepa_core.evaluation import cache
+from jepa_core.evaluation import cache, sharing
 
 Extract = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 PIXEL_KINDS = ("pooled", "tokens")  # raw pixels have no layers
@@ -143,15 +143,19 @@ def first_frame_only(extract: Extract) -> Extract:
 
 def extract_split(extractors: dict[str, tuple[Extract, tuple[str, ...], Path]], source: Any,
                   indices: list[int], shard_size: int, batch_size: int, num_workers: int,
-                  rank: int = 0, world: int = 1, ticker: Any = None) -> None:
+                  rank: int = 0, world: int = 1, ticker: Any = None,
+                  note: Callable[[str], None] | None = None) -> None:
     """Fill the cache folders of every extractor {name: (extract, kinds, folder)} with the
-    shards of this process (s % world == rank) that are not on disk yet, reading each image
-    once for all of them."""
+    shards of this process (s % world == rank) that are not on disk yet, or are on disk but
+    do not hold what they should (`cache.shard_problem`: `note` says which and why), reading
+    each image once for all of them."""
+    for _, _, folder in extractors.values():
+        sharing.remove_stale_temporaries(folder)
     shards = cache.num_shards(len(indices), shard_size)
     for s in range(rank, shards, world):
         part = indices[s * shard_size:(s + 1) * shard_size]
         todo = {name: spec for name, spec in extractors.items()
-                if not cache.shard_done(spec[2], spec[1], s)}
+                if not shard_usable(spec[2], spec[1], s, len(part), note)}
         if not todo:
             if ticker is not None:
                 ticker.advance(len(part))
@@ -173,6 +177,25 @@ def extract_split(extractors: dict[str, tuple[Extract, tuple[str, ...], Path]], 
                 cache.write_shard(folder, kind, s, buffers.get((name, kind)), y_all, skipped)
         del buffers, y_all
         cache.release_freed_memory()
+
+
+def shard_usable(folder: Path, kinds: tuple[str, ...], shard: int, rows: int,
+                 note: Callable[[str], None] | None) -> bool:
+    """Whether every kind of a shard is on disk and holds what it should; a file that does
+    not is removed (and named to `note`), to be extracted again."""
+    usable = True
+    for kind in kinds:
+        problem = cache.shard_problem(folder, kind, shard, rows)
+        if problem is None:
+            continue
+        usable = False
+        if problem != "missing":
+            path = cache.shard_path(folder, kind, shard)
+            path.unlink(missing_ok=True)
+            if note is not None:
+                note(f"the feature shard {path} cannot be used ({problem}): extracting it "
+                     f"again.")
+    return usable
 
 
 class ShardBuffers:
@@ -255,12 +278,16 @@ def tokens_bytes(n: int, tokens: int, dim: int) -> int:
 
 
 def wait_for_shards(folders: list[tuple[Path, tuple[str, ...]]], shards: int,
-                    stall_s: float = 600.0, poll_s: float = 0.5) -> None:
-    """Block until every shard of every folder is on disk (the other processes' share);
-    RunError if none appears for `stall_s` seconds (a peer died)."""
+                    stall_s: float = 600.0, poll_s: float = 0.5, rank: int = 0,
+                    world: int = 1) -> None:
+    """Block until every shard of every folder that the other processes extract (s % world
+    != rank) is on disk; RunError if none appears for `stall_s` seconds (a peer died). This
+    process's own shards are not waited for: the check pass after (`extract_split`) makes
+    any that went missing again."""
+    theirs = [s for s in range(shards) if s % world != rank]
+
     def missing() -> int:
-        return sum(not cache.shard_done(f, kinds, s) for f, kinds in folders
-                   for s in range(shards))
+        return sum(not cache.shard_done(f, kinds, s) for f, kinds in folders for s in theirs)
 
     left, since = missing(), time.monotonic()
     while left:

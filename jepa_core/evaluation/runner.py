@@ -9,14 +9,16 @@ extracts its share of the shards; rank 0 waits for the others' shards and runs t
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from rich.markup import escape
 
 from jepa_core.errors import BadSample, RunError
-from jepa_core.evaluation import cache
+from jepa_core.evaluation import cache, sharing
 from jepa_core.evaluation.features import (
     PIXEL_KINDS,
     TokensOnTheFly,
@@ -92,10 +94,20 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
     """Extract (this process's share of) the features and, on rank 0, run the protocols.
 
     target_state: the weights of the `module` to evaluate. origin: where they come from
-    ({"checkpoint": path, "step": n, ...}), part of the cache fingerprint and of eval.json.
-    Returns the format-2 eval.json dict on rank 0, None on the other ranks. `before_wait()`
-    runs on rank 0 between its own share and waiting for the others'. An unlabelled data
-    source raises `NoLabels`."""
+    ({"checkpoint": path, "step": n, ...}), for eval.json (the cache is keyed by the weights
+    themselves). Returns the format-2 eval.json dict on rank 0, None on the other ranks.
+    `before_wait()` runs on rank 0 between its own share and waiting for the others'. An
+    unlabelled data source raises `NoLabels`. The cache folders used are held (`in_use`)
+    until it returns, so no other evaluation prunes them meanwhile."""
+    with contextlib.ExitStack() as held:
+        return _evaluate(recipe, registry, target_state, device, baseline, module, console,
+                         cache_root, origin, rank, world, before_wait, held)
+
+
+def _evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: torch.device,
+              baseline: bool, module: str, console: Any, cache_root: str | Path | None,
+              origin: dict | None, rank: int, world: int, before_wait: Any,
+              held: contextlib.ExitStack) -> dict | None:
     protocols = build_protocols(recipe, registry)
     if not protocols:
         raise NoProtocols(
@@ -121,12 +133,12 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
     cfg = recipe.eval
     layout = recipe_to_dict(recipe)
     extractors: dict[str, tuple[Any, tuple[str, ...], dict[str, Any]]] = {}
+    keys: dict[str, str] = {}  # features -> fingerprint of the encoder's weights
     makers: dict[str, Any] = {}  # name -> kinds -> extract function of those kinds
     for name, model in encoders.items():
         makers[name] = lambda kinds, model=model: encoder_extract(model, kinds, device)
         kinds = encoder_kinds(model, wanted)
-        weights = origin if name != RANDOM else {"random init": layout["encoder"],
-                                                  "seed": recipe.seed}
+        weights = keys.setdefault(name, cache.weights_fingerprint(model.state_dict()))
         extractors[name] = (encoder_extract(model, kinds, device), kinds,
                             {"weights": weights, "encoder": layout["encoder"], "kinds": kinds})
     sample = first_image(train_src)
@@ -141,7 +153,8 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
         makers[name] = lambda kinds: first_frame_only(encoder_extract(trained, kinds, device))
         kinds = encoder_kinds(trained, wanted)
         extractors[name] = (makers[name](kinds), kinds,
-                            {"weights": origin, "encoder": layout["encoder"], "kinds": kinds,
+                            {"weights": next(iter(keys.values())), "encoder": layout["encoder"],
+                             "kinds": kinds,
                              "frames": "first frame repeated"})
 
     n_images = sum(min(len(s), cfg.max_images or len(s)) for s in (train_src, test_src))
@@ -149,6 +162,10 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
     stored = {name: (fn, kinds, parts) if name not in live else
               (makers[name](live[name][0]), live[name][0], parts)
               for name, (fn, kinds, parts) in extractors.items()}
+    def note(text: str) -> None:
+        if console is not None:
+            console.print(f"[yellow]note:[/yellow] {escape(text)}", soft_wrap=True)
+
     sides = []
     for src, split, offset in ((train_src, "train", 0), (test_src, "test", 1)):
         indices = eval_indices(len(src), cfg.max_images, recipe.seed + offset)
@@ -157,6 +174,8 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
         folders = {name: (fn, kinds, cache.folder_for(root, name, split, what=parts,
                                                       images=images))
                    for name, (fn, kinds, parts) in stored.items()}
+        for _, _, folder in folders.values():
+            held.enter_context(sharing.in_use(folder))
         shards = cache.num_shards(len(indices), cfg.shard_size)
         what = "probe-training" if split == "train" else "test"
         share = len(range(rank, shards, world))
@@ -166,21 +185,29 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
             f" (process {rank + 1} of {world}: {share} of {shards} shards)" if world > 1 else ""))
         with Ticker(console if rank == 0 else None, label, mine, "images") as ticker:
             extract_split(folders, src, indices, cfg.shard_size, cfg.batch_size,
-                          recipe.train.num_workers, rank, world, ticker)
+                          recipe.train.num_workers, rank, world, ticker, note)
         sides.append((src, folders, shards, indices))
     if rank != 0:
         return None
     if before_wait is not None:  # e.g. wait for the processes `jepa eval --nproc` started
         before_wait()
-    for _, folders, shards, _ in sides:
-        wait_for_shards([(f, kinds) for _, kinds, f in folders.values()], shards)
+    for src, folders, shards, indices in sides:
+        wait_for_shards([(f, kinds) for _, kinds, f in folders.values()], shards,
+                        rank=rank, world=world)
+        if world > 1:  # check the others' shards too; make any that are bad or went missing
+            extract_split(folders, src, indices, cfg.shard_size, cfg.batch_size,
+                          recipe.train.num_workers, note=note)
         for _, _, folder in folders.values():
-            cache.prune_others(folder)
+            sharing.prune_others(folder)
 
-    (_, train_folders, train_shards, _), (_, test_folders, test_shards, _) = sides
+    (_, train_folders, train_shards, train_idx), (_, test_folders, test_shards, test_idx) = sides
+    train_rows = cache.shard_rows(len(train_idx), cfg.shard_size)
+    test_rows = cache.shard_rows(len(test_idx), cfg.shard_size)
     first = next(iter(stored))
-    tr = cache.CachedFeatures(train_folders[first][2], stored[first][1][0], train_shards)
-    te = cache.CachedFeatures(test_folders[first][2], stored[first][1][0], test_shards)
+    tr = cache.CachedFeatures(train_folders[first][2], stored[first][1][0], train_shards,
+                              train_rows)
+    te = cache.CachedFeatures(test_folders[first][2], stored[first][1][0], test_shards,
+                              test_rows)
     data = {"name": recipe.data.name, "train": _side(train_src, len(tr), tr.skipped),
             "test": _side(test_src, len(te), te.skipped),
             "skipped_images": tr.skipped + te.skipped}
@@ -190,8 +217,8 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
         """{kind: (train, test) FeatureSet} of one set of features."""
         _, kinds, train_folder = train_folders[fname]
         test_folder = test_folders[fname][2]
-        features = {kind: (cache.CachedFeatures(train_folder, kind, train_shards),
-                           cache.CachedFeatures(test_folder, kind, test_shards))
+        features = {kind: (cache.CachedFeatures(train_folder, kind, train_shards, train_rows),
+                           cache.CachedFeatures(test_folder, kind, test_shards, test_rows))
                     for kind in kinds}
         if fname in live:  # tokens computed when read, labels from the cached pooled ones
             fn, item_shape = extractors[fname][0], live[fname][1]
@@ -208,6 +235,10 @@ def evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: tor
     return {"format": FORMAT,
             "source": {**origin, "method": recipe.method.name if recipe.method else None,
                        "module": module, "cache": str(root),
+                       "weights": next(iter(keys.values())),  # what the cache is keyed by
+                       "cache_keys": {name: {"train": str(train_folders[name][2].relative_to(
+                           root)), "test": str(test_folders[name][2].relative_to(root))}
+                           for name in extractors},
                        "threads": torch.get_num_threads()},  # CPU numbers depend on it
             "data": data, "results": results, **({"failed": failed} if failed else {})}
 
