@@ -5,8 +5,9 @@ A convention of config fields, read where recipes are checked (`recipe_from_dict
 built, instead of the encoder's shape error at the first batch:
 
 - `num_frames`: a data source config with this field makes clips of that many frames; an
-  encoder config with it takes clips of that many. A source of images and an encoder of
-  images have no such field. The two must agree: both absent, or both the same number.
+  encoder config with it takes clips of that many. When both have it, they must agree. (A
+  missing field says nothing: an encoder of clips may fix its frame count in code, as the
+  test suite's `tubelets` does, so images into a video encoder are not judged here.)
 - `img_size`: the side in pixels. A data source gets the encoder's image size from the core;
   a source config may state it too (None: follow the encoder), and it must then agree with
   an encoder config's `img_size` that is set (None there: the model's own default, which only
@@ -36,18 +37,6 @@ def geometry_problems(recipe: Any) -> list[tuple[str, str]]:
             f"is {frames} but encoder.num_frames is {takes}: data source {data.name!r} would "
             f"make clips of {frames} frames for encoder {encoder.name!r}, which takes "
             f"{takes}; set both to the same number (e.g. data.num_frames={takes})")))
-    elif frames is not ABSENT and takes is ABSENT:
-        problems.append(("$.data.num_frames", (
-            f"data source {data.name!r} makes clips ({frames} frames) but encoder "
-            f"{encoder.name!r} takes images (its config has no num_frames); choose an encoder "
-            f"of clips with num_frames: {frames} (`jepa plugins` lists them) or a data "
-            f"source of images")))
-    elif frames is ABSENT and takes is not ABSENT:
-        problems.append(("$.encoder.num_frames", (
-            f"encoder {encoder.name!r} takes clips of {takes} frames but data source "
-            f"{data.name!r} makes images (its config has no num_frames); choose a data "
-            f"source of clips with num_frames: {takes} (`jepa plugins` lists them) or an "
-            f"encoder of images")))
     side, wants = _field(data.config, "img_size"), _field(encoder.config, "img_size")
     if side not in (ABSENT, None) and wants not in (ABSENT, None) and side != wants:
         problems.append(("$.data.img_size", (

@@ -234,14 +234,6 @@ def test_trace_switch_0_does_not_trace(monkeypatch, capsys):
 VIDEO = REPO / "recipes" / "quickstart_video.yaml"
 
 
-def _images_into_video_encoder(tmp_path: Path) -> Path:
-    text = read_yaml(VIDEO)
-    text["data"] = {"name": "digits"}
-    import yaml
-
-    return write(tmp_path, yaml.safe_dump(text))
-
-
 @pytest.mark.parametrize("recipe, overrides, where, message", [
     (VIDEO, ["data.num_frames=6"], "$.data.num_frames",
      "is 6 but encoder.num_frames is 8: data source 'moving_digits' would make clips of 6 "
@@ -251,22 +243,14 @@ def _images_into_video_encoder(tmp_path: Path) -> Path:
      "is 32 but encoder.img_size is 24: data source 'moving_digits' would make 32 px samples "
      "for encoder 'vit_video', which takes 24 px; set both to the same size, or leave "
      "data.img_size out (it then follows encoder.img_size)"),
-    (QUICKSTART, ["data.name=moving_digits"], "$.data.num_frames",
-     "data source 'moving_digits' makes clips (16 frames) but encoder 'vit' takes images (its "
-     "config has no num_frames); choose an encoder of clips with num_frames: 16 (`jepa "
-     "plugins` lists them) or a data source of images"),
-    (None, [], "$.encoder.num_frames",
-     "encoder 'vit_video' takes clips of 8 frames but data source 'digits' makes images (its "
-     "config has no num_frames); choose a data source of clips with num_frames: 8 (`jepa "
-     "plugins` lists them) or an encoder of images"),
-], ids=["frames", "img_size", "clips_into_image_encoder", "images_into_video_encoder"])
+], ids=["frames", "img_size"])
 def test_data_that_does_not_fit_the_encoder_is_refused_by_check_and_run(
         registry, tmp_path, capsys, recipe, overrides, where, message):
     """Was: the encoder's ValueError traceback at the first batch of `jepa check` and `jepa
     run`. Now: the recipe is refused where it is checked, by path, exit 2, no run folder."""
     from jepa_core.commands.cli import main
 
-    path = recipe or _images_into_video_encoder(tmp_path)
+    path = recipe
     assert problems(path, registry, overrides) == [(where, message)]
     out = f"out_dir={tmp_path / 'runs'}"
     for command in (["check"], ["check", "--no-data"], ["run"]):
