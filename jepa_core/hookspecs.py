@@ -49,6 +49,9 @@ def register_encoders(register: Register) -> None:
 
     The encoder decides the image size and patch grid; the core reads them from the built
     module (`image_size`, `patch_grid`) and hands them to the masker and the data source.
+    Config fields `num_frames` (clips) and `img_size` (side in px), if any, are compared with
+    the data config's fields of the same name: a recipe where they differ is refused
+    (`jepa_core.geometry`).
     """
 
 
@@ -87,6 +90,9 @@ def register_data_sources(register: Register) -> None:
     """Register data sources. factory(config, image_size=(H, W), train=bool) -> `DataSource`.
 
     train=False asks for the split used by `jepa eval` as held-out data, if the source has one.
+    Config fields `num_frames` (clips) and `img_size` (None: the encoder's), if any, must equal
+    the encoder config's fields of the same name (`jepa_core.geometry`). A sample the source
+    cannot read raises `BadSample`: training replaces it and counts it.
     """
 
 

@@ -25,6 +25,7 @@ import yaml
 
 from jepa_core import safe_yaml
 from jepa_core.errors import RecipeError
+from jepa_core.geometry import geometry_problems
 from jepa_core.structure import (
     COMPONENT_KIND,
     FAILED,
@@ -375,6 +376,7 @@ def recipe_from_dict(data: dict, registry: Registry, source: str = "recipe",
         problems.extend(method_section_problems(data, registry))
     if recipe is not FAILED:
         problems.extend(live_eval_problems(recipe))
+        problems.extend(geometry_problems(recipe))
     if problems or recipe is FAILED:
         raise RecipeError(source, problems)
     return recipe

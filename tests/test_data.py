@@ -190,3 +190,92 @@ def test_class_folders_win_over_loose_images_and_an_empty_folder_says_both_layou
     with pytest.raises(RunError, match=r"holds no images: expected class folders .* or images "
                                        r"directly in it"):
         build_image_folder(ImageFolderConfig(root=str(empty)), (16, 16))
+
+
+# -- runs of unreadable files (an interrupted download leaves empty ones) -------------------
+def _with_empty_files(root, empty=24, good=16):
+    """root/<i>.png: `good` readable images; root/empty_<i>.jpg: `empty` zero-byte files,
+    next to each other in the sorted file list (a run of them)."""
+    root.mkdir(parents=True)
+    for i in range(good):
+        Image.new("RGB", (36, 36), (10 * i, 80, 0)).save(root / f"{i:02d}.png")
+    for i in range(empty):
+        (root / f"empty_{i:02d}.jpg").write_bytes(b"")
+    return root
+
+
+def _cli_recipe(tmp_path, root, **train) -> str:
+    import yaml
+
+    d = copy.deepcopy(TINY)
+    d["data"] = {"name": "image_folder", "root": str(root), "val_fraction": 0}
+    d["out_dir"] = str(tmp_path / "runs")
+    d["train"].update(device="cpu", **train)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return str(path)
+
+
+def _flat(text: str) -> str:
+    return " ".join(" ".join(line.strip(" │╭╮╰╯─") for line in text.splitlines()).split())
+
+
+def test_a_run_of_empty_images_is_skipped_and_counted(tmp_path, capsys):
+    """24 empty .jpg in a row among 16 images: every step reads every file (a global batch of
+    40), and each empty one is replaced and counted. (The old replacement, the next file,
+    gave up after 16 unreadable files in a row.)"""
+    from jepa_core.commands.cli import main
+
+    root = _with_empty_files(tmp_path / "images")
+    recipe = _cli_recipe(tmp_path, root, global_batch_size=40, max_steps=2, epochs=2)
+    assert main(["run", recipe]) == 0, capsys.readouterr().err
+    run_dir = tmp_path / "runs" / "tiny"
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r["skipped_samples"] for r in rows]
+    assert skipped[0] >= 24 and skipped[1] >= skipped[0] + 24, skipped  # every empty file
+    assert (run_dir / "checkpoints" / "step_000000002.pt").exists()
+    assert "unreadable sample(s) were skipped" in capsys.readouterr().out
+
+
+def test_replacements_are_a_function_of_seed_step_and_row(tmp_path):
+    """What stands in for an unreadable sample depends on (seed, step, row) only: a fresh
+    loader (a resumed run, another worker) reads the same image, another row another one."""
+    from jepa_core.runtime.data import Key, TrainSamples
+
+    root = _with_empty_files(tmp_path / "images", empty=24, good=16)
+    source = build_image_folder(ImageFolderConfig(root=str(root), val_fraction=0), (32, 32))
+    empty = [i for i, (p, _) in enumerate(source.files) if p.name.startswith("empty")]
+    keys = [Key(step=3, epoch=0, row=row, index=empty[0]) for row in range(8)]
+    first = [TrainSamples(source, seed=5)[k] for k in keys]
+    again = [TrainSamples(source, seed=5)[k] for k in keys]
+    for (views, _, skipped), (views2, _, skipped2) in zip(first, again, strict=True):
+        assert skipped == skipped2 >= 1 and torch.equal(views[0], views2[0])
+    assert len({tuple(v[0].flatten()[:50].tolist()) for v, _, _ in first}) > 1
+
+
+def test_an_all_unreadable_folder_stops_with_one_paragraph_naming_it(tmp_path, capsys):
+    """A folder of empty files only: the run stops at its first batch with the folder named
+    and how to find the empty files, exit 1, no traceback; also when the error happens in a
+    DataLoader worker."""
+    from jepa_core.commands.cli import main
+
+    root = _with_empty_files(tmp_path / "images", empty=24, good=0)
+    recipe = _cli_recipe(tmp_path, root, global_batch_size=8, max_steps=2, num_workers=2)
+    assert main(["run", recipe]) == 1
+    err = _flat(capsys.readouterr().err)
+    assert f"the training data (root {root}: 24 images, unlabelled (no class folders)) is " \
+           f"nearly all unreadable: 24 of 24 samples probed cannot be read (e.g. cannot " \
+           f"read image {root}/empty_" in err, err
+    assert "find FOLDER -empty" in err and "Traceback" not in err and "worker" not in err
+
+
+def test_a_source_with_one_readable_file_in_twenty_is_refused(tmp_path):
+    """Fewer than 1 in 8 of the probed samples readable: nearly nothing is, and drawing
+    replacements would read twenty files a sample."""
+    from jepa_core.runtime.data import Key, TrainSamples
+
+    root = _with_empty_files(tmp_path / "images", empty=95, good=5)
+    source = build_image_folder(ImageFolderConfig(root=str(root), val_fraction=0), (32, 32))
+    empty = next(i for i, (p, _) in enumerate(source.files) if p.name.startswith("empty"))
+    with pytest.raises(RunError, match=r"nearly all unreadable: (59|6\d) of 64 samples"):
+        TrainSamples(source, seed=0)[Key(step=0, epoch=0, row=0, index=empty)]

@@ -191,3 +191,68 @@ def test_global_batch_larger_than_the_data_set_warns(tiny_recipe, capsys):
     err = capsys.readouterr().err
     assert "warning: train.global_batch_size=8 is larger than the data set (5 training " \
            "images)" in err
+
+
+# -- special files named like images: only regular files are samples ------------------------
+def _special_files(folder: Path, monkeypatch, ext: str = ".png") -> None:
+    """In `folder`: a FIFO, a socket, a device (a link to /dev/null), a directory, a link to
+    the FIFO and a dangling link, all named like images; and a link to a regular file."""
+    import socket
+
+    os.mkfifo(folder / f"pipe{ext}")
+    monkeypatch.chdir(folder)  # a socket's path must be short: bind it relative
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(f"sock{ext}")
+    sock.close()
+    (folder / f"null{ext}").symlink_to("/dev/null")
+    (folder / f"dir{ext}").mkdir()
+    (folder / f"link{ext}").symlink_to(folder / f"pipe{ext}")
+    (folder / f"gone{ext}").symlink_to(folder / f"nowhere{ext}")
+    (folder / f"alias{ext}").symlink_to(folder / f"0{ext}")
+
+
+@pytest.mark.parametrize("keep, ext", [(None, ".png"), ("video", ".mp4")])
+def test_only_regular_files_are_samples(tmp_path, monkeypatch, keep, ext):
+    """The file list of a class folder holds regular files and links to them, nothing else
+    (the flat layout already kept regular files only); videos are listed the same way."""
+    from jepa_image.data import scan_folder
+
+    root = tmp_path / "images"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            (root / cls / f"{i}{ext}").write_bytes(b"real file")
+    _special_files(root / "a", monkeypatch, ext)
+    kw = {}
+    if keep == "video":
+        from jepa_video.data import _is_video
+        kw["keep"] = _is_video
+    classes, files = scan_folder(root, **kw)
+    assert classes == ["a", "b"]
+    assert sorted(str(p.relative_to(root)) for p, _ in files) == [
+        f"a/0{ext}", f"a/1{ext}", f"a/alias{ext}", f"b/0{ext}", f"b/1{ext}"]
+
+
+def test_a_fifo_named_like_an_image_does_not_block_training(tmp_path, monkeypatch):
+    """A FIFO pipe.png in a class folder: opening it waited for a writer for ever, deaf to
+    SIGTERM. The run (a real process, with a timeout so the suite never hangs) trains on the
+    images and never opens it."""
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import TINY
+
+    root = _two_classes(tmp_path / "images", per_class=4)
+    _special_files(root / "class0", monkeypatch)
+    d = {**TINY, "data": {"name": "image_folder", "root": str(root), "val_fraction": 0},
+         "out_dir": str(tmp_path / "runs"),
+         "train": {**TINY["train"], "global_batch_size": 9, "max_steps": 1, "device": "cpu"}}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(d))
+    done = subprocess.run([sys.executable, "-m", "jepa_core", "run", str(recipe)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    rows = (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(rows[-1])["skipped_samples"] == 0  # 9 files: the 8 images and alias.png

@@ -228,3 +228,33 @@ def test_trace_switch_0_does_not_trace(monkeypatch, capsys):
     monkeypatch.setenv(plugins.TRACE_ENV, "0")
     make_plugin_manager().pm.hook.on_train_end(run=None, metrics={})
     assert "on_train_end" not in capsys.readouterr().out
+
+
+# -- data whose samples do not fit the encoder -----------------------------------------------
+VIDEO = REPO / "recipes" / "quickstart_video.yaml"
+
+
+@pytest.mark.parametrize("recipe, overrides, where, message", [
+    (VIDEO, ["data.num_frames=6"], "$.data.num_frames",
+     "is 6 but encoder.num_frames is 8: data source 'moving_digits' would make clips of 6 "
+     "frames for encoder 'vit_video', which takes 8; set both to the same number (e.g. "
+     "data.num_frames=8)"),
+    (VIDEO, ["data.img_size=32"], "$.data.img_size",
+     "is 32 but encoder.img_size is 24: data source 'moving_digits' would make 32 px samples "
+     "for encoder 'vit_video', which takes 24 px; set both to the same size, or leave "
+     "data.img_size out (it then follows encoder.img_size)"),
+], ids=["frames", "img_size"])
+def test_data_that_does_not_fit_the_encoder_is_refused_by_check_and_run(
+        registry, tmp_path, capsys, recipe, overrides, where, message):
+    """Was: the encoder's ValueError traceback at the first batch of `jepa check` and `jepa
+    run`. Now: the recipe is refused where it is checked, by path, exit 2, no run folder."""
+    from jepa_core.commands.cli import main
+
+    path = recipe
+    assert problems(path, registry, overrides) == [(where, message)]
+    out = f"out_dir={tmp_path / 'runs'}"
+    for command in (["check"], ["check", "--no-data"], ["run"]):
+        assert main([*command, str(path), *overrides, out]) == 2
+        err = flat(capsys.readouterr().err)
+        assert f"{where}: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()

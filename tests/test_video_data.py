@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +214,48 @@ def test_video_folder_errors_name_the_key_and_the_fix(tmp_path, monkeypatch, vid
     monkeypatch.setitem(sys.modules, "av", None)  # import av now raises ImportError
     with pytest.raises(ConfigError, match="pip install av"):
         _folder(videos)
+
+
+# -- runs of unreadable videos: empty files, clips shorter than the span ---------------------
+def _broken_videos(root, empty: int, one_frame: int, good: int):
+    """root/c/: `empty` zero-byte .mp4, then `one_frame` videos of 1 frame, then `good`
+    videos of 12 frames (in that order in the sorted file list: a run of unreadable ones)."""
+    (root / "c").mkdir(parents=True)
+    for i in range(empty):
+        (root / "c" / f"a{i:02d}.mp4").write_bytes(b"")
+    for i in range(one_frame):
+        _write(root / "c" / f"b{i:02d}.mp4", 1)
+    for i in range(good):
+        _write(root / "c" / f"v{i:02d}.mp4", 12)
+    return root
+
+
+def test_a_run_of_empty_and_one_frame_videos_is_skipped_and_counted(tmp_path):
+    source = _folder(_broken_videos(tmp_path / "videos", empty=9, one_frame=9, good=4))
+    samples = TrainSamples(source, seed=0)
+    views, _, skipped = samples[Key(step=0, epoch=0, row=0, index=0)]  # a00.mp4, 18 in a row
+    assert skipped >= 1 and views[0].shape == (3, 4, 16, 16)
+
+
+def test_jepa_check_of_clips_all_shorter_than_the_span_says_so(tmp_path, capsys):
+    """Every video shorter than a clip: `jepa check` times real steps, so it reads them.
+    Was: BadSample's traceback after 16 in a row; now one paragraph, exit 1."""
+    import yaml
+
+    from jepa_core.commands.cli import main
+    from jepa_core.recipe import read_yaml
+
+    root = _broken_videos(tmp_path / "videos", empty=0, one_frame=8, good=0)
+    d = read_yaml(Path(__file__).resolve().parents[1] / "recipes" / "quickstart_video.yaml")
+    d["data"] = {"name": "video_folder", "root": str(root), "num_frames": 8, "frame_step": 1,
+                 "val_fraction": 0}
+    d["train"].update(global_batch_size=8, device="cpu")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(d))
+    assert main(["check", str(recipe)]) == 1
+    err = " ".join(" ".join(line.strip(" │╭╮╰╯─") for line in
+                            capsys.readouterr().err.splitlines()).split())
+    assert f"the training data (root {root}: 8 videos) is nearly all unreadable: 8 of 8 " \
+           f"samples probed cannot be read (e.g. " in err, err
+    assert "has 1 frames, fewer than a clip spans (8: data.num_frames 8 x data.frame_step " \
+           "1)" in err and "Traceback" not in err

@@ -10,6 +10,9 @@ number of DataLoader workers.
 - masks: the masker draws the whole global batch with generator (seed, "masks", step) and each
   micro-batch keeps its rows (sizes stay shared across ranks, as one process would draw them).
   Masks are drawn on one torch thread wherever they are drawn (`draw_masks`), as in a worker.
+- an unreadable sample (`BadSample`) is replaced by a sample drawn with generator
+  (seed, "replace", step, row, attempt), attempt 1, 2, ... until one reads: a run of bad files
+  costs nothing more than scattered ones, and a resumed run meets the same replacements.
 """
 
 from __future__ import annotations
@@ -23,11 +26,19 @@ from typing import Any
 import attrs
 import torch
 
-from jepa_core.errors import BadSample, ConfigError
+from jepa_core.errors import BadSample, ConfigError, JepaError, RunError
 from jepa_core.interfaces import DataSource, MaskBatch, Masker
 from jepa_core.seeding import generator
 
-MAX_SKIPS = 16  # consecutive unreadable samples tolerated before giving up on a row
+# Once a process meets its first unreadable sample it reads PROBE_SAMPLES samples chosen by the
+# seed: with fewer than 1 in MIN_READABLE_IN of them readable the source is (nearly) all broken
+# and the run stops, rather than drawing replacements for ever (the same verdict in every
+# process: the probe is a function of the seed and the files). MAX_DRAWS only guards against
+# files that break after the probe: with 1 in 8 readable, 1000 failed draws in a row have a
+# chance of 1e-58.
+PROBE_SAMPLES = 64
+MIN_READABLE_IN = 8
+MAX_DRAWS = 1000
 
 
 @attrs.frozen
@@ -112,28 +123,78 @@ class TrainSamples:
     """Map-style dataset over `Key`s: the source's image at key.index, augmented from the
     sample's own generator, once per view (`num_views` draws in a row from that generator: the
     first view is the same image whatever the number of views). An unreadable sample
-    (`BadSample`) is replaced by the next index and counted."""
+    (`BadSample`) is replaced by `replacement(...)` draws and counted; a source that is
+    (nearly) all unreadable stops the run with a RunError naming it (`judge_source`)."""
 
     def __init__(self, source: DataSource, seed: int, num_views: int = 1):
         self.source, self.seed, self.num_views = source, seed, num_views
+        self.judged = False
 
     def __len__(self) -> int:
         return len(self.source)
 
+    def read(self, epoch: int, index: int) -> tuple[list[torch.Tensor], int]:
+        """(views, label) of sample `index`, augmented from generator (seed, epoch, index)."""
+        g = generator(self.seed, "augment", epoch, index)
+        views, label = [], -1
+        for _ in range(self.num_views):
+            image, label = self.source.get(index, g)
+            views.append(image)
+        return views, label
+
     def __getitem__(self, key: Key) -> tuple[list[torch.Tensor], int, int]:
         index = key.index
-        for skipped in range(MAX_SKIPS):
+        for attempt in range(MAX_DRAWS + 1):
             try:
-                g = generator(self.seed, "augment", key.epoch, index)
-                views, label = [], -1
-                for _ in range(self.num_views):
-                    image, label = self.source.get(index, g)
-                    views.append(image)
-                return views, label, skipped
+                views, label = self.read(key.epoch, index)
+                return views, label, attempt
             except BadSample as exc:
+                if not self.judged:
+                    judge_source(self.source, self.seed, exc)
+                    self.judged = True
                 last = exc
-                index = (index + 1) % len(self.source)
-        raise BadSample(f"{MAX_SKIPS} unreadable samples in a row, last: {last}")
+                index = replacement(self.seed, key, attempt + 1, len(self.source))
+        raise RunError(unreadable_message(
+            self.source, f"{MAX_DRAWS + 1} samples drawn in a row for one row could not be "
+            f"read (last: {last}), although a probe of the source at its first unreadable "
+            f"sample found enough readable: did files break during the run?"))
+
+
+def replacement(seed: int, key: Key, attempt: int, data_len: int) -> int:
+    """The index that stands in for row `key.row` of step `key.step` after `attempt`
+    unreadable samples: uniform over the data set, from generator (seed, "replace", step,
+    row, attempt), so the data order stays a function of (seed, step, row)."""
+    g = generator(seed, "replace", key.step, key.row, attempt)
+    return int(torch.randint(data_len, (), generator=g))
+
+
+def judge_source(source: DataSource, seed: int, first: BadSample) -> None:
+    """RunError unless at least 1 in MIN_READABLE_IN of PROBE_SAMPLES samples drawn with
+    generator (seed, "probe") can be read (evaluation transform); `first` is the unreadable
+    sample that called for the probe."""
+    n = len(source)
+    probe = torch.randperm(n, generator=generator(seed, "probe"))[:PROBE_SAMPLES].tolist()
+    readable, example = 0, first
+    for index in probe:
+        try:
+            source.get(index, None)
+            readable += 1
+        except BadSample as exc:
+            example = exc
+    if readable * MIN_READABLE_IN < len(probe):
+        raise RunError(unreadable_message(
+            source, f"{len(probe) - readable} of {len(probe)} samples probed cannot be read "
+            f"(e.g. {example})"))
+
+
+def unreadable_message(source: DataSource, what: str) -> str:
+    """The paragraph of the RunError of a source that is (nearly) all unreadable."""
+    where = getattr(source, "split", "") or type(source).__name__
+    return (f"the training data ({where}) is nearly all unreadable: {what}. Unreadable "
+            f"samples are skipped and counted only while at least 1 in {MIN_READABLE_IN} of "
+            f"those probed reads. Fix or remove the broken files (an interrupted download "
+            f"leaves empty ones: `find FOLDER -empty` lists them) or point the recipe at a "
+            f"complete copy.")
 
 
 DEFAULT_MASKS = "masks"  # the name of the mask set of a masker that returns one MaskBatch
@@ -261,7 +322,10 @@ class MaskingCollate:
             self._cache = (step, dict(masks))
         return self._cache[1]
 
-    def __call__(self, items: list[tuple[Key, tuple[list[torch.Tensor], int, int]]]) -> Batch:
+    def __call__(self, items: list[tuple[Key, Any]]) -> Batch | JepaError:
+        failed = [s for _, s in items if isinstance(s, JepaError)]
+        if failed:  # the source's error, raised by TrainLoader in the trainer's process
+            return failed[0]
         keys = [k for k, _ in items]
         step = keys[0].step
         rows = slice(keys[0].row, keys[-1].row + 1)
@@ -274,7 +338,9 @@ class MaskingCollate:
 
 
 class _Keyed(torch.utils.data.Dataset):
-    """Dataset returning (key, sample) so the collate function knows the step and rows."""
+    """Dataset returning (key, sample) so the collate function knows the step and rows; a
+    RunError or ConfigError of the source comes back in place of the sample (see
+    TrainLoader)."""
 
     def __init__(self, samples: TrainSamples):
         self.samples = samples
@@ -282,8 +348,23 @@ class _Keyed(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: Key) -> tuple[Key, tuple[list[torch.Tensor], int, int]]:
-        return key, self.samples[key]
+    def __getitem__(self, key: Key) -> tuple[Key, Any]:
+        try:
+            return key, self.samples[key]
+        except (RunError, ConfigError) as exc:
+            return key, exc
+
+
+class TrainLoader(torch.utils.data.DataLoader):
+    """A DataLoader that raises a data source's RunError or ConfigError in the process that
+    iterates it. Raised in a worker, torch would re-raise it built from a message holding the
+    worker's traceback; carried back as a batch, it keeps its one paragraph."""
+
+    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
+        for batch in super().__iter__():
+            if isinstance(batch, JepaError):
+                raise batch
+            yield batch
 
 
 def leave_signals_to_trainer(_worker_id: int) -> None:
@@ -298,12 +379,12 @@ def leave_signals_to_trainer(_worker_id: int) -> None:
 def train_loader(source: DataSource, masker: Masker | None, layout: BatchLayout, *, seed: int,
                  steps_per_epoch: int, start_step: int, stop_step: int, num_workers: int = 0,
                  pin_memory: bool = False,
-                 view_names: tuple[str, ...] = ("image",)) -> torch.utils.data.DataLoader:
+                 view_names: tuple[str, ...] = ("image",)) -> TrainLoader:
     """Yields `Batch`es: `layout.accum_steps` consecutive micro-batches per step, each sample
     with one image per name in `view_names`; `masker` may be None (no mask sets)."""
     sampler = StepSampler(len(source), layout, steps_per_epoch, seed, start_step, stop_step)
     samples = TrainSamples(source, seed, num_views=len(view_names))
-    return torch.utils.data.DataLoader(
+    return TrainLoader(
         _Keyed(samples), batch_sampler=sampler,
         collate_fn=MaskingCollate(masker, seed, layout.global_batch, view_names),
         num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,7 @@ def build_digits(config: configs.DigitsConfig, image_size: tuple[int, int], trai
     return TensorImages(images, labels[keep], 10, image_size, config.crop_scale, split)
 
 
-def _unreadable_dir(exc: OSError) -> None:
+def _unreadable_dir(exc: OSError) -> NoReturn:
     raise RunError(f"cannot read the directory {exc.filename} in the data folder "
                    f"({exc.strerror}): its images would be left out without a word (a class "
                    f"folder: the run would train on fewer classes). Make it readable (e.g. "
@@ -95,6 +95,30 @@ UNLABELLED = -1  # the label of every image of a flat (unlabelled) folder
 
 def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _regular(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()  # follows a symlink: a link to a regular file counts
+    except OSError:  # e.g. a link into a folder it may not enter: read, failed and counted
+        return True
+
+
+def regular_files(top: Path, keep: Callable[[Path], bool]) -> Iterator[Path]:
+    """The regular files under `top` whose names `keep` accepts, in no set order: FIFOs,
+    sockets, device files, directories named like images and links to any of those are not
+    samples (opening a FIFO waits for a writer, deaf to SIGTERM). Links to directories are not
+    followed (as os.walk). A directory that cannot be listed is an error naming it."""
+    try:
+        with os.scandir(top) as listing:
+            entries = list(listing)
+    except OSError as exc:
+        _unreadable_dir(exc)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from regular_files(Path(entry.path), keep)
+        elif keep(Path(entry.name)) and _regular(entry):
+            yield Path(entry.path)
 
 
 def scan_folder(root: Path, key: str = "data.root", keep: Callable[[Path], bool] = _is_image
@@ -115,9 +139,7 @@ def scan_folder(root: Path, key: str = "data.root", keep: Callable[[Path], bool]
                        f"another folder.") from exc
 
     def listed(cls: str) -> list[Path]:
-        return sorted(Path(top) / name
-                      for top, _, names in os.walk(root / cls, onerror=_unreadable_dir)
-                      for name in names if keep(Path(name)))
+        return sorted(regular_files(root / cls, keep))
 
     files = FileTable.build(root, ((label, listed(cls)) for label, cls in enumerate(classes)))
     if not len(files):
