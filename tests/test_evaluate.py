@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -242,6 +243,27 @@ def test_evaluation_after_training_shows_progress_notes_and_outputs(tmp_path):
     for output in ("recipe.yaml", "checkpoints/    1 checkpoint(s): step_000000002.pt",
                    "metrics.jsonl   2 row(s)", "eval.json"):
         assert output in text, text
+    # where the time went: every protocol on every set of features, timed and printed
+    timings = saved["timings"]
+    assert set(timings["extract_s"]) == {"train", "test"}
+    runs = {(t["protocol"], t["features"]) for t in timings["protocols"]}
+    assert runs == {(p, f) for p in ("knn", "linear")
+                    for f in ("trained target encoder", "random init", "raw pixels")}
+    assert all(t["seconds"] >= 0 for t in timings["protocols"])
+    assert "evaluation time: " in text and "linear " in text.split("evaluation time: ")[1]
+    assert re.search(r"time: training \d+ s, evaluation \d+ s \(\d+% of \d+ s\)", text), text
+
+
+def test_the_time_split_sums_extraction_and_protocols_largest_first():
+    from jepa_core.commands.evaluate import time_split
+
+    timings = {"extract_s": {"train": 1.5, "test": 0.5},
+               "protocols": [{"protocol": "knn", "features": "a", "seconds": 0.25},
+                             {"protocol": "linear", "features": "a", "seconds": 3.0},
+                             {"protocol": "linear", "features": "b", "seconds": 1.0}]}
+    assert time_split(timings) == ("evaluation time: 6.2 s: extraction 2.0 s; linear 4.0 s "
+                                   "(a 3.0, b 1.0); knn 0.2 s (a 0.2)")
+    assert time_split(None) == "" and time_split({}) == ""
 
 
 def _flat_folder(root, n=20):

@@ -46,7 +46,7 @@ from jepa_core.runtime.rundir import check_lookup
 
 __all__ = ["NoLabels", "eval_indices", "evaluate", "headline", "no_labels_message", "extract",
            "knn_accuracy", "comparison_notes", "print_results", "evaluate_run", "load_source",
-           "eval_command", "write_eval_json", "failure_error"]
+           "eval_command", "write_eval_json", "failure_error", "time_split"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from jepa_core.plugins import Registry
@@ -201,6 +201,26 @@ def print_results(results: dict, console: Any, title: str, data_name: str = "") 
                           f"test)", soft_wrap=True)
     for note in comparison_notes(results, data_name):
         console.print(f"- {note}", markup=False)
+    split = time_split(results.get("timings"))
+    if split:
+        console.print(split, soft_wrap=True, markup=False)
+
+
+def time_split(timings: dict | None) -> str:
+    """Where the evaluation's time went, from eval.json's "timings": extraction, then each
+    protocol with its seconds per set of features, largest first; "" without timings."""
+    if not timings:
+        return ""
+    per: dict[str, dict[str, float]] = {}
+    for t in timings.get("protocols", []):
+        per.setdefault(t["protocol"], {})[t["features"]] = t["seconds"]
+    extract = sum(timings.get("extract_s", {}).values())
+    total = extract + sum(sum(v.values()) for v in per.values())
+    parts = [f"extraction {extract:.1f} s"]
+    for name, by in sorted(per.items(), key=lambda kv: -sum(kv[1].values())):
+        sets = ", ".join(f"{f} {s:.1f}" for f, s in by.items())
+        parts.append(f"{name} {sum(by.values()):.1f} s ({sets})")
+    return f"evaluation time: {total:.1f} s: " + "; ".join(parts)
 
 
 def evaluate_run(run: Any, console: Any = None) -> dict | None:

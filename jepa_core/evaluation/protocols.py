@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -133,23 +134,28 @@ def run_one(pname: str, spec: ComponentSpec, protocol: Any, features: dict, fnam
 
 def run_protocols(protocols: list[tuple[str, ComponentSpec, Any]], names: list[str],
                   features_of: Callable[[str], dict], context: Any
-                  ) -> tuple[list[dict], list[dict]]:
-    """(results, failures) of every protocol on every set of features (`names`, each read
-    as {kind: (train, test)} by `features_of(name)`). A protocol that failed is not run on
-    the later sets: its fault would repeat, and each run may take long."""
+                  ) -> tuple[list[dict], list[dict], list[dict]]:
+    """(results, failures, timings) of every protocol on every set of features (`names`,
+    each read as {kind: (train, test)} by `features_of(name)`); timings: one
+    {"protocol", "features", "seconds"} per run. A protocol that failed is not run on the
+    later sets: its fault would repeat, and each run may take long."""
     results: list[dict] = []
     failed: list[dict] = []
+    timings: list[dict] = []
     for fname in names:
         available = features_of(fname)
         for pname, spec, protocol in protocols:
             if any(f["protocol"] == pname for f in failed):
                 continue
+            t0 = time.perf_counter()
             rows, failure = run_one(pname, spec, protocol, available, fname, context)
+            timings.append({"protocol": pname, "features": fname,
+                            "seconds": round(time.perf_counter() - t0, 3)})
             results += rows
             if failure is not None:
                 failed.append(failure)
             cache.release_freed_memory()  # what the protocol freed, before the next
-    return results, failed
+    return results, failed, timings
 
 
 def failure_error(results: dict, written: str) -> ProtocolsFailed | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -167,6 +168,7 @@ def _evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: to
             console.print(f"[yellow]note:[/yellow] {escape(text)}", soft_wrap=True)
 
     sides = []
+    extract_s: dict[str, float] = {}  # seconds of this process's extraction, per split
     for src, split, offset in ((train_src, "train", 0), (test_src, "test", 1)):
         indices = eval_indices(len(src), cfg.max_images, recipe.seed + offset)
         images = {"data": layout["data"], "split": split, "which": getattr(src, "split", ""),
@@ -183,9 +185,11 @@ def _evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: to
                    for s in range(rank, shards, world))
         label = (f"extracting features of the {what} images" + (
             f" (process {rank + 1} of {world}: {share} of {shards} shards)" if world > 1 else ""))
+        t0 = time.perf_counter()
         with Ticker(console if rank == 0 else None, label, mine, "images") as ticker:
             extract_split(folders, src, indices, cfg.shard_size, cfg.batch_size,
                           recipe.train.num_workers, rank, world, ticker, note)
+        extract_s[split] = round(time.perf_counter() - t0, 3)
         sides.append((src, folders, shards, indices))
     if rank != 0:
         return None
@@ -231,7 +235,7 @@ def _evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: to
     context = EvalContext(num_classes=train_src.num_classes, seed=recipe.seed, device=device,
                           console=console,
                           ticker=lambda what, total, unit: Ticker(console, what, total, unit))
-    results, failed = run_protocols(protocols, list(extractors), features_of, context)
+    results, failed, timings = run_protocols(protocols, list(extractors), features_of, context)
     return {"format": FORMAT,
             "source": {**origin, "method": recipe.method.name if recipe.method else None,
                        "module": module, "cache": str(root),
@@ -240,7 +244,8 @@ def _evaluate(recipe: Recipe, registry: Registry, target_state: dict, device: to
                            root)), "test": str(test_folders[name][2].relative_to(root))}
                            for name in extractors},
                        "threads": torch.get_num_threads()},  # CPU numbers depend on it
-            "data": data, "results": results, **({"failed": failed} if failed else {})}
+            "data": data, "results": results, **({"failed": failed} if failed else {}),
+            "timings": {"extract_s": extract_s, "protocols": timings}}
 
 
 def first_image(source: Any, tries: int = 16) -> torch.Tensor | None:

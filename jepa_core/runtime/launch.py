@@ -12,6 +12,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,30 +144,46 @@ def run_worker(recipe: Recipe, registry: Registry, resume: str | None, force: bo
         with rundir.claim(recipe, resume, dist) as claimed:
             state = find_resume(recipe, resume, force, main=dist.is_main)
             claimed.start_at(state)
+            started = time.perf_counter()
             run = train(recipe, registry, dist, resume=state)
+            trained_s = time.perf_counter() - started
             destroy(added)  # the evaluation runs on rank 0 alone
             if dist.is_main:
-                evaluate_and_report(run, recipe)
+                evaluate_and_report(run, recipe, trained_s)
     finally:
         destroy(added)
     return 0
 
 
-def evaluate_and_report(run: Any, recipe: Recipe) -> None:
+def evaluate_and_report(run: Any, recipe: Recipe, trained_s: float | None = None) -> None:
     """The evaluation after training (eval.after_train), then the closing lines, which say
-    what this invocation wrote; a failed protocol is raised after them."""
+    what this invocation wrote and where its time went (`trained_s`: seconds of training);
+    a failed protocol is raised after them."""
     from jepa_core.commands.evaluate import evaluate_run, failure_error
 
     evaluated = None
+    started = time.perf_counter()
     try:
         if recipe.eval.after_train:
             use_launcher_threads()
             evaluated = evaluate_run(run)
     finally:  # training succeeded: its outputs are listed even when the evaluation failed
         print_outputs(recipe.run_dir, evaluated)
+        if trained_s is not None:
+            print(time_line(trained_s, time.perf_counter() - started if evaluated else None))
     failure = failure_error(evaluated or {}, str(recipe.run_dir / "eval.json"))
     if failure is not None:
         raise failure
+
+
+def time_line(trained_s: float, evaluated_s: float | None) -> str:
+    """'time: training 52 s, evaluation 31 s (37% of 83 s)' (training alone without an
+    evaluation)."""
+    if evaluated_s is None:
+        return f"time: training {trained_s:.0f} s"
+    total = trained_s + evaluated_s
+    return (f"time: training {trained_s:.0f} s, evaluation {evaluated_s:.0f} s "
+            f"({100 * evaluated_s / max(total, 1e-9):.0f}% of {total:.0f} s)")
 
 
 def print_outputs(run_dir: Path, evaluated: dict | None = None) -> None:
