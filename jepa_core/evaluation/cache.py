@@ -147,11 +147,24 @@ class ShardedFeatures:
         return torch.cat(parts) if parts else torch.zeros(0, *self.item_shape)
 
 
-class CachedFeatures(ShardedFeatures):
-    """A `jepa_core.interfaces.FeatureSet` over the shards of one kind in one folder."""
+# The most bytes of float32 features a CachedFeatures keeps in memory between reads (below).
+KEEP_BYTES = 128 << 20
 
-    def __init__(self, folder: Path, kind: str, shards: int):
+
+class CachedFeatures(ShardedFeatures):
+    """A `jepa_core.interfaces.FeatureSet` over the shards of one kind in one folder.
+
+    A set of one shard whose float32 features take at most `keep_bytes` keeps them after the
+    first read: a probe reads its shards every epoch, and reading and converting a small
+    set again each time cost more than the epoch's training. That is never more memory than
+    streaming (which holds that one shard while an epoch goes through it); a set of several
+    shards, or a larger one, streams one shard at a time as before. Callers must not modify
+    a shard's tensors in place (the next read returns the same ones)."""
+
+    def __init__(self, folder: Path, kind: str, shards: int, keep_bytes: int = KEEP_BYTES):
         self.folder, self.kind, self.num_shards = Path(folder), kind, shards
+        self.keep_bytes = keep_bytes
+        self._kept: tuple[torch.Tensor, torch.Tensor] | None = None
         self._labels: torch.Tensor | None = None
         self._sizes: list[int] | None = None
         self._item_shape: tuple[int, ...] | None = None
@@ -207,9 +220,16 @@ class CachedFeatures(ShardedFeatures):
     def shard(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x float32, y) of shard s; neither refers to the file (a tensor of a memory-mapped
         file keeps the whole mapping, and the pages read of it, resident while it lives)."""
+        if self._kept is not None:
+            return self._kept
         part = self._open(s)
-        return part["x"].float(), part["y"].clone()
+        x, y = part["x"].to(torch.float32, copy=True), part["y"].clone()
+        if self.num_shards == 1 and x.numel() * x.element_size() <= self.keep_bytes:
+            self._kept = x, y
+        return x, y
 
     def rows_of_shard(self, s: int, inside: torch.Tensor) -> torch.Tensor:
         """x of rows of shard s, indexed before the float copy (the rest stays on disk)."""
+        if self._kept is not None:
+            return self._kept[0][inside]
         return self._open(s)["x"][inside].float()
