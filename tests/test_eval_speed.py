@@ -108,3 +108,28 @@ def test_the_linear_probe_gives_the_same_results_kept_or_streamed(tmp_path):
     assert kept == streamed
     assert sets["kept"]["pooled"][0]._kept is not None
     assert sets["streamed"]["pooled"][0]._kept is None
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10**6), batch=st.integers(1, 9), tokens=st.integers(1, 20),
+       dim_heads=st.sampled_from([(12, 4), (12, 3), (8, 1), (48, 4)]))
+def test_the_pooler_attends_as_multihead_attention_bit_for_bit(seed, batch, tokens, dim_heads):
+    """AttentivePooler.attend against nn.MultiheadAttention on the same weights: the output
+    and every gradient (the weights' and the tokens') exactly equal."""
+    dim, heads = dim_heads
+    g = torch.Generator().manual_seed(seed)
+    pooler = AttentivePooler(dim, 5, heads, 2.0, g)
+    kv = torch.randn(batch, tokens, dim, generator=g, requires_grad=True)
+    q = pooler.query.expand(batch, -1, -1)
+    out = {}
+    for name, fn in (("ours", lambda: pooler.attend(q, kv)),
+                     ("torch", lambda: pooler.attn(q, kv, kv, need_weights=False)[0])):
+        kv.grad = None
+        pooler.zero_grad()
+        y = fn()
+        (y * torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))).sum().backward()
+        out[name] = [y.detach(), kv.grad.clone()] + [p.grad.clone() for p in pooler.parameters()
+                                                     if p.grad is not None]
+    assert len(out["ours"]) == len(out["torch"])
+    for a, b in zip(out["ours"], out["torch"], strict=True):
+        assert torch.equal(a, b)
