@@ -66,12 +66,12 @@ class AttentivePooler(nn.Module):
         query = F.linear(q.transpose(0, 1), w_q, b_q)  # [1, B, D]
         keys_values = F.linear(kv.transpose(0, 1), w_kv, b_kv)  # [N, B, 2D]
 
-        def split_heads(x: torch.Tensor) -> torch.Tensor:  # [L, B, D] -> [B, heads, L, D/heads]
-            return x.view(x.shape[0], b, heads, d // heads).permute(1, 2, 0, 3)
-
-        out = F.scaled_dot_product_attention(split_heads(query),
-                                             split_heads(keys_values[..., :d]),
-                                             split_heads(keys_values[..., d:]))
+        # [L, B, D] -> [B, heads, L, D/heads]; keys and values by unbind, whose backward
+        # stacks their gradients (slicing would fill a zero tensor for each, every step)
+        query = query.view(1, b, heads, d // heads).permute(1, 2, 0, 3)
+        keys, values = (x.permute(1, 2, 0, 3) for x in
+                        keys_values.view(-1, b, 2, heads, d // heads).unbind(2))
+        out = F.scaled_dot_product_attention(query, keys, values)
         out = out.permute(2, 0, 1, 3).reshape(b, d)  # one query: [1, B, heads, D/heads]
         return F.linear(out, attn.out_proj.weight, attn.out_proj.bias).unsqueeze(1)
 
