@@ -11,7 +11,7 @@ from jepa_core.evaluation import cache
 from jepa_core.interfaces import EvalContext
 from jepa_eval.attentive import AttentivePooler
 from jepa_eval.configs import LinearConfig
-from jepa_eval.heads import GridAdamW
+from jepa_eval.heads import GridAdamW, summed_cross_entropy
 from jepa_eval.linear import LinearProbe
 
 
@@ -133,3 +133,17 @@ def test_the_pooler_attends_as_multihead_attention_bit_for_bit(seed, batch, toke
     assert len(out["ours"]) == len(out["torch"])
     for a, b in zip(out["ours"], out["torch"], strict=True):
         assert torch.equal(a, b)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10**6), heads=st.integers(1, 6), batch=st.integers(1, 70),
+       classes=st.integers(2, 12))
+def test_one_cross_entropy_over_the_heads_gives_the_gradients_of_one_per_head(seed, heads,
+                                                                               batch, classes):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(heads, batch, classes, generator=g) * 3).requires_grad_()
+    y = torch.randint(0, classes, (batch,), generator=g)
+    summed_cross_entropy(logits, y).backward()
+    ours, logits.grad = logits.grad, None
+    sum(torch.nn.functional.cross_entropy(h, y) for h in logits).backward()
+    assert torch.equal(ours, logits.grad)
