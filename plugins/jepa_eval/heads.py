@@ -1,6 +1,11 @@
 """Training a grid of heads at once: one pass over the cached features trains every
-(learning rate, weight decay) pair, each head with its own AdamW parameter group and a
-cosine schedule; the best head is picked on held-out training rows."""
+(learning rate, weight decay) pair, each head with its own learning rate and weight decay
+under one cosine schedule; the best head is picked on held-out training rows.
+
+Per step, the heads' losses are one cross-entropy call and their AdamW update one set of
+operations on each parameter stacked across the heads: a grid of small heads otherwise spends
+most of its time in the per-head overhead of those calls. Both give bit-identical weights to
+one `F.cross_entropy` and one torch AdamW parameter group per head (tests/test_eval_speed.py)."""
 
 from __future__ import annotations
 
