@@ -148,18 +148,21 @@ class ShardedFeatures:
 
 
 # The most bytes of float32 features a CachedFeatures keeps in memory between reads (below).
-KEEP_BYTES = 128 << 20
+# The runner holds every kind of both splits of one encoder at once, so up to six such sets
+# (pooled, last4, tokens; train and test) may be kept together: 32 MiB each keeps the
+# quickstart's tokens (1,438 x 64 x 48 floats, 18 MB) and bounds the whole at 192 MiB.
+KEEP_BYTES = 32 << 20
 
 
 class CachedFeatures(ShardedFeatures):
     """A `jepa_core.interfaces.FeatureSet` over the shards of one kind in one folder.
 
     A set of one shard whose float32 features take at most `keep_bytes` keeps them after the
-    first read: a probe reads its shards every epoch, and reading and converting a small
-    set again each time cost more than the epoch's training. That is never more memory than
-    streaming (which holds that one shard while an epoch goes through it); a set of several
-    shards, or a larger one, streams one shard at a time as before. Callers must not modify
-    a shard's tensors in place (the next read returns the same ones)."""
+    first read, for as long as the set lives: a probe reads its shards every epoch, and would
+    otherwise load and convert (float16 tokens to float32) the same small shard each time.
+    A set of several shards, or a larger one, streams one shard at a time as before, so the
+    memory of large sets stays bounded by a shard. Callers must not modify a shard's tensors
+    in place (the next read returns the same ones)."""
 
     def __init__(self, folder: Path, kind: str, shards: int, keep_bytes: int = KEEP_BYTES):
         self.folder, self.kind, self.num_shards = Path(folder), kind, shards
