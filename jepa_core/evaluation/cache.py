@@ -292,15 +292,32 @@ class ShardedFeatures:
         return torch.cat(parts) if parts else torch.zeros(0, *self.item_shape)
 
 
+# The most bytes of float32 features a CachedFeatures keeps in memory between reads (below).
+# The runner holds every kind of both splits of one encoder at once, so up to six such sets
+# (pooled, last4, tokens; train and test) may be kept together: 32 MiB each keeps the
+# quickstart's tokens (1,438 x 64 x 48 floats, 18 MB) and bounds the whole at 192 MiB.
+KEEP_BYTES = 32 << 20
+
+
 class CachedFeatures(ShardedFeatures):
     """A `jepa_core.interfaces.FeatureSet` over the shards of one kind in one folder. `rows`:
     the images each shard should hold (`shard_rows`), checked when the shards are scanned;
     every shard opened is checked to be of this folder, kind and shard (CacheError naming
-    the file if not: it changed after the extraction checked it)."""
+    the file if not: it changed after the extraction checked it).
 
-    def __init__(self, folder: Path, kind: str, shards: int, rows: list[int] | None = None):
+    A set of one shard whose float32 features take at most `keep_bytes` keeps them after the
+    first read, for as long as the set lives: a probe reads its shards every epoch, and would
+    otherwise load and convert (float16 tokens to float32) the same small shard each time.
+    A set of several shards, or a larger one, streams one shard at a time as before, so the
+    memory of large sets stays bounded by a shard. Callers must not modify a shard's tensors
+    in place (the next read returns the same ones)."""
+
+    def __init__(self, folder: Path, kind: str, shards: int, rows: list[int] | None = None,
+                 keep_bytes: int = KEEP_BYTES):
         self.folder, self.kind, self.num_shards = Path(folder), kind, shards
         self.rows = rows
+        self.keep_bytes = keep_bytes
+        self._kept: tuple[torch.Tensor, torch.Tensor] | None = None
         self._labels: torch.Tensor | None = None
         self._sizes: list[int] | None = None
         self._item_shape: tuple[int, ...] | None = None
@@ -365,9 +382,16 @@ class CachedFeatures(ShardedFeatures):
     def shard(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x float32, y) of shard s; neither refers to the file (a tensor of a memory-mapped
         file keeps the whole mapping, and the pages read of it, resident while it lives)."""
+        if self._kept is not None:
+            return self._kept
         part = self._open(s)
-        return part["x"].float(), part["y"].clone()
+        x, y = part["x"].to(torch.float32, copy=True), part["y"].clone()
+        if self.num_shards == 1 and x.numel() * x.element_size() <= self.keep_bytes:
+            self._kept = x, y
+        return x, y
 
     def rows_of_shard(self, s: int, inside: torch.Tensor) -> torch.Tensor:
         """x of rows of shard s, indexed before the float copy (the rest stays on disk)."""
+        if self._kept is not None:
+            return self._kept[0][inside]
         return self._open(s)["x"][inside].float()

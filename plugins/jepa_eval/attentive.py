@@ -9,6 +9,7 @@ baseline by construction, stated with the results."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from jepa_core.interfaces import EvalContext
@@ -49,9 +50,31 @@ class AttentivePooler(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         kv = self.norm_kv(tokens)
         q = self.query.expand(len(tokens), -1, -1)
-        q = q + self.attn(q, kv, kv, need_weights=False)[0]
+        q = q + self.attend(q, kv)
         q = q + self.mlp(self.norm_mlp(q))
         return self.head(q[:, 0])
+
+
+    def attend(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """self.attn(q, kv, kv)[0] for q [B, 1, D], kv [B, N, D], bit for bit, forward and
+        backward: the same operations in the same layouts (tokens first, the key and value
+        projections one matrix product), less nn.MultiheadAttention's copy of the key and
+        value projections into a packed tensor and back, forward and backward."""
+        attn, (b, _, d) = self.attn, kv.shape
+        heads = attn.num_heads
+        w_q, w_kv = attn.in_proj_weight.split([d, 2 * d])
+        b_q, b_kv = attn.in_proj_bias.split([d, 2 * d])
+        query = F.linear(q.transpose(0, 1), w_q, b_q)  # [1, B, D]
+        keys_values = F.linear(kv.transpose(0, 1), w_kv, b_kv)  # [N, B, 2D]
+
+        # [L, B, D] -> [B, heads, L, D/heads]; keys and values by unbind, whose backward
+        # stacks their gradients (slicing would fill a zero tensor for each, every step)
+        query = query.view(1, b, heads, d // heads).permute(1, 2, 0, 3)
+        keys, values = (x.permute(1, 2, 0, 3) for x in
+                        keys_values.view(-1, b, 2, heads, d // heads).unbind(2))
+        out = F.scaled_dot_product_attention(query, keys, values)
+        out = out.permute(2, 0, 1, 3).reshape(b, d)  # one query: [1, B, heads, D/heads]
+        return F.linear(out, attn.out_proj.weight, attn.out_proj.bias).unsqueeze(1)
 
 
 class AttentiveProbe:
