@@ -55,7 +55,7 @@ def setup(recipe_path: str, overrides: list[str], folder: Path | None) -> tuple:
     encoder = build_encoder(recipe, registry).eval()
     source = build("data_source", recipe, registry, "data",
                    image_size=tuple(encoder.image_size), train=True)
-    wanted = {k for _, p in build_protocols(recipe, registry) for k in p.feature_kinds}
+    wanted = {k for *_, p in build_protocols(recipe, registry) for k in p.feature_kinds}
     return recipe, encoder, source, encoder_kinds(encoder, wanted)
 
 

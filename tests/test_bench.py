@@ -126,3 +126,27 @@ def test_threads_bench_runs_idle_and_loaded(tmp_path):
     assert "idle ms/step" in lines[head] and "loaded ms/step" in lines[head]
     assert [line.split("  ")[0] for line in lines[head + 1:head + 3]] == [
         "1 thread", "jepa default (nothing set)"]
+
+
+eval_throughput = load_bench("eval_throughput")
+
+
+def test_eval_throughput_report_names_the_slower_loop_as_the_bottleneck():
+    r = {"images": 100, "kinds": ("pooled",), "batch": 64, "workers": 0, "threads": 1,
+         "decode": 4000.0, "bare": 500.0, "ours": 450.0}
+    text = eval_throughput.report(r)
+    assert "ours / bare:   0.90 (goal >= 0.9)" in text
+    assert "bottleneck: the forward pass" in text
+    assert "bottleneck: decoding" in eval_throughput.report({**r, "decode": 300.0})
+
+
+def test_eval_throughput_bench_times_the_three_loops(tmp_path):
+    out = subprocess.run([sys.executable, "bench/eval_throughput.py", "--images", "40",
+                          "--repeats", "1"], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    cells = [line.split() for line in out.stdout.splitlines()]
+    rows = {c[0]: float(c[1]) for c in cells
+            if len(c) == 2 and c[0] in ("decode", "bare", "ours")}
+    assert set(rows) == {"decode", "bare", "ours"} and all(v > 0 for v in rows.values())
+    assert "40 images" in out.stdout and "ours / bare:" in out.stdout
