@@ -274,7 +274,8 @@ def test_evaluation_after_training_shows_progress_notes_and_outputs(tmp_path):
     text = out.stdout
     for phase in ("extracting features of the probe-training images: 60 images",
                   "extracting features of the test images: 60 images",
-                  "linear probe: 2 epochs", "linear probe: done in"):
+                  "on the trained target encoder features (pooled", "linear probe (",
+                  "on the random init features (pooled", "on the raw pixels features ("):
         assert phase in text, text
     saved = json.loads((tmp_path / "quickstart" / "eval.json").read_text())
     rows = headline(saved)
@@ -355,6 +356,83 @@ def test_progress_lines_give_the_rate_and_the_time_left(monkeypatch):
     text = out.getvalue()
     assert "extracting: 300/1000 images (12 s, 25 images/s, ETA 28 s)" in text
     assert "extracting: done in 20 s (15 images/s)" in text
+
+
+def test_progress_rates_under_one_a_second_and_the_eta_from_the_recent_rate(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from jepa_core.runtime import progress, runlog
+
+    # 100 epochs in 10 s, then 38 in 30 s: slower, so the ETA follows the recent rate
+    clock = iter([0.0, 10.0, 40.0, 60.0])
+    monkeypatch.setattr(runlog, "now", lambda: next(clock))
+    out = io.StringIO()
+    with progress.Ticker(Console(file=out, width=200), "linear probe", 200, "epochs") as t:
+        t.advance(100)
+        t.advance(38)  # at 40 s: 38 in the last 30 s, 62 left: 49 s
+    text = out.getvalue()
+    assert "linear probe: 100/200 epochs (10 s, 10 epochs/s, ETA 10 s)" in text
+    assert "linear probe: 138/200 epochs (40 s, 3 epochs/s, ETA 49 s)" in text
+    slow = progress.Ticker(None, "attentive probe", 10, "epochs")
+    slow._t0, slow.done = 0.0, 3
+    assert slow.rate(10.0) == "3.3 s per epoch"  # not "0 epochs/s"
+
+
+def test_a_phase_read_from_the_cache_says_so_rather_than_a_rate(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from jepa_core.runtime import progress, runlog
+
+    clock = iter([0.0, 0.002, 0.004, 0.0, 0.001, 3.0, 5.0])
+    monkeypatch.setattr(runlog, "now", lambda: next(clock))
+    out = io.StringIO()
+    with progress.Ticker(Console(file=out, width=200), "extracting", 900, "images") as t:
+        t.advance(900, cached=True)
+    assert "extracting: read from the cache (900 images, 0 s)" in out.getvalue()
+    assert "images/s" not in out.getvalue()
+    out = io.StringIO()
+    with progress.Ticker(Console(file=out, width=200), "extracting", 900, "images") as t:
+        t.advance(600, cached=True)
+        t.advance(300)  # computed in 5 s
+    assert "extracting: done in 5 s (60 images/s; 600 read from the cache)" in out.getvalue()
+
+
+def test_protocol_progress_names_the_features_and_the_kinds(monkeypatch):
+    """The core names the set of features and its kinds in any protocol's progress label
+    (the same protocol runs on the trained, random-init and pixel features in turn)."""
+    import io
+
+    from rich.console import Console
+
+    from jepa_core.evaluation.protocols import run_protocols
+    from jepa_core.interfaces import EvalContext
+    from jepa_core.plugins import ComponentSpec
+    from jepa_core.runtime.progress import Ticker
+
+    class Counting:  # a third-party protocol: its own label, nothing about the features
+        feature_kinds = ("pooled", "last4")
+
+        def run(self, features, context):
+            with context.progress("my probe", 2, "fits") as t:
+                t.advance(2)
+            return [{"protocol": "mine", "feature_kind": k, "value": 1.0} for k in features]
+
+    out = io.StringIO()
+    console = Console(file=out, width=300)
+    context = EvalContext(num_classes=2, seed=0, device="cpu", console=console,
+                          ticker=lambda what, total, unit: Ticker(console, what, total, unit))
+    spec = ComponentSpec("eval_protocol", "mine", dict, Counting, "tests", None, None)
+    kinds = {"trained target encoder": ("pooled", "last4"), "raw pixels": ("pooled",)}
+    results, failed, _ = run_protocols([("mine", spec, Counting())], list(kinds),
+                                       lambda name: dict.fromkeys(kinds[name]), context)
+    assert not failed and len(results) == 3
+    text = out.getvalue()
+    assert "my probe on the trained target encoder features (pooled, last4): 2 fits" in text
+    assert "my probe on the raw pixels features (pooled): 2 fits" in text
 
 
 def test_the_single_frame_baseline_gets_its_own_note():
