@@ -151,7 +151,7 @@ def test_image_folder_probes_are_tested_on_held_out_images(tmp_path, tiny_dict):
     assert data["train"]["split"].startswith(f"root {root} minus the held-out 50%")
     assert data["skipped_images"] == 0
     printed = console.file.getvalue()
-    assert f"tested on 24 images of held-out 50% of root {root} (split_seed 0)" in printed
+    assert f"tested on all of held-out 50% of root {root} (split_seed 0): 24 images" in printed
 
 
 def test_unreadable_images_are_skipped_and_counted_in_evaluation(tmp_path, tiny_dict):
@@ -217,6 +217,66 @@ def test_the_comparison_is_worked_out_from_the_figures():
     assert "raw pixels: -20.0 points linear, -20.0 kNN" in none[1]
     ahead = comparison_notes(_results((0.9, 0.8), (0.6, 0.5), (0.7, 0.6)))
     assert "beat the pixels on both probes" in ahead[1] and "strong baseline" not in ahead[1]
+
+
+def _table_results(features, protocols=("knn", "linear", "lowshot", "rankme")):
+    rows = []
+    for f in features:
+        for p in protocols:
+            settings = (("1% of labels", "5 per class") if p == "lowshot"
+                        else ("k=20",) if p == "knn" else ("",))
+            for what in settings:
+                r = {"features": f, "protocol": p, "feature_kind": "pooled", "setting": what}
+                r.update({"value": 34.7} if p == "rankme" else
+                         {"accuracy": {"test": 0.293}, "std": {"test": 0.037}})
+                rows.append(r)
+    split = "digits train split (80% of 1797, split_seed 0): 1438 images"
+    return {"results": rows, "data": {
+        "train": {"split": split, "images": 1438, "skipped": 0},
+        "test": {"split": "some test split", "images": 359, "skipped": 0},
+        "skipped_images": 0}}
+
+
+@pytest.mark.parametrize("features", [
+    ["trained target encoder", "random init", "raw pixels"],
+    ["trained target encoder", "random init", "raw pixels", "single frame (target encoder)"]])
+def test_the_table_headers_fit_80_columns_on_one_line(features):
+    """Before: "trained target encoder" wrapped onto 3 lines at the default 80 columns."""
+    import io
+
+    from rich.console import Console
+
+    from jepa_core.commands.evaluate import print_results
+
+    out = io.StringIO()
+    print_results(_table_results(features), Console(file=out, width=80), "run: step 440")
+    header = out.getvalue().splitlines()[1]
+    for name in ("protocol", "kind", "setting", "trained", "random init", "raw pixels"):
+        assert name in header, out.getvalue()
+    assert ("single frame" in header) == (len(features) == 4)
+    text = " ".join(out.getvalue().split())
+    assert "columns: trained = trained target encoder" in text
+    # the split's own count is not said twice; a subset says how many of the split
+    assert ("probes fit on all of digits train split (80% of 1797, split_seed 0): 1438 "
+            "images") in text
+    assert "tested on 359 images of some test split" in text
+
+
+def test_the_footer_explains_only_the_protocols_that_ran():
+    """Before: a LeJEPA run (knn, linear, rankme) was told how attentive and low-shot
+    results are read."""
+    import io
+
+    from rich.console import Console
+
+    from jepa_core.commands.evaluate import print_results
+
+    out = io.StringIO()
+    print_results(_table_results(["trained target encoder"], ("knn", "linear", "rankme")),
+                  Console(file=out, width=300), "run")
+    text = out.getvalue()
+    assert "linear: the head best on the held-out part" in text and "rankme:" in text
+    assert "attentive" not in text and "low" not in text
 
 
 def test_each_closing_sentence_follows_from_its_figures():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -217,27 +218,63 @@ def table_rows(results: dict) -> tuple[list[str], list[tuple[str, str, str, dict
     return names, [(*k, v) for k, v in rows.items()]
 
 
+def legend(names: list[str], protocols: list[str]) -> str:
+    """What the table's figures are, for the protocols that ran only, and the full names of
+    the columns shortened by `column_name`."""
+    parts = []
+    heads = [p for p in ("linear", "attentive") if p in protocols]
+    if heads:
+        parts.append(f"{', '.join(heads)}: the head best on the held-out part of the training "
+                     f"images")
+    if "lowshot" in protocols:
+        parts.append("lowshot: mean ± std over splits")
+    if "rankme" in protocols:
+        parts.append("rankme: effective rank of the features, not an accuracy")
+    text = "accuracy on the test images" + (f" ({'; '.join(parts)})" if parts else "")
+    renamed = [f"{column_name(n)} = {n}" for n in names if column_name(n) != n]
+    return text + (f"; columns: {', '.join(renamed)}" if renamed else "")
+
+
+def column_name(features: str) -> str:
+    """A short column header for a set of features ("trained", "single frame"), so that
+    the table fits 80 columns; the full names are listed under the table."""
+    if features.startswith("trained "):
+        return "trained"
+    return features.split(" (")[0]
+
+
+def side_line(verb: str, side: dict) -> str:
+    """"probes fit on 1438 images of SPLIT", or "on all of SPLIT" where the split's own
+    description already gives that count ("...: 1438 images"): no count said twice."""
+    n, split = side["images"], side["split"]
+    if re.search(rf"\b{n} (images|clips)\b", split):
+        return f"{verb} all of {split}"
+    return f"{verb} {n} images of {split}"
+
+
 def print_results(results: dict, console: Any, title: str, data_name: str = "") -> None:
     """The protocols' table (one row per protocol setting, one column per set of features),
     where the images came from, and what the figures say."""
+    from rich import box
     from rich.table import Table
 
     names, rows = table_rows(results)
-    table = Table(title=title, title_justify="left")
-    for col in ("protocol", "features", "setting", *names):
+    # no outer border: with a column per set of features (4 for clips) it fits 80 columns
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  collapse_padding=True, pad_edge=False)
+    for col in ("protocol", "kind", "setting"):
         table.add_column(col)
+    for name in names:
+        table.add_column(column_name(name), justify="right", no_wrap=True)
     for proto, kind, what, cells in rows:
         table.add_row(proto, kind, what, *(cells.get(n, "-") for n in names))
     console.print(table)
-    console.print("accuracy on the test images (linear, attentive: the head best on the "
-                  "held-out part of the training images; low-shot: mean ± std over splits); "
-                  "rankme: effective rank of the features", soft_wrap=True)
+    console.print(legend(names, [proto for proto, _, _, _ in rows]), soft_wrap=True)
     data = results.get("data")
     if data:  # soft_wrap: paths stay whole, to copy
         train, test = data["train"], data["test"]
-        console.print(f"probes fit on {train['images']} images of {train['split']}",
-                      soft_wrap=True)
-        console.print(f"tested on {test['images']} images of {test['split']}", soft_wrap=True)
+        console.print(side_line("probes fit on", train), soft_wrap=True)
+        console.print(side_line("tested on", test), soft_wrap=True)
         if data["skipped_images"]:
             console.print(f"[yellow]note:[/yellow] {data['skipped_images']} unreadable image(s) "
                           f"skipped ({train['skipped']} probe-training, {test['skipped']} "
