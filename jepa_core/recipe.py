@@ -378,26 +378,21 @@ def recipe_from_dict(data: dict, registry: Registry, source: str = "recipe",
         problems.extend(live_eval_problems(recipe))
         problems.extend(geometry_problems(recipe))
     if problems or recipe is FAILED:
-        raise RecipeError(*blame_overrides(source, problems, overrides))
+        raise RecipeError(source, problems, override_origins(problems, list(overrides)))
     return recipe
 
 
-def blame_overrides(source: str, problems: list[tuple[str, str]], overrides: Sequence[str]
-                    ) -> tuple[str, list[tuple[str, str]]]:
-    """(source, problems) with each problem at or under a key set on the command line said
-    to come from there (`$.optim.learning_rate: set on the command line
-    (optim.learning_rate=1): unknown key ...`), and the source then read "FILE as changed on
-    the command line": the file does not hold that value."""
+def override_origins(problems: list[tuple[str, str]], overrides: Sequence[str]
+                     ) -> dict[str, str]:
+    """{"$.path": "key=value"} of the problems at or under a key set on the command line
+    (`RecipeError` then says the value came from there, not from the file)."""
     keys = {"$." + o.partition("=")[0].strip(): o for o in overrides}
-    out, blamed = [], False
-    for path, msg in problems:
-        override = next((o for key, o in keys.items()
-                         if path == key or path.startswith((key + ".", key + "["))), None)
-        if override is not None:
-            blamed = True
-            msg = f"set on the command line ({override}): {msg}"
-        out.append((path, msg))
-    return (f"{source} as changed on the command line" if blamed else source), out
+    origins = {}
+    for path, _ in problems:
+        for key, override in keys.items():
+            if path == key or path.startswith((key + ".", key + "[")):
+                origins[path] = override
+    return origins
 
 
 def retire_eval_keys(data: dict, notes: list[str] | None, registry: Registry) -> None:

@@ -208,8 +208,8 @@ def test_a_bad_override_is_blamed_on_the_command_line_not_the_file():
     assert result.returncode == 2
     err = flat(result.stderr)
     assert f"{QUICKSTART} as changed on the command line has 1 problem:" in err
-    assert ("$.optim.learning_rate: set on the command line (optim.learning_rate=1): unknown "
-            "key") in err
+    assert "$.optim.learning_rate: unknown key" in err
+    assert "(set on the command line: optim.learning_rate=1)" in err
 
 
 def test_bad_recipe_exits_2_with_every_path_and_no_traceback(tmp_path):
@@ -233,7 +233,8 @@ def test_bad_recipe_exits_2_with_every_path_and_no_traceback(tmp_path):
     (("check", "missing.yaml"), "missing.yaml has 1 problem: $: file not found; check the path"),
     (("check", QUICKSTART, "optim.lr"),
      "command line has 1 problem: optim.lr: an override must look like key.sub=value"),
-    (("check", QUICKSTART, "optim.lr=0"), "$.optim.lr: must be > 0 (got 0.0)"),
+    (("check", QUICKSTART, "optim.lr=0"),
+     "$.optim.lr: must be > 0 (got 0.0) (set on the command line: optim.lr=0)"),
     (("check", QUICKSTART, "masker.name=multiblok"), "Did you mean 'multiblock'?"),
     (("check", QUICKSTART, "name.x=1"), "$.name: is not a section; cannot set name.x"),
     (("masks", "missing.yaml"), "$: file not found; check the path"),
