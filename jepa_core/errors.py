@@ -14,16 +14,23 @@ class JepaError(Exception):
 
 
 class RecipeError(JepaError):
-    """A recipe that cannot be loaded; `problems` lists every ("$.path", message) found."""
+    """A recipe that cannot be loaded; `problems` lists every ("$.path", message) found.
+    `origins`: {"$.path": "key=value"} of the problems whose value came from a command-line
+    override rather than from `source` (the message says so: the file does not hold it)."""
 
     title = "invalid recipe"
 
-    def __init__(self, source: str, problems: list[tuple[str, str]]):
+    def __init__(self, source: str, problems: list[tuple[str, str]],
+                 origins: dict[str, str] | None = None):
         self.source = source
         self.problems = list(problems)
-        lines = [f"{path}: {msg}" for path, msg in self.problems]
+        self.origins = dict(origins or {})
+        lines = [f"{path}: {msg}" + (f" (set on the command line: {self.origins[path]})"
+                                     if path in self.origins else "")
+                 for path, msg in self.problems]
+        where = f"{source} as changed on the command line" if self.origins else source
         super().__init__(
-            f"{source} has {len(lines)} problem{'s' if len(lines) != 1 else ''}:\n  "
+            f"{where} has {len(lines)} problem{'s' if len(lines) != 1 else ''}:\n  "
             + "\n  ".join(lines)
         )
 

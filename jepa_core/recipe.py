@@ -378,8 +378,21 @@ def recipe_from_dict(data: dict, registry: Registry, source: str = "recipe",
         problems.extend(live_eval_problems(recipe))
         problems.extend(geometry_problems(recipe))
     if problems or recipe is FAILED:
-        raise RecipeError(source, problems)
+        raise RecipeError(source, problems, override_origins(problems, list(overrides)))
     return recipe
+
+
+def override_origins(problems: list[tuple[str, str]], overrides: Sequence[str]
+                     ) -> dict[str, str]:
+    """{"$.path": "key=value"} of the problems at or under a key set on the command line
+    (`RecipeError` then says the value came from there, not from the file)."""
+    keys = {"$." + o.partition("=")[0].strip(): o for o in overrides}
+    origins = {}
+    for path, _ in problems:
+        for key, override in keys.items():
+            if path == key or path.startswith((key + ".", key + "[")):
+                origins[path] = override
+    return origins
 
 
 def retire_eval_keys(data: dict, notes: list[str] | None, registry: Registry) -> None:

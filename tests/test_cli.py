@@ -191,6 +191,27 @@ def test_a_switch_note_is_printed_before_the_problems_of_a_recipe_that_fails():
     no_traceback(result)
 
 
+def test_a_check_error_is_titled_by_the_check_not_by_a_run(tmp_path):
+    """Before: "jepa: run failed" over a `jepa check` that ran nothing."""
+    result = jepa("check", QUICKSTART, "data.name=image_folder",
+                  f"data.root={tmp_path / 'missing'}")
+    assert result.returncode == 1
+    no_traceback(result)
+    err = flat(result.stderr)
+    assert "jepa check: recipe refused" in err and "run failed" not in err
+    assert "is not a directory" in err
+
+
+def test_a_bad_override_is_blamed_on_the_command_line_not_the_file():
+    """Before: "recipes/quickstart.yaml has 1 problem: $.optim.learning_rate ..."."""
+    result = jepa("check", QUICKSTART, "--no-data", "optim.learning_rate=1")
+    assert result.returncode == 2
+    err = flat(result.stderr)
+    assert f"{QUICKSTART} as changed on the command line has 1 problem:" in err
+    assert "$.optim.learning_rate: unknown key" in err
+    assert "(set on the command line: optim.learning_rate=1)" in err
+
+
 def test_bad_recipe_exits_2_with_every_path_and_no_traceback(tmp_path):
     text = (REPO / QUICKSTART).read_text().replace("lr: 1.0e-3", "lr: 0")
     assert "target_scale: [0.1, 0.15]" in text
@@ -202,7 +223,7 @@ def test_bad_recipe_exits_2_with_every_path_and_no_traceback(tmp_path):
     no_traceback(result)
     assert result.stdout == ""
     err = flat(result.stderr)
-    assert "jepa: invalid recipe" in err
+    assert "jepa check: invalid recipe" in err
     assert f"{path} has 2 problems:" in err
     assert "$.masker.target_scale[1]: must be <= 1 (got 1.5)" in err
     assert "$.optim.lr: must be > 0 (got 0.0)" in err
@@ -212,7 +233,8 @@ def test_bad_recipe_exits_2_with_every_path_and_no_traceback(tmp_path):
     (("check", "missing.yaml"), "missing.yaml has 1 problem: $: file not found; check the path"),
     (("check", QUICKSTART, "optim.lr"),
      "command line has 1 problem: optim.lr: an override must look like key.sub=value"),
-    (("check", QUICKSTART, "optim.lr=0"), "$.optim.lr: must be > 0 (got 0.0)"),
+    (("check", QUICKSTART, "optim.lr=0"),
+     "$.optim.lr: must be > 0 (got 0.0) (set on the command line: optim.lr=0)"),
     (("check", QUICKSTART, "masker.name=multiblok"), "Did you mean 'multiblock'?"),
     (("check", QUICKSTART, "name.x=1"), "$.name: is not a section; cannot set name.x"),
     (("masks", "missing.yaml"), "$: file not found; check the path"),

@@ -80,6 +80,8 @@ def test_two_runs_side_by_side_with_the_files_figures_and_the_recipe_differences
     assert "train.epochs: 2.0 | 4.0" in text
     assert "name:" not in text and "out_dir" not in text  # differ always, say nothing
     assert "k: 20 | 10" in flat(text)  # the kNN ran with other settings: said
+    assert ("knn on the avgpool features of the trained target encoder: params that differ "
+            "(a | b): k: 20 | 10") in flat(text)
 
 
 def test_json_holds_the_files_figures(two_runs):
@@ -214,3 +216,17 @@ def test_recipe_differences_are_exactly_the_keys_whose_values_differ(found):
             assert (key in differences) == differs, key
             if differs:
                 assert differences[key] == seen
+
+
+def test_a_params_note_names_its_row_and_that_a_grid_may_have_picked_it():
+    """Before: "linear on trained target encoder ran with other settings: weight_decay:
+    0.0005 | 0.0": which kind's row, and it was the grid's pick, not a setting."""
+    from jepa_core.commands.compare import Row, _params_note
+
+    row = Row(("linear", "last4", "trained target encoder"), "accuracy", "test", (0.9, 0.8),
+              ({"lr": 0.01, "weight_decay": 0.0005}, {"lr": 0.01, "weight_decay": 0.0}), ())
+    note = _params_note(row, ["run_a", "run_b"])
+    assert note is not None
+    assert note.startswith("linear on the last4 features of the trained target encoder: "
+                           "params that differ (run_a | run_b): weight_decay: 0.0005 | 0.0")
+    assert "the head a grid chose" in note and "lr" not in note.split("(")[1]

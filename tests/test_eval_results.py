@@ -184,7 +184,7 @@ def test_a_failing_protocol_plugin_is_named_and_the_others_results_kept(run_dir,
             "trained target encoder features: it returned results that break the EvalProtocol "
             "contract: result 0: 'accuracy' must map splits ('test' among them) to fractions "
             "in [0, 1] (got {'test': 95.0})") in err
-    assert "jepa: plugin failed" in err and "Traceback" not in err
+    assert "jepa eval: plugin failed" in err and "Traceback" not in err
     saved = json.loads((run_dir / "eval.json").read_text())
     assert [r["protocol"] for r in saved["results"]] == ["knn"]
     assert [(f["protocol"], f["plugin"], f["features"]) for f in saved["failed"]] == [

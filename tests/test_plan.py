@@ -140,6 +140,33 @@ def test_several_mask_sets_add_their_context_and_predictor_passes_once_per_set()
     assert twice["targets and predictions"] == 2 * one["targets and predictions"] - features
 
 
+def test_the_video_plan_assumes_no_imagenet_and_names_its_masker(registry, tmp_path,
+                                                                  monkeypatch):
+    """Before: `jepa check --no-data recipes/vjepa_vitl16.yaml` assumed "ImageNet-1K's
+    1,281,167" training images, and said the layout was chosen by "multiblock:
+    context_equalize" for a multiblock3d masker (which has no such setting)."""
+    import io
+
+    from rich.console import Console
+
+    from jepa_core.commands.plan import context_layout_table, schedule_table
+
+    monkeypatch.setenv("VIDEO_ROOT", str(tmp_path / "no-videos"))
+    recipe = load_recipe(REPO / "recipes" / "vjepa_vitl16.yaml", registry)
+    plan = make_plan(recipe, registry, gpus=128, read_data=False)
+    assert "ImageNet" not in plan.data_note
+    assert plan.data_size == recipe.train.steps_per_epoch * recipe.train.global_batch_size
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    for table in (schedule_table(plan, recipe), context_layout_table(plan, recipe)):
+        console.print(table)
+        console.print(table.note)
+    text = " ".join(out.getvalue().split())
+    assert "training clips" in text and "training images" not in text
+    assert "clips, what 300 steps of 3,072 draw" in text
+    assert "Chosen by the masker (multiblock3d)." in text and "multiblock:" not in text
+
+
 def test_the_vjepa_plan_costs_both_mask_sets(registry, tmp_path, monkeypatch):
     monkeypatch.setenv("VIDEO_ROOT", str(tmp_path / "no-videos"))
     plan = make_plan(load_recipe(REPO / "recipes" / "vjepa_vitl16.yaml", registry), registry,

@@ -568,6 +568,10 @@ def test_override_value_is_validated_like_the_file(registry):
     with pytest.raises(RecipeError) as info:
         load_recipe(QUICKSTART, registry, ["masker.target_scale=[0.1,1.5]"])
     assert info.value.problems == [("$.masker.target_scale[1]", "must be <= 1 (got 1.5)")]
+    assert str(info.value) == (
+        f"{QUICKSTART} as changed on the command line has 1 problem:\n  "
+        f"$.masker.target_scale[1]: must be <= 1 (got 1.5) (set on the command line: "
+        f"masker.target_scale=[0.1,1.5])")
 
 
 @settings(max_examples=60, deadline=None,

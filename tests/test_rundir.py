@@ -96,6 +96,28 @@ def test_rerun_without_resume_is_refused_and_says_how_to_continue(tmp_path, caps
     assert _steps(tmp_path / "runs" / "tiny_lr5e-4") == [1, 2]
 
 
+def test_the_refusal_and_the_summary_count_metrics_rows_alike(tmp_path):
+    """Before: a reused run name counted "444 row(s) of metrics.jsonl" where the run's summary
+    said 440 rows plus 4 in-training kNN rows; and the summary left out features/."""
+    from jepa_core.runtime.rundir import refuse_earlier_run
+    from jepa_core.runtime.runlog import describe_outputs
+
+    run_dir = tmp_path / "quickstart"
+    run_dir.mkdir()
+    rows = [{"step": s, "loss": 0.5} for s in range(1, 441)]
+    rows += [{"step": s, "live_knn": 0.7} for s in (110, 220, 330, 440)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shard = run_dir / "features" / "trained" / "train" / "pooled-00000.pt"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"x" * 3 * 2**20)
+    with pytest.raises(RunDirError) as info:
+        refuse_earlier_run(run_dir)
+    assert "440 step row(s) and 4 in-training kNN row(s) in metrics.jsonl" in str(info.value)
+    summary = "\n".join(describe_outputs(run_dir))
+    assert "metrics.jsonl   440 row(s)" in summary and "4 in-training kNN row(s)" in summary
+    assert "features/       3.0 MiB: the evaluation's feature cache" in summary
+
+
 def test_resume_auto_into_an_empty_directory_starts_fresh(tmp_path):
     recipe = _recipe_file(tmp_path, max_steps=2)
     assert main(["run", str(recipe), "--resume", "auto"]) == 0  # first run of a requeued job

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from jepa_core import __version__
-from jepa_core.errors import JepaError
+from jepa_core.errors import JepaError, RunError
 
 if TYPE_CHECKING:  # pragma: no cover
     from jepa_core.plugins import Registry
@@ -310,12 +310,24 @@ COMMANDS = {"plugins": cmd_plugins, "check": cmd_check, "run": cmd_run, "masks":
             "export": cmd_export}
 
 
-def report_error(exc: JepaError) -> None:
-    """One red panel on stderr: the error's title and its paragraph."""
+def error_title(exc: JepaError, command: str | None = None) -> str:
+    """The panel's title: the command that failed and what went wrong, e.g. "jepa check:
+    recipe refused". RunError's generic "run failed" is said only of `jepa run`: another
+    command ran nothing (`jepa check` refuses what `jepa run` would refuse)."""
+    if command is None:
+        return f"jepa: {exc.title}"
+    title = exc.title
+    if title == RunError.title and command != "run":
+        title = "recipe refused" if command == "check" else "failed"
+    return f"jepa {command}: {title}"
+
+
+def report_error(exc: JepaError, command: str | None = None) -> None:
+    """One red panel on stderr: the error's title (naming `command`) and its paragraph."""
     from rich.panel import Panel
     from rich.text import Text
 
-    _console(stderr=True).print(Panel(Text(str(exc)), title=f"jepa: {exc.title}",
+    _console(stderr=True).print(Panel(Text(str(exc)), title=error_title(exc, command),
                                       title_align="left", border_style="red"))
 
 
@@ -338,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except JepaError as exc:
-        report_error(exc)
+        report_error(exc, args.command)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

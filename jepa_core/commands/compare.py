@@ -361,7 +361,11 @@ def _params_note(row: Row, labels: list[str]) -> str | None:
     differing = [k for k in keys if len({json.dumps(p.get(k)) for _, p in present}) > 1]
     parts = [f"{k}: " + " | ".join(_value(p.get(k, _UNSET)) for _, p in present)
              for k in differing]
-    return f"{row.key[0]} on {row.key[2]} ran with other settings: {'; '.join(parts)}"
+    protocol, kind, features = row.key
+    return (f"{protocol} on the {kind} features of the {features}: params that differ "
+            f"({' | '.join(label for label, _ in present)}): {'; '.join(parts)} (the params "
+            f"each eval.json records: the protocol's settings, and what it picked itself, "
+            f"e.g. the head a grid chose)")
 
 
 def short_labels(runs: tuple[RunEval, ...]) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,10 +97,76 @@ def _points(a: float, b: float) -> str:
     return f"{100 * (a - b):+.1f}"
 
 
+PROBES = {"linear_probe": "linear", "knn": "kNN"}
+
+
+def _gaps(a: dict, b: dict) -> str:
+    """"+3.9 points linear, +6.1 kNN": a's figures less b's."""
+    return (f"{_points(a['linear_probe'], b['linear_probe'])} points linear, "
+            f"{_points(a['knn'], b['knn'])} kNN")
+
+
+def _ahead(a: dict, b: dict) -> tuple[list[str], list[str]]:
+    """(probes where a is ahead of b, probes where it is behind); a tie is in neither."""
+    return ([name for key, name in PROBES.items() if a[key] > b[key]],
+            [name for key, name in PROBES.items() if a[key] < b[key]])
+
+
+def _probes(names: list[str]) -> str:
+    return "both probes" if len(names) == 2 else f"the {names[0]} probe"
+
+
+def _training_verdict(t: dict, random: dict) -> str:
+    better, worse = _ahead(t, random)
+    if len(better) == 2:
+        return "training added to what the architecture gives untrained"
+    if not better:
+        return ("training added nothing measurable; look for a collapse warning above, and "
+                "try a lower optim.lr or more train.epochs")
+    lost = f", and cost the {worse[0]} one" if worse else f", the {_other(better)} one level"
+    return f"mixed: training helped the {better[0]} probe{lost}"
+
+
+def _other(names: list[str]) -> str:
+    return next(n for n in PROBES.values() if n not in names)
+
+
+def _pixels_verdict(pixels: dict, t: dict, data_name: str) -> str:
+    ahead, behind = _ahead(pixels, t)
+    if not ahead and not behind:
+        return ": level with the pixels on both probes."
+    if not ahead:
+        level = f" (level on the {_other(behind)} probe)" if len(behind) == 1 else ""
+        return (f": the encoder's features beat the pixels on "
+                f"{_probes(behind)}{level}.")
+    data = "8x8 digits" if data_name == "digits" else "this data"
+    easy = (f"On {data} the pixels themselves separate the classes well enough for "
+            f"{_probes(ahead)}: they say how easy the data is, not how good the encoder is.")
+    if len(ahead) == 2:
+        return (f". The pixels are ahead on both probes: a strong baseline that a short "
+                f"self-supervised run need not beat. {easy}")
+    if behind:
+        return (f". Mixed: the encoder's features beat the pixels on the {behind[0]} probe, "
+                f"the pixels stay ahead on the {ahead[0]} one. {easy}")
+    return f". The pixels are ahead on the {ahead[0]} probe, level on the other. {easy}"
+
+
+def _motion_verdict(t: dict, single: dict) -> str:
+    better, worse = _ahead(t, single)
+    if len(better) == 2:
+        return "the clips' motion adds to both probes"
+    if not better:
+        return ("the clips' motion adds nothing measurable: the first frame alone does as well "
+                "or better on both probes")
+    rest = f" and not the {worse[0]} one" if worse else f", the {_other(better)} one level"
+    return f"mixed: the clips' motion helps the {better[0]} probe{rest}"
+
+
 def comparison_notes(results: dict, data_name: str = "") -> list[str]:
     """What the table shows, worked out from its figures: what training added over the same
-    architecture at random init (the comparison that measures training), and where raw
-    pixels stand. `results`: a format-2 eval.json, or {features: {"linear_probe", "knn"}}."""
+    architecture at random init (the comparison that measures training), where raw pixels
+    stand, and for clips what the motion adds; each says which probe went which way.
+    `results`: a format-2 eval.json, or {features: {"linear_probe", "knn"}}."""
     rows = headline(results) if "results" in results else results
     trained = next((k for k in rows if k.startswith("trained ")), None)
     if trained is None:
@@ -107,44 +174,21 @@ def comparison_notes(results: dict, data_name: str = "") -> list[str]:
     t = rows[trained]
     tested = results.get("data", {}).get("test", {}).get("images", 0)
     grain = f" (one test image is {100 / tested:.2g} points)" if tested else ""
-    probes = {"linear_probe": "linear", "knn": "kNN"}
     notes = []
     random = rows.get(RANDOM)
     if random is not None:
-        better = [name for key, name in probes.items() if t[key] > random[key]]
-        if len(better) == 2:
-            verdict = "training added to what the architecture gives untrained"
-        elif not better:
-            verdict = ("training added nothing measurable; look for a collapse warning above, "
-                       "and try a lower optim.lr or more train.epochs")
-        else:
-            verdict = f"training helped the {better[0]} probe only"
         notes.append(f"{trained} vs random init (same architecture and seed, never trained): "
-                     f"{_points(t['linear_probe'], random['linear_probe'])} points linear, "
-                     f"{_points(t['knn'], random['knn'])} kNN{grain}: {verdict}. This is the "
+                     f"{_gaps(t, random)}{grain}: {_training_verdict(t, random)}. This is the "
                      f"comparison that shows what training learned.")
     pixels = rows.get(PIXELS)
     if pixels is not None:
-        ahead = [name for key, name in probes.items() if pixels[key] > t[key]]
-        gaps = (f"{_points(pixels['linear_probe'], t['linear_probe'])} points linear, "
-                f"{_points(pixels['knn'], t['knn'])} kNN against the {trained}")
-        if ahead:
-            small = ("8x8 digits" if data_name == "digits"
-                     else "small, centred images with little variation")
-            notes.append(f"raw pixels: {gaps}. On {small} the pixels themselves already "
-                         f"separate the classes well, so they are a strong baseline that a "
-                         f"short self-supervised run need not beat: they say how easy the "
-                         f"data is, not how good the encoder is.")
-        else:
-            notes.append(f"raw pixels: {gaps}: the encoder's features beat the pixels on "
-                         f"both probes.")
+        notes.append(f"raw pixels: {_gaps(pixels, t)} against the {trained}"
+                     f"{_pixels_verdict(pixels, t, data_name)}")
     single = next((k for k in rows if k.startswith(SINGLE_FRAME)), None)
     if single is not None:  # clips only: how much of the figure needs the motion
         s = rows[single]
-        gaps = (f"{_points(t['linear_probe'], s['linear_probe'])} points linear, "
-                f"{_points(t['knn'], s['knn'])} kNN")
         notes.append(f"{trained} vs {single} (the same weights fed each clip's first frame "
-                     f"repeated): {gaps}; what the clips' motion adds to the probes.")
+                     f"repeated): {_gaps(t, s)}: {_motion_verdict(t, s)}.")
     return notes
 
 
@@ -174,27 +218,63 @@ def table_rows(results: dict) -> tuple[list[str], list[tuple[str, str, str, dict
     return names, [(*k, v) for k, v in rows.items()]
 
 
+def legend(names: list[str], protocols: list[str]) -> str:
+    """What the table's figures are, for the protocols that ran only, and the full names of
+    the columns shortened by `column_name`."""
+    parts = []
+    heads = [p for p in ("linear", "attentive") if p in protocols]
+    if heads:
+        parts.append(f"{', '.join(heads)}: the head best on the held-out part of the training "
+                     f"images")
+    if "lowshot" in protocols:
+        parts.append("lowshot: mean ± std over splits")
+    if "rankme" in protocols:
+        parts.append("rankme: effective rank of the features, not an accuracy")
+    text = "accuracy on the test images" + (f" ({'; '.join(parts)})" if parts else "")
+    renamed = [f"{column_name(n)} = {n}" for n in names if column_name(n) != n]
+    return text + (f"; columns: {', '.join(renamed)}" if renamed else "")
+
+
+def column_name(features: str) -> str:
+    """A short column header for a set of features ("trained", "single frame"), so that
+    the table fits 80 columns; the full names are listed under the table."""
+    if features.startswith("trained "):
+        return "trained"
+    return features.split(" (")[0]
+
+
+def side_line(verb: str, side: dict) -> str:
+    """"probes fit on 1438 images of SPLIT", or "on all of SPLIT" where the split's own
+    description already gives that count ("...: 1438 images"): no count said twice."""
+    n, split = side["images"], side["split"]
+    if re.search(rf"\b{n} (images|clips)\b", split):
+        return f"{verb} all of {split}"
+    return f"{verb} {n} images of {split}"
+
+
 def print_results(results: dict, console: Any, title: str, data_name: str = "") -> None:
     """The protocols' table (one row per protocol setting, one column per set of features),
     where the images came from, and what the figures say."""
+    from rich import box
     from rich.table import Table
 
     names, rows = table_rows(results)
-    table = Table(title=title, title_justify="left")
-    for col in ("protocol", "features", "setting", *names):
+    # no outer border: with a column per set of features (4 for clips) it fits 80 columns
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  collapse_padding=True, pad_edge=False)
+    for col in ("protocol", "kind", "setting"):
         table.add_column(col)
+    for name in names:
+        table.add_column(column_name(name), justify="right", no_wrap=True)
     for proto, kind, what, cells in rows:
         table.add_row(proto, kind, what, *(cells.get(n, "-") for n in names))
     console.print(table)
-    console.print("accuracy on the test images (linear, attentive: the head best on the "
-                  "held-out part of the training images; low-shot: mean ± std over splits); "
-                  "rankme: effective rank of the features", soft_wrap=True)
+    console.print(legend(names, [proto for proto, _, _, _ in rows]), soft_wrap=True)
     data = results.get("data")
     if data:  # soft_wrap: paths stay whole, to copy
         train, test = data["train"], data["test"]
-        console.print(f"probes fit on {train['images']} images of {train['split']}",
-                      soft_wrap=True)
-        console.print(f"tested on {test['images']} images of {test['split']}", soft_wrap=True)
+        console.print(side_line("probes fit on", train), soft_wrap=True)
+        console.print(side_line("tested on", test), soft_wrap=True)
         if data["skipped_images"]:
             console.print(f"[yellow]note:[/yellow] {data['skipped_images']} unreadable image(s) "
                           f"skipped ({train['skipped']} probe-training, {test['skipped']} "

@@ -170,10 +170,12 @@ def measure_tokens(masker: Masker, recipe: Recipe) -> TokenCounts:
 
 
 def data_size(recipe: Recipe, registry: Registry, image_size: tuple[int, int],
-              read: bool = True) -> tuple[int, str]:
-    """Training images: the real length of the data source (built as `jepa run` builds it, so
-    missing data fails here as it would there), or with read=False (`--no-data`) the size of
-    the data set the recipe is for, stated as an assumption."""
+              read: bool = True, clips: bool = False) -> tuple[int, str]:
+    """Training images (clips, for a video encoder): the real length of the data source
+    (built as `jepa run` builds it, so missing data fails here as it would there), or with
+    read=False (`--no-data`) the size of the data set the recipe is for, stated as an
+    assumption: ImageNet's for images; for clips, what train.steps_per_epoch draws per epoch
+    (no video data set size is assumed)."""
     if read:
         try:
             source = build("data_source", recipe, registry, "data", image_size=image_size,
@@ -186,10 +188,26 @@ def data_size(recipe: Recipe, registry: Registry, image_size: tuple[int, int],
     limit = getattr(cfg, "max_images", None)
     if limit:
         return limit, "data.max_images (--no-data: the data was not read)"
+    if clips:
+        return video_data_size(recipe)
     where = f"{recipe.name} {getattr(cfg, 'root', '')}".lower()  # the paper recipes' names
     name, size = IMAGENET_22K if "22k" in where else IMAGENET_1K
     return size, (f"assumed: {name}'s {size:,} (--no-data: the data was not read; set "
                   f"data.max_images or train.steps_per_epoch to plan for another size)")
+
+
+def video_data_size(recipe: Recipe) -> tuple[int, str]:
+    """(clips, note) of a video recipe planned without reading its data: one epoch of
+    train.steps_per_epoch global batches; without it, ImageNet-1K's count as a stand-in."""
+    spe, batch = recipe.train.steps_per_epoch, recipe.train.global_batch_size
+    if spe is not None:
+        return spe * batch, (f"assumed: {spe * batch:,} clips, what {spe:,} steps of "
+                             f"{batch:,} draw (--no-data: the videos were not read; the "
+                             f"schedule does not depend on their number)")
+    name, size = IMAGENET_1K
+    return size, (f"assumed: {size:,} clips, a stand-in ({name}'s count of images; "
+                  f"--no-data: the videos were not read; set data.max_images or "
+                  f"train.steps_per_epoch to plan for their real number)")
 
 
 def cost_model(recipe: Recipe, encoder: Any, predictor: torch.nn.Module,
@@ -225,7 +243,7 @@ def make_plan(recipe: Recipe, registry: Registry, gpus: int | None = None, *,
     layout = batch_layout(recipe.train.global_batch_size, world, 0,
                           recipe.dist.per_device_batch_cap)
     image_size, grid = encoder_geometry(recipe, registry)
-    n_data, data_note = data_size(recipe, registry, image_size, read_data)
+    n_data, data_note = data_size(recipe, registry, image_size, read_data, len(grid) == 3)
     spe = steps_per_epoch(recipe, n_data)
     total = total_steps(recipe, spe)
     if recipe.train.steps_per_epoch is not None:
@@ -360,6 +378,18 @@ def token_table(plan: Plan, recipe: Recipe) -> Any:
     return table
 
 
+def layout_chooser(recipe: Recipe) -> str:
+    """Which setting picks the layout: the masker's context_equalize where its config has one
+    (multiblock's subset / pad / pack), else the masker itself."""
+    masker = recipe.masker
+    name = masker.name if masker is not None else "none"
+    chosen = getattr(masker.config, "context_equalize", None) if masker is not None else None
+    if chosen is None:
+        return f"Chosen by the masker ({name})."
+    return (f"Chosen by the masker ({name}: context_equalize {chosen}, of subset / pad / "
+            f"pack).")
+
+
 def context_layout_table(plan: Plan, recipe: Recipe) -> Any:
     """Context tokens the context encoder processes per step, for the recipe's layout and,
     when the masker reports its context sizes, for each of truncate / pad / pack."""
@@ -372,8 +402,8 @@ def context_layout_table(plan: Plan, recipe: Recipe) -> Any:
                        f"the masks of steps 0-{c.batches - 1}. truncate: every row cut to its "
                        f"micro-batch's shortest (context thrown away); pad: padded to the "
                        f"longest; pack: the valid tokens only, no padding (the loss of pad). "
-                       f"Valid context: {c.valid / c.batch_size:.1f} per image. Chosen by the "
-                       f"masker (multiblock: context_equalize subset / pad / pack)."))
+                       f"Valid context: {c.valid / c.batch_size:.1f} per image. "
+                       f"{layout_chooser(recipe)}"))
     base = c.by_layout["pad"] if c.by_layout else None
 
     def row(name: str, tokens: float, style: str = "") -> None:
@@ -431,14 +461,16 @@ def schedule_table(plan: Plan, recipe: Recipe) -> Any:
     (steps per epoch, epochs, total and warmup steps)."""
     lay, tr = plan.layout, recipe.train
     table = _table("Batch and schedule", "what", "value",
-                   note=f"training images: {plan.data_note}")
+                   note=f"training {'clips' if len(plan.grid) == 3 else 'images'}: "
+                        f"{plan.data_note}")
     unit = "GPU" if plan.device == "gpu" else "process"
     table.add_row(f"{unit}s (world size)" if unit == "GPU" else "CPU processes (world size)",
                   f"{plan.world_size} ({plan.world_source})")
     table.add_row(f"per-{unit} batch x accumulation",
                   f"{lay.micro_batch} x {lay.accum_steps} = {lay.per_rank}")
     table.add_row("global batch", f"{lay.per_rank} x {plan.world_size} = {lay.global_batch}")
-    table.add_row("training images", f"{plan.data_size:,}")
+    table.add_row(f"training {'clips' if len(plan.grid) == 3 else 'images'}",
+                  f"{plan.data_size:,}")
     table.add_row("steps per epoch", f"{plan.steps_per_epoch:,}")
     table.add_row("epochs", f"{tr.epochs:g}")
     table.add_row("total steps", f"{plan.total_steps:,}")

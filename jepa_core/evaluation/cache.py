@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from jepa_core.errors import RunError
+from jepa_core.runtime.runlog import size_text
 
 FORMAT = 2  # of a shard file; part of every fingerprint, so older folders are pruned
 
@@ -188,12 +189,8 @@ def _write_error(folder: Path, path: Path, need: int, exc: BaseException) -> Cac
                "(eval.tokens=auto computes the largest ones when read instead)")
     return CacheError(
         f"could not write the feature shard {path.name} to {folder}: {why}. The shard needs "
-        f"{_size(need)}; {_size(free)} are free on that disk. {fix}; nothing partial was "
+        f"{size_text(need)}; {size_text(free)} are free on that disk. {fix}; nothing partial was "
         f"left, and the same command resumes at this shard.")
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
 def _sync_folder(folder: Path) -> None:

@@ -158,7 +158,7 @@ def extract_split(extractors: dict[str, tuple[Extract, tuple[str, ...], Path]], 
                 if not shard_usable(spec[2], spec[1], s, len(part), note)}
         if not todo:
             if ticker is not None:
-                ticker.advance(len(part))
+                ticker.advance(len(part), cached=True)
             continue
         buffers = ShardBuffers(len(part))
         skipped = 0

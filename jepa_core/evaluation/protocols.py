@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import attrs
+
 from jepa_core.errors import JepaError, PluginFailed
 from jepa_core.evaluation import cache
 from jepa_core.plugins import ComponentSpec, code_roots, raised_at
@@ -110,10 +112,23 @@ def _failure(pname: str, spec: ComponentSpec, fname: str, why: str, exit_code: i
             "exit_code": exit_code}
 
 
+def naming_features(context: Any, fname: str, kinds: tuple[str, ...]) -> Any:
+    """`context` whose progress labels name the features a protocol runs on, e.g. "linear
+    probe on the random init features (pooled, last4)", whatever the protocol calls its
+    phase (the same protocol runs on each set of features in turn)."""
+    ticker = getattr(context, "ticker", None)
+    if ticker is None or not attrs.has(type(context)):
+        return context
+    where = f" on the {fname} features" + (f" ({', '.join(kinds)})" if kinds else "")
+    return attrs.evolve(context, ticker=lambda what, total, unit: ticker(
+        f"{what}{where}", total, unit))
+
+
 def run_one(pname: str, spec: ComponentSpec, protocol: Any, features: dict, fname: str,
             context: Any) -> tuple[list[dict], dict | None]:
     """(results, None) of one protocol on one set of features, or ([], failure entry)."""
     given = {k: v for k, v in features.items() if k in protocol.feature_kinds}
+    context = naming_features(context, fname, tuple(given))
     try:
         results = protocol.run(given, context)
     except JepaError as exc:  # e.g. a ConfigError: a split too small for its settings

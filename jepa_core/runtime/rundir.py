@@ -32,6 +32,7 @@ from typing import Any
 from jepa_core.errors import JepaError
 from jepa_core.runtime import checkpoint as ckpt
 from jepa_core.runtime.lineage import METRICS_NAME, drop_rows_after, history_kept, retire_later
+from jepa_core.runtime.runlog import metrics_rows
 
 LOCK_NAME = ".lock"
 # flock unsupported by the file system (e.g. Lustre mounted without -o flock, some NFS set-ups)
@@ -174,29 +175,21 @@ def refuse_earlier_run(run_dir: Path) -> None:
     """RunDirError if `run_dir` holds an earlier run's checkpoints or metrics (for a run
     started without --resume, which would mix with them)."""
     found = ckpt.list_checkpoints(run_dir / "checkpoints")
-    metrics = run_dir / METRICS_NAME
-    rows = _count_lines(metrics)
-    if not found and not rows:
+    rows, live = metrics_rows(run_dir / METRICS_NAME)
+    if not found and not rows and not live:
         return
     held = []
     if found:
         held.append(f"{len(found)} checkpoint(s), the newest {found[-1].name}")
-    if rows:
-        held.append(f"{rows} row(s) of {METRICS_NAME}")
+    if rows or live:  # counted as the run's summary counts them
+        knn = f" and {live} in-training kNN row(s)" if live else ""
+        held.append(f"{rows} step row(s){knn} in {METRICS_NAME}")
     raise RunDirError(
         f"run directory {run_dir} already holds a run ({'; '.join(held)}), and a new run would "
         f"mix with it. To continue that run: `jepa run RECIPE --resume auto`"
         f"{'' if found else ' (it has no checkpoint yet, so that starts it over)'}. To start a "
         f"separate one: give it another name, e.g. `jepa run RECIPE name=NEW_NAME` (or another "
         f"out_dir=...). To start over: delete {run_dir}.")
-
-
-def _count_lines(path: Path) -> int:
-    try:
-        with open(path, "rb") as f:
-            return sum(1 for line in f if line.strip())
-    except FileNotFoundError:
-        return 0
 
 
 class Claimed:

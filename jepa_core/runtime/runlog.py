@@ -239,20 +239,54 @@ def describe_outputs(run_dir: Path, evaluated: dict | None = None) -> list[str]:
                      f"metrics.abandoned-*.jsonl); kept, never resumed by `--resume auto`")
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
-        with metrics.open("rb") as f:
-            live = rows = 0
-            for line in f:
-                if b'"live_knn"' in line:
-                    live += 1
-                else:
-                    rows += 1
+        rows, live = metrics_rows(metrics)
         knn = f"; {live} in-training kNN row(s) (live_knn)" if live else ""
         lines.append(f"  metrics.jsonl   {rows} row(s), one per step: loss, lr, img/s, token "
                      f"counts, representation health{knn}; draw them with `jepa plot "
                      f"{run_dir}`")
     if (run_dir / "eval.json").is_file():
         lines.append("  eval.json       " + eval_json_line(run_dir, evaluated, found))
+    features = run_dir / "features"
+    if features.is_dir():
+        lines.append(f"  features/       {size_text(folder_bytes(features))}: the evaluation's "
+                     f"feature cache, reused by `jepa eval` of the same weights; safe to "
+                     f"delete (it is extracted again when needed)")
     return lines
+
+
+def metrics_rows(path: Path) -> tuple[int, int]:
+    """(step rows, in-training kNN rows) of a metrics.jsonl: how a run counts its rows, so
+    every message that counts them gives the same figures. (0, 0) when it does not exist."""
+    steps = live = 0
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                if b'"live_knn"' in line:
+                    live += 1
+                else:
+                    steps += 1
+    except FileNotFoundError:
+        pass
+    return steps, live
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under `folder` (those that vanish meanwhile are not counted)."""
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
+def size_text(n: int) -> str:
+    """"41.2 MiB", or "1.20 GiB" from 1 GiB."""
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
 def eval_json_line(run_dir: Path, evaluated: dict | None, found: list[Path]) -> str:

@@ -32,7 +32,8 @@ class LinearProbe:
         c = self.config
         kinds = [k for k in self.feature_kinds if k in features]
         results = []
-        with context.progress("linear probe", c.epochs * len(kinds), "epochs") as ticker:
+        with context.progress(f"linear probe ({c.epochs} epoch{'s' * (c.epochs != 1)} per kind)",
+                              c.epochs * len(kinds), "epochs") as ticker:
             for kind in kinds:
                 results.append(self.run_kind(kind, *features[kind], context, ticker))
         return results
