@@ -336,4 +336,5 @@ def test_jepa_check_prints_the_context_tokens_of_each_layout(tiny_dict, tmp_path
     assert "Context tokens per step (global batch 8)" in text
     for row in ("truncate", "pack (this recipe)", "as trained (pack)"):
         assert row in text
-    assert "Chosen by the masker (multiblock: context_equalize pack, of subset / pad / pack)" in text
+    assert ("Chosen by the masker (multiblock: context_equalize pack, of subset / pad / "
+            "pack)") in text
