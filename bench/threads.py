@@ -50,13 +50,16 @@ def libgomp() -> bool:
     return any(Path(f, "lib").glob("libgomp*") for f in folders or [])
 
 
-def settings() -> dict[str, dict[str, str]]:
-    """Name -> the OpenMP variables of that setting ("all threads": torch's own count)."""
+def settings(spincounts: tuple[int, ...] = ()) -> dict[str, dict[str, str]]:
+    """Name -> the OpenMP variables of that setting ("all threads": torch's own count);
+    `spincounts`: also "all threads, spin N" (libgomp spins N turns, then sleeps)."""
     out = {"1 thread": {"OMP_NUM_THREADS": "1"},
            "all threads, ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
            "all threads, PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
     if libgomp():  # the runtime's own default, as before jepa set one: spin 300,000 turns
         out["all threads, OpenMP default"] = {"GOMP_SPINCOUNT": "300000"}
+        for n in spincounts:
+            out[f"all threads, spin {n}"] = {"GOMP_SPINCOUNT": str(n)}
     out["jepa default (nothing set)"] = {}
     return out
 
@@ -152,10 +155,12 @@ def main(argv: list[str]) -> int:
                    help="seconds after which a load process stops by itself")
     p.add_argument("--only", choices=["idle", "loaded"], default=None)
     p.add_argument("--settings", default=None,
-                   help="comma-separated names of the settings to run (default: all)")
+                   help="names of the settings to run, separated by ';' (default: all)")
+    p.add_argument("--spincounts", default="",
+                   help="comma-separated GOMP_SPINCOUNT values to time as settings too")
     args = p.parse_args(argv)
-    every = settings()
-    names = list(every) if args.settings is None else args.settings.split(",")
+    every = settings(tuple(int(n) for n in args.spincounts.split(",") if n))
+    names = list(every) if args.settings is None else args.settings.split(";")
     unknown = [n for n in names if n not in every]
     if unknown:
         p.error(f"unknown setting(s) {unknown}; the settings: {', '.join(every)}")

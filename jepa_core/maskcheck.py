@@ -154,13 +154,25 @@ def target_sizes(masks: MaskBatch) -> torch.Tensor:
     return masks.targets_valid.sum(-1)
 
 
+def membership(idx: torch.Tensor, valid: torch.Tensor | None, n: int) -> torch.Tensor:
+    """[B, N] bool: the patches at the valid positions of indices `idx` [B, K] (`valid`
+    [B, K] bool, None: all valid). Padding entries point at real patches (often 0): they go
+    to a scratch column n, dropped, so they can neither add a patch nor clear one."""
+    if valid is not None:
+        idx = torch.where(valid, idx, n)
+    member = torch.zeros(idx.shape[0], n + 1, dtype=torch.bool)
+    return member.scatter_(1, idx, True)[:, :n]
+
+
 def target_membership(masks: MaskBatch, n: int) -> torch.Tensor:
     """[B, N] bool: patches at a valid position of some target block of each sample."""
-    idx = masks.targets.flatten(1)
-    if masks.targets_valid is not None:  # padding goes to a scratch column n, dropped
-        idx = torch.where(masks.targets_valid.flatten(1), idx, n)
-    member = torch.zeros(masks.batch_size, n + 1, dtype=torch.bool)
-    return member.scatter_(1, idx, True)[:, :n]
+    valid = masks.targets_valid.flatten(1) if masks.targets_valid is not None else None
+    return membership(masks.targets.flatten(1), valid, n)
+
+
+def context_membership(masks: MaskBatch, n: int) -> torch.Tensor:
+    """[B, N] bool: patches at a valid position of each sample's context."""
+    return membership(masks.context, masks.context_valid, n)
 
 
 def leaking_samples(masks: MaskBatch, n: int) -> torch.Tensor:

@@ -12,7 +12,8 @@ import pytest
 from jepa_core.runtime.threads import set_defaults
 
 # The suite trains in this process and starts `jepa` processes, on machines busy with other
-# work: jepa's OpenMP defaults (idle threads sleep, not spin), set before torch is imported.
+# work: jepa's OpenMP defaults (idle threads spin briefly, then sleep), set before torch
+# is imported.
 set_defaults()
 
 from jepa_core.plugins import make_plugin_manager  # noqa: E402

@@ -117,7 +117,7 @@ def test_threads_bench_runs_idle_and_loaded(tmp_path):
     out = subprocess.run([sys.executable, str(root / "bench" / "threads.py"), "--recipe",
                           str(recipe), "--steps", "3", "--skip", "1", "--repeats", "1",
                           "--load", "1", "--load-limit", "120",
-                          "--settings", "1 thread,jepa default (nothing set)",
+                          "--settings", "1 thread;jepa default (nothing set)",
                           "train.device=cpu"],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -325,3 +325,34 @@ def test_jepa_masks_explains_the_picture_and_the_reference_quirk(tiny_dict, tmp_
     text = console.export_text()
     assert "the 15 of the grid's last row and column" in text
     assert "grey = neither" in text and "colour bar" in text
+
+
+def test_the_context_heat_map_is_the_maskers_own_share_of_each_patch(registry):
+    """The "in context" numbers of `jepa masks` equal the share of samples whose valid
+    context holds each patch, counted here sample by sample from the same draws. With
+    `context_equalize: pad` the padding entries point at real patches (0, 3, 6, ...): they
+    used to overwrite those patches' entries, and the quickstart's top-left patch read 0.02
+    for a true share of 0.9."""
+    from jepa_core.runtime.data import draw_masks
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "quickstart.yaml", registry)
+    grid = encoder_geometry(recipe, registry)[1]
+    masker = build_masker(recipe.masker.config, grid)
+    batch, batches = 32, 3
+    stats = mask_statistics(masker, batch_size=batch, seed=0, batches=batches)
+    n = grid[0] * grid[1]
+    counts = [0] * n
+    padded = False
+    for step in range(batches):
+        drawn = draw_masks(masker, batch, 0, step)
+        drawn = drawn if not isinstance(drawn, tuple) else drawn[0]
+        assert drawn.context_valid is not None  # the quickstart pads its contexts
+        padded = padded or not bool(drawn.context_valid.all())
+        for b in range(batch):
+            for p in set(drawn.context[b][drawn.context_valid[b]].tolist()):
+                counts[p] += 1
+    assert padded  # the case the bug needs
+    expected = [c / (batch * batches) for c in counts]
+    got = [v for row in stats["context_coverage"] for v in row]
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert got[0] > 0.5

@@ -23,11 +23,11 @@ OMP = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", 
 def test_defaults_fill_only_what_the_user_left_unset():
     env: dict[str, str] = {}
     threads.add_defaults(env)
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert threads.origin("OMP_WAIT_POLICY", env) == "jepa default"
+    assert env["GOMP_SPINCOUNT"] == "5000" and "OMP_WAIT_POLICY" not in env
+    assert threads.origin("GOMP_SPINCOUNT", env) == "jepa default"
     child = dict(env)  # a child process inherits them, still as jepa's
     threads.add_defaults(child)
-    assert child == env and threads.origin("OMP_WAIT_POLICY", child) == "jepa default"
+    assert child == env and threads.origin("GOMP_SPINCOUNT", child) == "jepa default"
     for mine in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "1000"},
                  {"KMP_BLOCKTIME": "0"}):
         env = dict(mine)
@@ -100,14 +100,15 @@ def _final(run_dir):
     return ckpt.load(ckpt.list_checkpoints(run_dir / "checkpoints")[-1])
 
 
-def test_jepa_run_sets_passive_waiting_before_torch_starts(tmp_path):
+def test_jepa_run_sets_a_short_spin_before_torch_starts(tmp_path):
     recipe, run_dir = _recipe(tmp_path)
     out = _run(recipe)
-    assert _spin_counts(out) == ["0"]  # the runtime itself read PASSIVE when torch loaded
-    assert "OMP_WAIT_POLICY=PASSIVE (jepa default)" in out.stdout
+    assert _spin_counts(out) == ["5000"]  # the runtime itself read it when torch loaded
+    assert "GOMP_SPINCOUNT=5000 (jepa default)" in out.stdout
     assert "per process (torch default)" in out.stdout
     saved = _final(run_dir)["threads"]
-    assert saved["wait_policy"] == "PASSIVE" and saved["wait_policy_from"] == "jepa default"
+    assert saved["GOMP_SPINCOUNT"] == "5000" and saved["GOMP_SPINCOUNT_from"] == "jepa default"
+    assert saved["wait_policy"] is None
     assert saved["count_from"] == "torch default"
 
 
@@ -129,20 +130,22 @@ def test_the_header_names_where_each_setting_comes_from():
     found = threads.settings(None, env)
     assert found == {"count": torch.get_num_threads(), "count_from": "OMP_NUM_THREADS",
                      "wait_policy": None, "wait_policy_from": "OpenMP default",
-                     "GOMP_SPINCOUNT": "1000"}
+                     "GOMP_SPINCOUNT": "1000", "GOMP_SPINCOUNT_from": "environment"}
     assert threads.header(found).endswith(
-        "per process (OMP_NUM_THREADS), OMP_WAIT_POLICY unset (OpenMP default), "
-        "GOMP_SPINCOUNT=1000")
+        "per process (OMP_NUM_THREADS), GOMP_SPINCOUNT=1000 (environment)")
+    bare = threads.settings(None, {})
+    assert threads.header(bare).endswith("the OpenMP runtime's own waiting (nothing set)")
 
 
 @pytest.mark.slow
 def test_nproc_workers_start_with_the_defaults(tmp_path):
     recipe, run_dir = _recipe(tmp_path)
     out = _run(recipe, "--nproc", "2")
-    assert _spin_counts(out) == ["0"] * 3  # the launcher and both workers
+    assert _spin_counts(out) == ["5000"] * 3  # the launcher and both workers
     assert _final(run_dir)["threads"] == {
         "count": max(1, (os.cpu_count() or 1) // 2), "count_from": "jepa default",
-        "wait_policy": "PASSIVE", "wait_policy_from": "jepa default"}
+        "wait_policy": None, "wait_policy_from": "OpenMP default",
+        "GOMP_SPINCOUNT": "5000", "GOMP_SPINCOUNT_from": "jepa default"}
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 
 from jepa_core.errors import PluginError
 from jepa_core.interfaces import MaskBatch, MaskerWithStats, MaskStats
-from jepa_core.maskcheck import target_membership, target_sizes
+from jepa_core.maskcheck import context_membership, target_membership, target_sizes
 from jepa_core.runtime.build import encoder_geometry
 from jepa_core.runtime.data import draw_masks
 from jepa_core.runtime.tokens import TOKEN_BATCHES, draw_set_token_counts, draw_token_counts
@@ -146,7 +146,7 @@ def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0,
             aspects.append(block_aspects)
         member = target_membership(masks, n)  # [B, N]: in some target (valid positions)
         overlap.append((member.gather(1, masks.context) & valid).sum() / valid.sum())
-        in_context += torch.zeros(batch_size, n).scatter_(1, masks.context, valid.float()).sum(0)
+        in_context += context_membership(masks, n).sum(0)  # padding entries left out
         in_target += member.sum(0)
     total = batch_size * batches
     return {

@@ -6,8 +6,9 @@ Between two parallel regions the pool's threads spin by default (libgomp: ~300,0
 milliseconds) before they sleep. On an idle machine that saves a wake-up; on a busy one (a
 laptop, a shared node, a CI runner) the spinning threads take the cores the other threads of
 the same step are waiting for, and a 2-thread quickstart step took 4x as long as a 1-thread
-one (issue 28). `OMP_WAIT_POLICY=PASSIVE` makes them sleep at once: as fast as one thread
-under load, and all cores still work on an idle machine.
+one (issue 28). Sleeping at once (`OMP_WAIT_POLICY=PASSIVE`) fixes that but costs every
+wake-up on an idle machine; a short spin (`DEFAULTS`) keeps most of both. libomp (macOS)
+ignores GOMP_SPINCOUNT: there set KMP_BLOCKTIME yourself (not measured here).
 
 The runtime reads these variables once, when it loads (the first `import torch` of a process),
 so `jepa`'s entry point calls `set_defaults()` before anything imports torch, and every child
@@ -22,9 +23,13 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
-# What jepa sets when the user has set none of WAIT_VARIABLES. The thread count is torch's own
+# What jepa sets when the user has set none of WAIT_VARIABLES: libgomp's threads spin 5,000
+# turns (its default: 300,000) before they sleep. Measured on the quickstart (bench/threads.py,
+# 2 cores): within 1.1x of the best setting both idle (the default's long spin is best there;
+# sleeping at once, OMP_WAIT_POLICY=PASSIVE, was 1.24-1.32x) and next to two busy processes
+# (1 thread is best there; the default's spin was 1.3-1.5x). The thread count is torch's own
 # default (all physical cores) in one process, and the cores shared out under `--nproc`.
-DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+DEFAULTS = {"GOMP_SPINCOUNT": "5000"}
 # Any of these set by the user: the user chose how the pool waits (libgomp's GOMP_SPINCOUNT and
 # libomp's KMP_BLOCKTIME override OMP_WAIT_POLICY), so jepa sets no wait policy.
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
@@ -95,8 +100,9 @@ def apply_count(threads: int | None) -> None:
 def settings(recipe_threads: int | None,
              environ: MutableMapping[str, str] = os.environ) -> dict[str, Any]:
     """This process's thread settings and where each comes from, e.g.
-    {"count": 2, "count_from": "torch default", "wait_policy": "PASSIVE",
-     "wait_policy_from": "jepa default"}; plus any GOMP_SPINCOUNT / KMP_BLOCKTIME set."""
+    {"count": 2, "count_from": "torch default", "wait_policy": None,
+     "wait_policy_from": "OpenMP default", "GOMP_SPINCOUNT": "5000",
+     "GOMP_SPINCOUNT_from": "jepa default"}: GOMP_SPINCOUNT / KMP_BLOCKTIME only where set."""
     import torch
 
     if recipe_threads is not None:
@@ -108,14 +114,18 @@ def settings(recipe_threads: int | None,
                            "wait_policy": environ.get("OMP_WAIT_POLICY"),
                            "wait_policy_from": origin("OMP_WAIT_POLICY", environ)
                            or "OpenMP default"}
-    out.update({name: environ[name] for name in WAIT_VARIABLES[1:] if name in environ})
+    for name in WAIT_VARIABLES[1:]:
+        if name in environ:
+            out[name], out[f"{name}_from"] = environ[name], origin(name, environ)
     return out
 
 
 def header(found: dict[str, Any]) -> str:
     """The run header's line for `settings()`: 'threads: 2 per process (torch default),
-    OMP_WAIT_POLICY=PASSIVE (jepa default)'."""
-    policy = found["wait_policy"]
-    extra = "".join(f", {name}={found[name]}" for name in WAIT_VARIABLES[1:] if name in found)
-    return (f"threads: {found['count']} per process ({found['count_from']}), OMP_WAIT_POLICY"
-            f"{'=' + policy if policy else ' unset'} ({found['wait_policy_from']}){extra}")
+    GOMP_SPINCOUNT=5000 (jepa default)'."""
+    parts = [f"OMP_WAIT_POLICY={found['wait_policy']} ({found['wait_policy_from']})"
+             ] if found["wait_policy"] else []
+    parts += [f"{name}={found[name]} ({found[f'{name}_from']})"
+              for name in WAIT_VARIABLES[1:] if name in found]
+    return (f"threads: {found['count']} per process ({found['count_from']}), "
+            + (", ".join(parts) or "the OpenMP runtime's own waiting (nothing set)"))
