@@ -119,3 +119,15 @@ def assert_same_training(a: dict, b: dict) -> None:
     for (_, va), (_, vb) in zip(a["optimizer"]["state"].items(),
                                 b["optimizer"]["state"].items(), strict=True):
         assert torch.equal(va["exp_avg"], vb["exp_avg"])
+
+
+def train_tiny(tmp_path_factory, steps: int = 2) -> Path:
+    """The run directory of the tiny recipe trained `steps` steps in a fresh folder (for
+    module-scoped fixtures of tests that evaluate or read a real run)."""
+    from jepa_core.runtime.trainer import train
+
+    d = copy.deepcopy(TINY)
+    d["out_dir"] = str(tmp_path_factory.mktemp("runs"))
+    d["train"]["max_steps"] = steps
+    registry = make_plugin_manager()
+    return train(recipe_from_dict(d, registry, "t"), registry).run_dir

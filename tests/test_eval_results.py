@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY
+from conftest import TINY, train_tiny
 from PIL import Image
 
 from jepa_core.commands.cli import main
@@ -22,7 +22,6 @@ from jepa_core.errors import ConfigError, PluginError
 from jepa_core.interfaces import PROTOCOLS, EvalContext, EvalProtocol
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
-from jepa_core.runtime.trainer import train
 
 KNN_LINEAR = "eval.protocols=[{name: knn, k: 3}, {name: linear, epochs: 1, features: [pooled]}]"
 
@@ -33,11 +32,7 @@ def flat(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    d = copy.deepcopy(TINY)
-    d["out_dir"] = str(tmp_path_factory.mktemp("runs"))
-    d["train"]["max_steps"] = 2
-    registry = make_plugin_manager()
-    return train(recipe_from_dict(d, registry, "t"), registry).run_dir
+    return train_tiny(tmp_path_factory)
 
 
 def folder(root: Path, per_class: int, readable: bool = True) -> Path:

@@ -21,22 +21,15 @@ import torch
 from jepa_core.evaluation import cache, sharing
 from jepa_core.plugins import make_plugin_manager
 from jepa_core.recipe import recipe_from_dict
-from jepa_core.runtime.trainer import train
 
 PROTOCOLS = "eval.protocols=[{name: knn, k: 5}, {name: linear, epochs: 2, features: [pooled]}]"
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    import copy
+    from conftest import train_tiny
 
-    from conftest import TINY
-
-    d = copy.deepcopy(TINY)
-    d["out_dir"] = str(tmp_path_factory.mktemp("runs"))
-    d["train"]["max_steps"] = 2
-    registry = make_plugin_manager()
-    return train(recipe_from_dict(d, registry, "t"), registry).run_dir
+    return train_tiny(tmp_path_factory)
 
 
 def jepa_eval(run_dir: Path, cache: Path, *extra: str, wait: bool = True):
