@@ -154,3 +154,47 @@ def test_a_run_path_the_os_cannot_look_up_is_named(tmp_path):
     out = jepa("plot", str(tmp_path / ("x" * 300)))
     no_traceback(out)
     assert out.returncode == 2 and "cannot be looked up (File name too long)" in flat(out.stderr)
+
+
+def test_the_probe_chart_is_readable_at_its_default_size():
+    """One line per result row, labels apart, a legend naming each colour, and every text
+    (labels, values, legend) inside the figure: "95.5%" was cut at the right edge and the
+    two-line labels printed over each other."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jepa_core.commands.plot import DPI, PANEL_INCHES, bar_rows, draw_bars
+
+    rows = ["knn pooled k=20", "linear pooled", "linear last4", "attentive tokens",
+            "lowshot pooled 1 per class", "lowshot pooled 5 per class",
+            "lowshot pooled 1% of labels"]
+    features = ["trained target encoder", "random init", "raw pixels"]
+    bars = [(row, 0.5 + 0.07 * i + (0.05 if j == 2 else -0.05 * j), f)
+            for i, row in enumerate(rows) for j, f in enumerate(features)
+            if not (row == "linear last4" and f == "raw pixels")]
+    assert max(v for _, v, _ in bars) > 0.95
+    assert bar_rows(bars)[:2] == (rows, features)
+    fig, ax = plt.subplots(figsize=PANEL_INCHES, dpi=DPI, layout="constrained")
+    try:
+        draw_bars(ax, bars)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        page = fig.bbox
+        labels = [t for t in ax.get_yticklabels() if t.get_text()]
+        assert [t.get_text() for t in labels] == rows  # one line each
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        for a, b in zip(boxes, boxes[1:], strict=False):
+            assert not a.overlaps(b)
+        legend = ax.get_legend()
+        assert legend is not None
+        assert [t.get_text() for t in legend.get_texts()] == features
+        texts = [*labels, *ax.texts, *legend.get_texts()]
+        assert len(ax.texts) == len(bars)
+        for t in texts:
+            box = t.get_window_extent(renderer)
+            assert page.x0 <= box.x0 and box.x1 <= page.x1, t.get_text()
+            assert page.y0 <= box.y0 and box.y1 <= page.y1, t.get_text()
+    finally:
+        plt.close(fig)

@@ -92,9 +92,41 @@ def probe_results(path: Path) -> list[tuple[str, float, str]]:
     for r in results:
         value, split = r.figure()
         if split != "value" and value is not None and 0.0 <= value <= 1.0:  # NaN fails too
-            name = f"{r.protocol} ({split})" if split != "test" else r.protocol
-            bars.append((f"{name}\n{r.features}", value, r.features))
+            name = " ".join(x for x in (r.protocol, r.feature_kind, r.setting) if x)
+            name += f" ({split})" if split != "test" else ""
+            bars.append((name, value, r.features))
     return bars
+
+
+def bar_rows(bars: list) -> tuple[list[str], list[str], dict[tuple[str, str], float]]:
+    """(row labels, features in order, {(row, features): value}) of `probe_results`: one row
+    per protocol result, one bar per set of features in it."""
+    rows = list(dict.fromkeys(label for label, _, _ in bars))
+    features = list(dict.fromkeys(f for _, _, f in bars))
+    return rows, features, {(label, f): v for label, v, f in bars}
+
+
+def draw_bars(ax: Any, bars: list) -> None:
+    """The probe chart: a group of bars per result row, one colour per set of features (the
+    legend below names them), each bar's value at its end, in the axes."""
+    from matplotlib.ticker import PercentFormatter
+
+    rows, features, value = bar_rows(bars)
+    height = 0.8 / len(features)
+    for j, f in enumerate(features):
+        at = [(i - 0.4 + height * (j + 0.5), value[row, f]) for i, row in enumerate(rows)
+              if (row, f) in value]
+        ys, vs = zip(*at, strict=True)
+        ax.barh(ys, vs, height, color=_colour(f), label=f)
+        for y, v in at:
+            ax.text(v, y, f" {100 * v:.1f}%", va="center", fontsize=5)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.22)  # room for "100.0%" after a full bar
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(features), 2),
+              fontsize=6, frameon=False)  # two columns: three overran a panel's width
 
 
 @attrs.frozen
@@ -180,14 +212,7 @@ def draw(series: dict, bars: list, panels: list[Panel], title: str, out: Path) -
                 if len(panel.lines) > 1:
                     ax.legend(fontsize=7)
             else:  # the probe bar chart
-                labels, values, features = zip(*bars, strict=True)
-                ax.barh(range(len(values)), values, color=[_colour(f) for f in features])
-                ax.set_yticks(range(len(values)), labels, fontsize=6)
-                ax.invert_yaxis()
-                ax.set_xlim(0, 1)
-                ax.xaxis.set_major_formatter(PercentFormatter(1.0))
-                for i, v in enumerate(values):
-                    ax.text(min(v, 1.0), i, f" {100 * v:.1f}%", va="center", fontsize=6)
+                draw_bars(ax, bars)
                 continue
             if panel.log:
                 ax.set_yscale("log")
