@@ -356,3 +356,65 @@ def test_the_context_heat_map_is_the_maskers_own_share_of_each_patch(registry):
     got = [v for row in stats["context_coverage"] for v in row]
     assert got == pytest.approx(expected, abs=1e-12)
     assert got[0] > 0.5
+
+
+def test_the_picture_shows_each_target_colour_and_says_how_much_blocks_overlap(registry,
+                                                                            tmp_path):
+    """The legend has a swatch of every target block's colour (was: one orange swatch while
+    the samples used four colours), the overlap of a sample's blocks (hidden: the last
+    block's colour covers the others) is measured and said beside the heat maps, which used
+    to leave half the row empty."""
+    from jepa_core.commands.mask_preview import (
+        TARGETS,
+        overlap_note,
+        picture_layout,
+        render_masks,
+    )
+    from jepa_core.runtime.data import draw_masks
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "quickstart.yaml", registry)
+    grid = encoder_geometry(recipe, registry)[1]
+    masker = build_masker(recipe.masker.config, grid)
+    out = tmp_path / "m.png"
+    stats = render_masks(masker, out, batch_size=16, batches=2)
+    shared = total = 0  # counted block by block, sample by sample
+    for step in range(2):
+        masks = draw_masks(masker, 16, 0, step)
+        for b in range(16):
+            blocks = [set(masks.targets[b, m][masks.targets_valid[b, m]].tolist())
+                      if masks.targets_valid is not None else set(masks.targets[b, m].tolist())
+                      for m in range(masks.targets.shape[1])]
+            for block in blocks:
+                total += len(block)
+                shared += sum(1 for p in block if sum(p in other for other in blocks) >= 2)
+    assert stats["target_overlap"] == pytest.approx(shared / total)
+    assert 0 < stats["target_overlap"] < 1
+    assert f"{100 * stats['target_overlap']:.1f}% of target patches" in " ".join(
+        overlap_note(stats["target_overlap"]))
+    assert "No two blocks" in " ".join(overlap_note(0.0))
+    image = Image.open(out).convert("RGB")
+    lay = picture_layout(grid, 4)
+    x0, y0, x1, y1 = lay["legend"]
+    legend = {c for _, c in image.crop((x0, y0, x1, y1 + 1)).getcolors(1 << 24)}
+    assert all(tuple(c) in legend for c in TARGETS[:recipe.masker.config.num_targets])
+    panel_w, panel_h = lay["panel"]
+    beside = image.crop((lay["pad"] + 2 * (panel_w + lay["pad"]), lay["heat_top"],
+                         lay["size"][0], lay["heat_top"] + panel_h))
+    assert len(beside.getcolors(1 << 24)) > 1  # the note, not an empty half-row
+
+
+def test_the_video_pictures_heading_is_not_cut_at_the_edge(registry, tmp_path):
+    from jepa_core.commands.mask_preview import render_mask_sets
+    from jepa_core.runtime.build import build
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "quickstart_video.yaml",
+                         registry)
+    grid = encoder_geometry(recipe, registry)[1]
+    masker = build("masker", recipe, registry, "masker", grid=grid)
+    out = tmp_path / "v.png"
+    render_mask_sets(masker, out, batch_size=8, batches=1)
+    image = Image.open(out).convert("L")
+    heading = image.crop((0, 0, image.size[0], 14))
+    right = image.crop((image.size[0] - 10, 0, image.size[0], 14))
+    assert heading.getextrema()[0] < 128  # text is there
+    assert right.getextrema()[0] == 255  # and it ends before the right edge (was: cut)

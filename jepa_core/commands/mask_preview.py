@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from jepa_core.errors import PluginError
 from jepa_core.interfaces import MaskBatch, MaskerWithStats, MaskStats
@@ -131,6 +131,7 @@ def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0,
     in_context = torch.zeros(n, dtype=torch.float64)
     in_target = torch.zeros(n, dtype=torch.float64)
     fallbacks, has_stats, rectangles = 0, True, True
+    shared = torch.zeros(2, dtype=torch.long)  # (target entries in a patch of 2+ blocks, all)
     for i in range(batches):
         masks, info = _draw(masker, batch_size, seed, step + i, mask_set)
         valid = _valid(masks)
@@ -145,6 +146,7 @@ def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0,
         if rectangles and block_aspects is not None:
             aspects.append(block_aspects)
         member = target_membership(masks, n)  # [B, N]: in some target (valid positions)
+        shared += _overlapped_entries(masks, n)
         overlap.append((member.gather(1, masks.context) & valid).sum() / valid.sum())
         in_context += context_membership(masks, n).sum(0)  # padding entries left out
         in_target += member.sum(0)
@@ -157,10 +159,32 @@ def mask_statistics(masker: Any, batch_size: int = 128, seed: int = 0,
         "context_before": _summary(torch.cat(before)) if has_stats else None,
         "context_size": _summary(torch.cat(after)),
         "overlap_fraction": float(torch.stack(overlap).mean()),
+        "target_overlap": float(shared[0]) / max(1, int(shared[1])),
         "fallbacks": fallbacks if has_stats else None,
         "context_coverage": (in_context / total).view(grid).tolist(),
         "target_coverage": (in_target / total).view(grid).tolist(),
     }
+
+
+def _overlapped_entries(masks: MaskBatch, n: int) -> torch.Tensor:
+    """[2]: (valid target entries whose patch lies in two or more blocks of its sample, all
+    valid target entries) of one batch."""
+    idx = masks.targets.flatten(1)
+    valid = (masks.targets_valid.flatten(1) if masks.targets_valid is not None
+             else torch.ones_like(idx, dtype=torch.bool))
+    counts = torch.zeros(idx.shape[0], n + 1, dtype=torch.long)
+    counts.scatter_add_(1, torch.where(valid, idx, n), valid.long())
+    many = counts[:, :n] >= 2
+    return torch.stack([(counts[:, :n] * many).sum(), valid.sum()])
+
+
+def overlap_note(share: float) -> list[str]:
+    """The picture's lines on target blocks that overlap (each sample's block colours)."""
+    head = ["Each target block of a sample has", "its own colour."]
+    if share == 0:
+        return [*head, "No two blocks of a sample overlap."]
+    return [*head, "Where blocks of a sample overlap,", "a patch shows the last block's",
+            f"colour: {100 * share:.1f}% of target patches", "lie in two or more blocks."]
 
 
 # -- the picture ---------------------------------------------------------------------------
@@ -189,7 +213,7 @@ def _draw_heat(draw: ImageDraw.ImageDraw, values: list[list[float]], origin, cel
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=_heat_colour(value))
 
 
-LEGEND = (("context", CONTEXT), ("target blocks", TARGETS[0]),
+LEGEND = (("context", CONTEXT), ("target blocks, one colour each", None),
           ("neither: not seen by the encoder, not predicted", BACKGROUND))
 BAR_H = 10
 BAR_LABEL = "share of the {n} samples with the patch in the context / in a target"
@@ -217,10 +241,28 @@ def picture_layout(grid: tuple[int, int], samples: int) -> dict[str, Any]:
             "heat_top": heat_top, "colour_bar": bar}
 
 
-def _draw_legend(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int]) -> None:
+def canvas(size: tuple[int, int]) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    """A white picture and its pen, writing in Pillow's scalable default font (its bitmap
+    font ran words together: "notseen")."""
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.font = ImageFont.load_default(size=11)
+    return image, draw
+
+
+def _draw_legend(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int],
+                 targets: int = 1) -> None:
+    """The legend; the target swatch shows the colour of each of `targets` blocks."""
     x, y = box[0], box[1]
     for name, colour in LEGEND:
-        draw.rectangle([x, y, x + 10, y + 10], fill=colour, outline=(120, 120, 120))
+        if colour is None:  # one narrow swatch per target block's colour
+            used = TARGETS[:max(1, min(targets, len(TARGETS)))]
+            for i, c in enumerate(used):
+                draw.rectangle([x + 5 * i, y, x + 5 * i + 5, y + 10], fill=c)
+            draw.rectangle([x, y, x + 5 * len(used), y + 10], outline=(120, 120, 120))
+            x += 5 * len(used) - 10
+        else:
+            draw.rectangle([x, y, x + 10, y + 10], fill=colour, outline=(120, 120, 120))
         draw.text((x + 14, y - 1), name, fill="black")
         x += 14 + int(draw.textlength(name)) + 16
     # a target cell with the blue dot: context inside a target
@@ -251,11 +293,10 @@ def render_masks(masker: Any, out_path: str | Path, *, samples: int = 4, seed: i
     lay = picture_layout((gh, gw), samples)
     cell, pad, title = lay["cell"], lay["pad"], lay["title"]
     panel_w, panel_h = lay["panel"]
-    image = Image.new("RGB", lay["size"], "white")
-    draw = ImageDraw.Draw(image)
+    image, draw = canvas(lay["size"])
     draw.text((pad, 2), f"{type(masker).__name__} on {gh}x{gw}, seed {seed}, step {step}",
               fill="black")
-    _draw_legend(draw, lay["legend"])
+    _draw_legend(draw, lay["legend"], int(masks.targets.shape[1]))
     top = lay["samples_top"]
     for b in range(samples):
         x = pad + b * (panel_w + pad)
@@ -270,6 +311,9 @@ def render_masks(masker: Any, out_path: str | Path, *, samples: int = 4, seed: i
         draw.text((x, top - title + 2), f"{name} (max {peak:.2f})", fill="black")
         _draw_heat(draw, values, (x, top), cell)
     _draw_colour_bar(draw, lay["colour_bar"], batch_size * batches)
+    x = pad + 2 * (panel_w + pad)  # beside the two heat maps, where no sample stands
+    for i, line in enumerate(overlap_note(stats["target_overlap"])):
+        draw.text((x, top + 14 * i), line, fill="black")
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     image.save(out_path, format="PNG")
     return stats
@@ -327,12 +371,14 @@ def render_mask_sets(masker: Any, out_path: str | Path, *, samples: int = 2, see
     tile_w = gw * cell + gap
     rows = samples + 2  # the samples, then the two coverage strips
     section_h = title + rows * (gh * cell + title)
-    width = max(pad + label_w + tiles * tile_w + pad, 520)
-    image = Image.new("RGB", (width, 2 * title + len(sets) * (section_h + pad)), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((pad, 2), f"{type(masker).__name__} on {'x'.join(map(str, grid))}, seed {seed}, "
-                        f"step {step}: blue = context, orange = target, grey = neither; "
-                        f"one tile per time step", fill="black")
+    heading = (f"{type(masker).__name__} on {'x'.join(map(str, grid))}, seed {seed}, "
+               f"step {step}: blue = context, orange = target, grey = neither; "
+               f"one tile per time step")
+    image, draw = canvas((1, 1))
+    width = max(pad + label_w + tiles * tile_w + pad, 520,
+                pad + int(draw.textlength(heading)) + pad)  # the heading whole, not cut
+    image, draw = canvas((width, 2 * title + len(sets) * (section_h + pad)))
+    draw.text((pad, 2), heading, fill="black")
     out: dict[str, dict[str, Any]] = {}
     top = 2 * title
     for name, masks in sets.items():
